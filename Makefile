@@ -1,0 +1,58 @@
+# Two set-up-free commands: `make benchmark METHOD=...` and `make test`.
+PYTHON_SYS ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+METHOD  ?= medshift
+DATASET ?= skull-sim
+PRESET  ?= tiny
+TASK    ?= sim2real
+SEEDS   ?= 0 1 2
+ARGS    ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup benchmark test test-slow data preview collect figures regress weights perf clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed  ## create .venv and install the project (done by the other targets on first use)
+
+benchmark: $(VENV)/.installed  ## train + score METHOD (name|all) on DATASET/PRESET/TASK for SEEDS, then tables
+	$(PY) -m benchmark run --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m benchmark collect
+
+test: $(VENV)/.installed  ## fast CPU test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-slow: $(VENV)/.installed  ## the slow tests kept out of CI
+	$(PY) -m pytest -q -m slow
+
+data: $(VENV)/.installed  ## generate DATASET/PRESET into the data cache
+	$(PY) -m datasets generate --dataset $(DATASET) --preset $(PRESET)
+
+preview: $(VENV)/.installed  ## montage PNG of DATASET/PRESET under results/figures/
+	$(PY) -m datasets preview --dataset $(DATASET) --preset $(PRESET) --out results/figures/preview-$(DATASET)-$(PRESET).png
+
+collect: $(VENV)/.installed  ## results/runs -> results/tables/summary.{csv,md,tex}
+	$(PY) -m benchmark collect
+
+figures: $(VENV)/.installed  ## results tables -> results/figures/*.png
+	$(PY) -m benchmark figures
+
+regress: $(VENV)/.installed  ## CI-style regression: identity+histmatch on tiny, compared with results/reference
+	$(PY) -m pytest -q tests/test_runner_e2e.py
+
+weights: $(VENV)/.installed  ## fetch Inception + AlexNet weights into WEIGHTS_DIR (default: torch hub cache)
+	$(PY) -m benchmark weights $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR),)
+
+perf: $(VENV)/.installed  ## scorer and translation throughput benchmark
+	$(PY) -m benchmark perf
+
+clean:  ## remove generated data and raw runs (keeps .venv and committed results)
+	rm -rf data results/runs results/cache
