@@ -1,0 +1,76 @@
+"""Data for the benchmark: the procedural `skull-sim` set, folder loaders for real data, splits.
+
+NOTE: this package is named `datasets`, like Hugging Face's. Run the suite from the repository root
+(or with this project installed in its own venv, as `make setup` does): the repository root comes
+first on `sys.path`, so `import datasets` resolves here even when HF `datasets` is installed too.
+`tests/test_datasets_io.py::test_package_name_resolves_here` checks this.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from .base import TASKS, Task, XrayDataset, get_task
+from .io import BadImageError
+
+DEFAULT_DATASET, DEFAULT_PRESET, DEFAULT_TASK = "skull-sim", "tiny", "sim2real"
+
+
+def default_data_root() -> Path:
+    """`$XRAYBENCH_DATA`, else `./data` (git-ignored)."""
+    return Path(os.environ.get("XRAYBENCH_DATA", "data"))
+
+
+def _load_skull_sim(preset: str = DEFAULT_PRESET, data_root: str | Path | None = None, seed: int = 0,
+                    jitter: bool = False, progress: Callable | None = None, **_) -> XrayDataset:
+    import json
+
+    import pandas as pd
+
+    from .skull_sim import DOMAINS, generate, get_preset
+
+    get_preset(preset)
+    root = Path(data_root or default_data_root()) / "skull-sim" / f"{preset}-seed{seed}{'-jitter' if jitter else ''}"
+    generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress)
+    meta = json.loads((root / "dataset.json").read_text())
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    return XrayDataset(name="skull-sim", root=root, manifest=manifest, domains=DOMAINS,
+                       size=int(meta["preset_config"]["size"]), aligned=not jitter,
+                       config=dict(dataset="skull-sim", preset=preset, seed=seed, jitter=jitter, root=str(root),
+                                   generator_version=meta["generator_version"]))
+
+
+def _load_folder(preset: str = "", data_root: str | Path | None = None, config: str | Path | None = None,
+                 skip_bad: bool = False, **_) -> XrayDataset:
+    from .folder import scan_folder
+
+    if config is None:
+        raise ValueError("dataset 'folder' needs --dataset-config PATH (a YAML mapping domains to sub-folders)")
+    return scan_folder(config, data_root, skip_bad=skip_bad)
+
+
+def _load_xdigiskull(preset: str = "", data_root: str | Path | None = None, config: str | Path | None = None,
+                     skip_bad: bool = False, **_) -> XrayDataset:
+    from .folder import scan_folder
+
+    return scan_folder(config or "x-digiskull", data_root, skip_bad=skip_bad)
+
+
+#: name -> loader(preset, data_root, ...) returning an XrayDataset.
+DATASETS: dict[str, Callable[..., XrayDataset]] = {
+    "skull-sim": _load_skull_sim,
+    "x-digiskull": _load_xdigiskull,
+    "folder": _load_folder,
+}
+
+
+def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> XrayDataset:
+    """Load (and for skull-sim, generate on first use) a registered dataset."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    return DATASETS[name](**kwargs)
+
+
+__all__ = ["DATASETS", "TASKS", "Task", "XrayDataset", "BadImageError", "get_task", "load_dataset",
+           "default_data_root"]

@@ -1,0 +1,111 @@
+"""Folder datasets: one sub-folder per domain, images as PNG/TIFF/DICOM, mapped by a small config.
+
+Config (YAML or dict), e.g. `datasets/configs/x-digiskull.yaml`:
+
+    name: x-digiskull
+    root: /path/to/X-DigiSkull        # or --data-root
+    domains:                          # domain name -> sub-folder (glob patterns allowed)
+      syn_low: synthetic/low
+      real_normal: real/normal
+    size: 256                         # served size; images are centre-cropped and resized
+    interpolation: area               # area | bilinear | nearest
+    subject_regex: "^(?P<subject>[^_]+)"   # optional: groups images of one subject for splits
+    aligned: false                    # true if equal file stems across domains are pixel pairs
+    split_seed: 0
+
+Files whose stem matches across domains form a `scene`. Bad files raise `BadImageError` naming the
+file, unless `skip_bad` is set, in which case they are left out and listed in `skipped`.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .base import XrayDataset
+from .io import IMAGE_SUFFIXES, BadImageError, read_image
+from .splits import assign_splits
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def load_config(config: str | Path | dict) -> dict:
+    if isinstance(config, dict):
+        return dict(config)
+    path = Path(config)
+    if not path.is_file():
+        path = CONFIG_DIR / f"{config}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset config {config!r} not found (looked for a file and in {CONFIG_DIR})")
+    return yaml.safe_load(path.read_text())
+
+
+def scan_folder(config: str | Path | dict, root: str | Path | None = None, skip_bad: bool = False) -> XrayDataset:
+    """Build an `XrayDataset` from a folder of domain sub-folders.
+
+    Args:
+        config: Config dict, YAML path or name of a bundled config.
+        root: Data root (overrides `config["root"]`).
+        skip_bad: Leave out unreadable files (listed in `dataset.config["skipped"]`) instead of failing.
+
+    Raises:
+        FileNotFoundError: Root or a domain folder is missing.
+        BadImageError: A file cannot be used (names the file), or sizes differ with no `size` configured.
+    """
+    cfg = load_config(config)
+    root = Path(root or cfg.get("root") or "")
+    if not str(root) or not root.is_dir():
+        raise FileNotFoundError(f"data root {str(root)!r} is not a folder; pass --data-root or set 'root' in the config")
+    domains = cfg.get("domains") or {}
+    if not domains:
+        raise ValueError("dataset config has no 'domains' mapping (domain name -> sub-folder)")
+    regex = re.compile(cfg["subject_regex"]) if cfg.get("subject_regex") else None
+    rows, skipped, shapes = [], [], {}
+    for domain, pattern in domains.items():
+        folders = sorted(p for p in root.glob(str(pattern)) if p.is_dir())
+        if not folders:
+            raise FileNotFoundError(f"domain {domain!r}: no folder matches {str(root / str(pattern))!r}; "
+                                    f"fix 'domains' in the config (folders present: "
+                                    f"{', '.join(sorted(p.name for p in root.iterdir() if p.is_dir())) or 'none'})")
+        files = sorted(f for folder in folders for f in folder.iterdir()
+                       if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"domain {domain!r}: folder(s) {', '.join(map(str, folders))} hold no "
+                                    f"{'/'.join(IMAGE_SUFFIXES)} files")
+        for f in files:
+            try:
+                shapes[f] = read_image(f).shape
+            except BadImageError as exc:
+                if not skip_bad:
+                    raise
+                skipped.append(str(exc))
+                continue
+            stem = f.stem
+            subject = stem
+            if regex is not None:
+                m = regex.search(stem)
+                subject = m.group("subject") if m and "subject" in m.groupdict() else (m.group(0) if m else stem)
+            rows.append(dict(id=f"{domain}/{stem}", scene=stem, subject=subject, view="", domain=domain,
+                             path=str(f.relative_to(root)), dose="", kvp=""))
+    if not rows:
+        raise BadImageError(f"{root}: no usable images")
+    size = cfg.get("size")
+    if size is None:
+        distinct = sorted(set(shapes.values()))
+        if len(distinct) > 1:
+            a = next(f for f, s in shapes.items() if s == distinct[0])
+            b = next(f for f, s in shapes.items() if s == distinct[1])
+            raise BadImageError(f"mixed image sizes: {a} is {distinct[0]}, {b} is {distinct[1]}; set 'size: N' in "
+                                "the dataset config to centre-crop and resize every image")
+        size = min(distinct[0])
+    split_seed = int(cfg.get("split_seed", 0))
+    name = cfg.get("name", root.name)
+    splits = assign_splits(sorted({r["subject"] for r in rows}), name, split_seed)
+    for r in rows:
+        r["split"] = splits[r["subject"]]
+    cfg_out = dict(cfg, root=str(root), size=int(size), skipped=skipped)
+    return XrayDataset(name=name, root=root, manifest=pd.DataFrame(rows), domains=tuple(domains), size=int(size),
+                       aligned=bool(cfg.get("aligned", False)), config=cfg_out,
+                       interpolation=cfg.get("interpolation", "area"))

@@ -1,0 +1,230 @@
+"""`skull-sim`: a seeded generator of aligned skull radiographs in the five X-DigiSkull domains.
+
+Every (subject, view) scene is projected once (exact line integrals through the analytic head of
+`datasets.phantom`) and rendered in every domain of `datasets.physics.DOMAIN_STYLES`, so the
+domains of one scene are pixel-exact pairs. Label masks (0 air, 1 soft tissue, 2 bone) and the
+per-material path-length maps are saved beside the images. With `jitter=True` the synthetic
+domains are re-projected under a small pose perturbation (±1.5°, ±3 mm), mimicking X-DigiSkull's
+only-approximately aligned views; the masks and path maps then belong to the real-domain pose.
+
+Output layout (written to `<out>.partial-*` and renamed into place only when complete):
+
+    <out>/images/<domain>/<id>.png   16-bit greyscale, value = round(65535 * display)
+    <out>/masks/<scene>.png          8-bit labels
+    <out>/paths/<scene>.npz          float16 (M, H, W) path lengths in mm, materials in `materials`
+    <out>/dicom/<domain>/<id>.dcm    optional DX For Presentation files
+    <out>/manifest.csv               one row per image (see MANIFEST_COLUMNS)
+    <out>/dataset.json               preset, seed, styles, versions, manifest sha256
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .phantom import BONE_MATERIALS, MATERIAL_ID, MATERIALS, SubjectParams, build_head, rot_x, rot_z
+from .physics import DOMAIN_STYLES, realize
+from .projector import VIEWS, Geometry, project
+
+GENERATOR_VERSION = "1"
+DOMAINS: tuple[str, ...] = tuple(DOMAIN_STYLES)
+MANIFEST_COLUMNS = ("id", "scene", "subject", "view", "domain", "split", "dose", "kvp", "path", "checksum",
+                    "mask_path", "paths_path", "height", "width")
+BONE_MASK_MM = 12.0  # bone path length above which a pixel is labelled bone
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Size of a generated dataset.
+
+    Attributes:
+        size: Image side in pixels.
+        n_subjects: Number of phantom subjects (splits are by subject).
+        views: Names of `datasets.projector.VIEWS` rendered per subject.
+        supersample: Rays per pixel per axis.
+    """
+
+    size: int
+    n_subjects: int
+    views: tuple[str, ...] = tuple(VIEWS)
+    supersample: int = 2
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(size=64, n_subjects=18),  # 108 scenes, test split 6 subjects = 36 scenes
+    "small": Preset(size=128, n_subjects=24),
+    "paper": Preset(size=512, n_subjects=40, supersample=1),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def label_mask(lengths: np.ndarray) -> np.ndarray:
+    """0 = air/background, 1 = soft tissue, 2 = bone (bone path >= BONE_MASK_MM)."""
+    total = lengths.sum(axis=0)
+    bone = sum(lengths[MATERIAL_ID[m]] for m in BONE_MATERIALS)
+    mask = np.zeros(total.shape, np.uint8)
+    mask[total > 1.0] = 1
+    mask[bone >= BONE_MASK_MM] = 2
+    return mask
+
+
+def _scene_pose(rng: np.random.Generator, deg: float, mm: float) -> tuple[np.ndarray, np.ndarray]:
+    pose = rot_z(rng.uniform(-deg, deg)) @ rot_x(rng.uniform(-deg, deg))
+    return pose, rng.uniform(-mm, mm, size=3)
+
+
+def render_subject(args: tuple) -> list[dict]:
+    """Render every view and domain of one subject (worker function; writes files under `root`)."""
+    root, seed, subject, preset_name, jitter = args
+    preset = PRESETS[preset_name]
+    geom = Geometry()
+    pixel_mm = geom.detector_mm / preset.size
+    rng = np.random.default_rng([seed, subject])
+    prims = build_head(SubjectParams.sample(rng), rng)
+    from .io import write_png16  # local import keeps workers light
+
+    rows = []
+    for v_idx, view_name in enumerate(preset.views):
+        scene = f"s{subject:03d}_{view_name}"
+        pose_rng = np.random.default_rng([seed, subject, v_idx])
+        pose, shift = _scene_pose(pose_rng, 3.0, 3.0)
+        lengths = project(prims, VIEWS[view_name], preset.size, geom, preset.supersample, pose, shift)
+        syn_lengths = lengths
+        if jitter:
+            d_pose, d_shift = _scene_pose(pose_rng, 1.5, 3.0)
+            syn_lengths = project(prims, VIEWS[view_name], preset.size, geom, preset.supersample,
+                                  d_pose @ pose, shift + d_shift)
+        np.savez_compressed(root / "paths" / f"{scene}.npz", lengths=lengths.astype(np.float16),
+                            materials=np.array(MATERIALS))
+        write_png16(root / "masks" / f"{scene}.png", label_mask(lengths), bits=8)
+        for d_idx, domain in enumerate(DOMAINS):
+            style = DOMAIN_STYLES[domain]
+            noise_rng = np.random.default_rng([seed, subject, v_idx, d_idx])
+            src = syn_lengths if style.kind == "synthetic" else lengths
+            img = realize(src, style, noise_rng, pixel_mm, detector_seed=seed)
+            rel = Path("images") / domain / f"{scene}_{domain}.png"
+            write_png16(root / rel, img)
+            rows.append(dict(id=f"{scene}_{domain}", scene=scene, subject=f"s{subject:03d}", view=view_name,
+                             domain=domain, dose=style.dose_label, kvp=style.kvp, path=str(rel),
+                             checksum=sha256_file(root / rel), mask_path=f"masks/{scene}.png",
+                             paths_path=f"paths/{scene}.npz", height=preset.size, width=preset.size))
+    return rows
+
+
+def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0, jitter: bool = False,
+             dicom: bool = False, workers: int | None = None, force: bool = False, progress=None) -> Path:
+    """Generate `skull-sim` into `out` atomically; return `out`. A complete `out` is reused as is.
+
+    Args:
+        out: Destination folder (must not exist, or be a complete dataset, or `force`).
+        preset: Key of `PRESETS`.
+        seed: Phantom and noise seed.
+        split_seed: Seed of the subject split (see `datasets.splits`).
+        jitter: Pose jitter between synthetic and real domains.
+        dicom: Also write DX For Presentation DICOM files.
+        workers: Processes (default: CPU count, at most 8).
+        force: Regenerate even if a complete dataset exists.
+        progress: Optional callable(done, total) for progress display.
+
+    Raises:
+        FileExistsError: `out` exists and is not a complete skull-sim dataset.
+    """
+    from .splits import assign_splits
+
+    out = Path(out)
+    cfg = get_preset(preset)
+    if is_complete(out) and not force:
+        return out
+    if out.exists() and not is_complete(out) and not force:
+        raise FileExistsError(f"{out} exists but is not a complete skull-sim dataset; remove it or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ["paths", "masks"] + [f"images/{d}" for d in DOMAINS]:
+        (tmp / sub).mkdir(parents=True)
+    t_start = time.time()
+    jobs = [(tmp, seed, s, preset, jitter) for s in range(cfg.n_subjects)]
+    workers = workers or min(os.cpu_count() or 1, 8)
+    rows: list[dict] = []
+    try:
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                for i, r in enumerate(pool.map(render_subject, jobs)):
+                    rows += r
+                    if progress:
+                        progress(i + 1, len(jobs))
+        else:
+            for i, job in enumerate(jobs):
+                rows += render_subject(job)
+                if progress:
+                    progress(i + 1, len(jobs))
+        splits = assign_splits(sorted({r["subject"] for r in rows}), "skull-sim", split_seed)
+        for r in rows:
+            r["split"] = splits[r["subject"]]
+        if dicom:
+            from .io import write_dicom_dx
+
+            for r in rows:
+                dcm = tmp / "dicom" / r["domain"] / f"{r['id']}.dcm"
+                dcm.parent.mkdir(parents=True, exist_ok=True)
+                write_dicom_dx(dcm, tmp / r["path"], r)
+        _write_manifest(tmp / "manifest.csv", rows)
+        meta = dict(dataset="skull-sim", preset=preset, preset_config=asdict(cfg), seed=seed,
+                    split_seed=split_seed, jitter=jitter, dicom=dicom, generator_version=GENERATOR_VERSION,
+                    domains=list(DOMAINS), styles={d: s.to_dict() for d, s in DOMAIN_STYLES.items()},
+                    geometry=asdict(Geometry()), n_images=len(rows),
+                    manifest_sha256=sha256_file(tmp / "manifest.csv"),
+                    seconds=round(time.time() - t_start, 2))
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))  # written last: marks completeness
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _write_manifest(path: Path, rows: list[dict]) -> None:
+    rows = sorted(rows, key=lambda r: r["id"])
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: r[k] for k in MANIFEST_COLUMNS})
+
+
+def is_complete(root: Path) -> bool:
+    """True if `root` holds a finished dataset whose manifest matches the recorded checksum."""
+    meta_path = Path(root) / "dataset.json"
+    if not meta_path.is_file():
+        return False
+    try:
+        meta = json.loads(meta_path.read_text())
+        return sha256_file(Path(root) / "manifest.csv") == meta["manifest_sha256"]
+    except (OSError, ValueError, KeyError):
+        return False
