@@ -145,7 +145,7 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
         chunk: Rays per vectorised block (bounds memory at chunk * 2K * K booleans).
 
     Returns:
-        (len(MATERIALS), ...) float64 path lengths, all >= 0; index 0 (air) stays 0.
+        (len(MATERIALS), ...) float64 path lengths, all >= 0; index 0 is air inside the head (sinuses).
     """
     shape = dirs.shape[:-1]
     flat = dirs.reshape(-1, 3)
@@ -174,7 +174,6 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
         flat_index = (mats * r + np.arange(r)[:, None]).ravel()
         weights = np.where(any_inside, seg_len, 0.0).ravel()
         out[:, lo:lo + r] = np.bincount(flat_index, weights, minlength=len(MATERIALS) * r).reshape(-1, r)
-    out[0] = 0.0
     return out.reshape((len(MATERIALS),) + shape)
 
 
