@@ -8,6 +8,7 @@ PRESET  ?= tiny
 TASK    ?= sim2real
 SEEDS   ?= 0 1 2
 ARGS    ?=
+RESULTS ?= results
 
 .DEFAULT_GOAL := help
 .PHONY: help setup benchmark test test-slow data preview collect figures regress weights perf clean
@@ -24,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed  ## create .venv and install the project (done by the other targets on first use)
 
 benchmark: $(VENV)/.installed  ## train + score METHOD (name|all) on DATASET/PRESET/TASK for SEEDS, then tables
-	$(PY) -m benchmark run --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) $(ARGS)
-	$(PY) -m benchmark collect
+	$(PY) -m benchmark run --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) --results-dir $(RESULTS) $(ARGS)
+	$(PY) -m benchmark collect --results-dir $(RESULTS)
 
 test: $(VENV)/.installed  ## fast CPU test suite (what CI runs)
 	$(PY) -m pytest -q
@@ -40,10 +41,10 @@ preview: $(VENV)/.installed  ## montage PNG of DATASET/PRESET under results/figu
 	$(PY) -m datasets preview --dataset $(DATASET) --preset $(PRESET) --out results/figures/preview-$(DATASET)-$(PRESET).png
 
 collect: $(VENV)/.installed  ## results/runs -> results/tables/summary.{csv,md,tex}
-	$(PY) -m benchmark collect
+	$(PY) -m benchmark collect --results-dir $(RESULTS)
 
-figures: $(VENV)/.installed  ## results tables -> results/figures/*.png
-	$(PY) -m benchmark figures
+figures: $(VENV)/.installed  ## records -> results/figures/*.png (trade-off curves)
+	$(PY) -m benchmark figures --results-dir $(RESULTS)
 
 regress: $(VENV)/.installed  ## CI-style regression: identity+histmatch on tiny, compared with results/reference
 	$(PY) -m pytest -q tests/test_runner_e2e.py

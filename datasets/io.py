@@ -161,7 +161,6 @@ def write_dicom_dx(path: Path, png_path: Path, row: dict, bits_stored: int = 12)
     """
     import datetime
 
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

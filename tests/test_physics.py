@@ -33,7 +33,7 @@ def test_noise_falls_with_dose_as_inverse_quanta(lengths):
     v_low, v_normal = _noise_var(lengths, low), _noise_var(lengths, normal)
     high_same_beam = replace(high, beam=low.beam, unsharp=0.0)
     v_high = _noise_var(lengths, high_same_beam)
-    # Poisson: variance of -ln(n) ~ 1/n, so variance ratio ~ quanta ratio 
+    # Poisson: variance of -ln(n) ~ 1/n, so variance ratio ~ quanta ratio
     assert v_low / v_normal == pytest.approx(normal.quanta / low.quanta, rel=0.3)
     assert v_normal / v_high == pytest.approx(high.quanta / normal.quanta, rel=0.35)
     assert v_low > v_normal > v_high

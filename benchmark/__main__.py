@@ -1,0 +1,195 @@
+"""`python -m benchmark {run,collect,figures,perf,weights}`: a thin CLI over importable functions."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="fit, translate and score methods; append records under results/runs")
+    p.add_argument("--method", nargs="+", default=["medshift"], help="method name(s) or 'all'")
+    p.add_argument("--dataset", default="skull-sim")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--task", nargs="+", default=["sim2real"], help="task name(s), or 'src1+src2->tgt'")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
+    p.add_argument("--max-steps", type=int, default=None, help="training budget override")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method config override")
+    p.add_argument("--curve", action="store_true", help="also sweep the dense knob grid (for figures)")
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
+    p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--weights-dir", type=Path, default=None)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--dataset-config", default=None, help="YAML for folder datasets")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    p.add_argument("--quiet", action="store_true")
+
+
+def cmd_run(args) -> int:
+    import torch
+
+    from benchmark.run import RunContext, parse_set, plan, resolve_config
+    from benchmark.scorer import Scorer
+    from datasets import DATASETS
+    from methods import METHODS
+
+    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    for m in args.method:
+        if m != "all" and m not in METHODS:
+            raise KeyError(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
+    if args.dataset not in DATASETS:
+        raise KeyError(f"unknown dataset {args.dataset!r}; available: {', '.join(DATASETS)}")
+    if args.dataset == "skull-sim":
+        from datasets.skull_sim import DOMAINS, get_preset
+
+        get_preset(args.preset)
+        domains = DOMAINS
+    else:
+        from datasets import load_dataset
+
+        domains = load_dataset(args.dataset, preset=args.preset, data_root=args.data_root,
+                               config=args.dataset_config).domains
+    specs = plan(args.method, args.seeds, args.task, domains, dataset=args.dataset, preset=args.preset,
+                 data_seed=args.data_seed, max_steps=args.max_steps, overrides=parse_set(args.set),
+                 curve=args.curve, accelerator=args.accelerator, precision=args.precision,
+                 dataset_config=args.dataset_config, data_root=args.data_root)
+    resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
+                     method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
+    if args.dry_run:
+        print(json.dumps(resolved, indent=2, default=str))
+        return 0
+    _check_writable(args.results_dir)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    with Progress(console=console, disable=args.quiet) as progress:
+        ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache"),
+                         progress=progress, quiet=args.quiet)
+        _prepare_data(specs[0], ctx, progress)
+        overall = progress.add_task("runs", total=len(specs))
+        records = []
+        from benchmark.run import run_one
+
+        for spec in specs:
+            records += run_one(spec, ctx)
+            progress.advance(overall)
+    by_reason: dict[str, list[str]] = {}
+    for metric, reason in ctx.scorer.unavailable.items():
+        by_reason.setdefault(reason, []).append(metric)
+    for reason, names in by_reason.items():
+        console.print(f"[yellow]unavailable[/] {', '.join(names)}: {reason}")
+    _print_table(records, console)
+    return 0
+
+
+def _check_writable(results_dir: Path) -> None:
+    from benchmark.run import RunError
+
+    try:
+        (results_dir / "runs").mkdir(parents=True, exist_ok=True)
+        probe = results_dir / "runs" / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(f"results folder {results_dir} is not writable ({exc.strerror}); pass --results-dir") from exc
+
+
+def _prepare_data(spec, ctx, progress) -> None:
+    """Load (generate on first use) the dataset with a progress bar."""
+    from datasets import load_dataset
+
+    bar = progress.add_task(f"data {spec.dataset}/{spec.preset}", total=None)
+
+    def update(done, total):
+        progress.update(bar, completed=done, total=total)
+
+    key = (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
+    kwargs = dict(preset=spec.preset, seed=spec.data_seed, config=spec.dataset_config, data_root=spec.data_root)
+    if spec.dataset == "skull-sim":
+        kwargs["progress"] = update
+    ctx.datasets[key] = load_dataset(spec.dataset, **kwargs)
+    progress.update(bar, completed=1, total=1)
+
+
+def _print_table(records: list[dict], console) -> None:
+    from rich.table import Table
+
+    cols = ["method", "seed", "task", "source", "knob_value", "ssim_src", "ssim_gt", "psnr_gt", "nps_dist", "hist_w1",
+            "fid", "nfe", "sec_per_image"]
+    table = Table(title="results (this invocation; `make collect` for mean ± CI tables)")
+    for c in cols:
+        table.add_column(c, no_wrap=True)
+    for r in records:
+        table.add_row(*["n/a" if r.get(c) is None else f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c])
+                        for c in cols])
+    console.print(table)
+
+
+def cmd_collect(args) -> int:
+    from benchmark.collect import formatted, load_records, summary, write_tables
+
+    table = summary(load_records(args.results_dir))
+    paths = write_tables(table, args.out or args.results_dir / "tables")
+    print(formatted(table).to_markdown(index=False))
+    print("written: " + ", ".join(map(str, paths)))
+    return 0
+
+
+def cmd_figures(args) -> int:
+    from benchmark.figures import write_figures
+
+    for p in write_figures(args.results_dir, args.out or args.results_dir / "figures"):
+        print(f"written: {p}")
+    return 0
+
+
+def cmd_perf(args) -> int:
+    from benchmark.perf import main as perf_main
+
+    return perf_main(args)
+
+
+def cmd_weights(args) -> int:
+    from benchmark.weights import WEIGHTS, download
+
+    for key in WEIGHTS:
+        print(f"{key}: {download(key, args.weights_dir)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    c = sub.add_parser("collect", help="records -> results/tables/summary.{csv,md,tex}")
+    c.add_argument("--results-dir", type=Path, default=Path("results"))
+    c.add_argument("--out", type=Path, default=None)
+    f = sub.add_parser("figures", help="summary -> results/figures/*.png")
+    f.add_argument("--results-dir", type=Path, default=Path("results"))
+    f.add_argument("--out", type=Path, default=None)
+    pf = sub.add_parser("perf", help="throughput of the scorer and of each method's translate")
+    pf.add_argument("--methods", nargs="+", default=["identity", "histmatch"])
+    pf.add_argument("--n-images", type=int, default=256)
+    pf.add_argument("--size", type=int, default=64)
+    w = sub.add_parser("weights", help="download Inception + AlexNet weights (needs internet)")
+    w.add_argument("--weights-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    from benchmark.run import RunError
+    from benchmark.weights import WeightsUnavailable
+
+    try:
+        return {"run": cmd_run, "collect": cmd_collect, "figures": cmd_figures, "perf": cmd_perf,
+                "weights": cmd_weights}[args.command](args)
+    except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunError, WeightsUnavailable) as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Figures as pure functions of the records DataFrame (never of checkpoints)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .collect import load_records
+from .metrics import METRICS
+
+STYLE = {  # one place for each method's look
+    "identity": dict(color="black", marker="s", label="no translation"),
+    "histmatch": dict(color="tab:gray", marker="D", label="histogram matching"),
+    "medshift": dict(color="tab:red", marker="o", label="MedShift (τ)"),
+    "cyclegan": dict(color="tab:blue", marker="^", label="CycleGAN"),
+    "sdedit": dict(color="tab:green", marker="v", label="SDEdit (strength)"),
+    "contourdiff": dict(color="tab:purple", marker="P", label="ContourDiff"),
+}
+
+
+def realism_metric(df: pd.DataFrame) -> str:
+    """FID when every record has it, else the weight-free noise-power-spectrum distance."""
+    return "fid" if "fid" in df and df["fid"].notna().all() else "nps_dist"
+
+
+def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = "ssim_src", ax=None):
+    """Structure (x) versus realism (y) per method: a curve over the knob, a single marker without one.
+
+    Values are means over seeds and source domains; knob values are written next to the points.
+    """
+    import matplotlib.pyplot as plt
+
+    part = df[df["task"] == task]
+    y = y or realism_metric(part)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.2, 4.0))
+    means = part.groupby(["method", "knob", "knob_value"], sort=False, dropna=False)[[x, y]].mean().reset_index()
+    for method, g in means.groupby("method", sort=False):
+        style = dict(STYLE.get(method, dict(marker="o", label=method)))
+        knobbed = g["knob"].iloc[0] != ""
+        if knobbed:
+            g = g.sort_values(x)
+            ax.plot(g[x], g[y], "-", color=style.get("color"), alpha=0.6)
+            for _, r in g.iterrows():
+                ax.annotate(f"{r['knob_value']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
+                            fontsize=7, color=style.get("color"))
+        ax.plot(g[x], g[y], linestyle="none", markersize=7 if knobbed else 9, **style)
+    ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  (structure)")
+    ax.set_ylabel(f"{METRICS[y].label} {METRICS[y].arrow}  (realism)")
+    ax.set_title(f"{part['dataset'].iloc[0]}/{part['preset'].iloc[0]} {task}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return ax.figure
+
+
+def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    df = load_records(results_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for task in df["task"].unique():
+        fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
+        tradeoff_curves(df, task, ax=axes[0])
+        tradeoff_curves(df, task, y="ssim_gt", ax=axes[1])
+        axes[1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
+        fig.tight_layout()
+        path = out_dir / f"tradeoff-{task}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(path)
+    return paths

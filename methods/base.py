@@ -1,0 +1,81 @@
+"""`TranslationMethod`: the one interface between the benchmark and every method.
+
+The runner calls only Lightning's fit hooks and `translate`, reads the declared knob, and never asks
+which method it holds. Methods never compute benchmark metrics.
+
+Contract for a subclass:
+* constructor: typed keyword arguments with defaults (its config), first the four the runner fills
+  in from the data - `domains` (the dataset's domain names; domain index = position), `sources`,
+  `target` (the task) and `image_size` - then `save_hyperparameters()`;
+* `knob_name` / `knob_grid` (table values, first = headline) / `knob_curve` (dense values for
+  curves) as class attributes; `knob_name = None` means a single point; `pairing` (batch layout);
+* `training_domains(domains, sources, target)` (classmethod): what it trains on;
+* Lightning's `training_step` / `configure_optimizers`; `trainer_settings()` for its training budget;
+* `translate(images, source, target, knob_value)` and `nfe(knob_value)` (network evaluations per image).
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import lightning as L
+import torch
+
+
+class TranslationMethod(L.LightningModule):
+    """A trainable translator between X-ray domains (base class; see module docstring)."""
+
+    knob_name: ClassVar[str | None] = None
+    knob_grid: ClassVar[tuple] = (None,)
+    knob_curve: ClassVar[tuple] = ()
+    #: Batch layout the method trains on: "mixed" or "unpaired" (see datasets.datamodule).
+    pairing: ClassVar[str] = "mixed"
+
+    def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
+        super().__init__()
+        self.domains, self.sources, self.target, self.image_size = tuple(domains), tuple(sources), target, image_size
+
+    # ------------------------------------------------------------------ declared by every method
+    @classmethod
+    def training_domains(cls, domains: tuple[str, ...], sources: tuple[str, ...], target: str) -> tuple[str, ...]:
+        """Domains whose training images the method sees (default: the task's)."""
+        return tuple(sources) + (target,)
+
+    def trainer_settings(self, max_steps: int | None = None) -> dict:
+        """Keyword arguments for `lightning.Trainer` that bound this method's training."""
+        steps = max_steps if max_steps is not None else int(self.hparams.get("max_steps", 0))
+        return {"max_steps": steps}
+
+    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
+        """Translate images of domain `source` to domain `target`.
+
+        Args:
+            images: (B, 1, H, W) float32 in [-1, 1].
+            source: Source domain name.
+            target: Target domain name.
+            knob_value: One value of the method's knob (None for methods without one).
+
+        Returns:
+            (B, 1, H, W) float32 in [-1, 1].
+        """
+        raise NotImplementedError
+
+    def nfe(self, knob_value=None) -> int:
+        """Network evaluations per translated image at `knob_value` (0 for analytic methods)."""
+        return 0
+
+    # ------------------------------------------------------------------ shared helpers
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def domain_index(self, domain: str) -> int:
+        if domain not in self.domains:
+            raise KeyError(f"{type(self).__name__}: unknown domain {domain!r}; trained with {', '.join(self.domains)}")
+        return self.domains.index(domain)
+
+    def labels(self, domain: str, n: int) -> torch.Tensor:
+        return torch.full((n,), self.domain_index(domain), dtype=torch.long, device=self.device)
+
+    def check_knob(self, knob_value) -> None:
+        if self.knob_name is None and knob_value is not None:
+            raise ValueError(f"{type(self).__name__} has no knob; got {knob_value!r}")

@@ -1,0 +1,22 @@
+"""Learning-rate schedules shared by the methods."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> dict:
+    """Linear warm-up to the base rate over `warmup_steps`, then cosine decay to 0 at `total_steps`.
+
+    Returns:
+        A Lightning `lr_scheduler` config dict stepped every optimisation step.
+    """
+    warm, total = max(1, warmup_steps), max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}

@@ -1,0 +1,31 @@
+"""U-Nets from diffusers, built from config with no pretrained weights."""
+from __future__ import annotations
+
+
+def make_unet(image_size: int, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32,
+              channel_mults: tuple[int, ...] = (1, 2, 2), layers_per_block: int = 1, attention: bool = False,
+              num_class_embeds: int | None = None, norm_groups: int = 8):
+    """A diffusers `UNet2DModel`; with `num_class_embeds` the class embedding is added to the time embedding.
+
+    Args:
+        image_size: Input side (must be divisible by 2^(len(channel_mults)-1)).
+        in_channels, out_channels: Channels of input and output.
+        base_channels: Channels at full resolution; level i has base_channels * channel_mults[i].
+        channel_mults: Per-level multipliers.
+        layers_per_block: ResNet blocks per level.
+        attention: Self-attention at the two lowest resolutions (as ADM does at 16x16 and 8x8).
+        num_class_embeds: Number of class labels (incl. a null label for guidance), or None.
+        norm_groups: GroupNorm groups.
+    """
+    from diffusers import UNet2DModel
+
+    n = len(channel_mults)
+    if image_size % (2 ** (n - 1)):
+        raise ValueError(f"image_size {image_size} is not divisible by 2^{n - 1} (channel_mults={channel_mults})")
+    down = tuple("AttnDownBlock2D" if attention and i >= n - 2 else "DownBlock2D" for i in range(n))
+    up = tuple("AttnUpBlock2D" if attention and i < 2 else "UpBlock2D" for i in range(n))
+    return UNet2DModel(sample_size=image_size, in_channels=in_channels, out_channels=out_channels,
+                       block_out_channels=tuple(base_channels * m for m in channel_mults),
+                       layers_per_block=layers_per_block, down_block_types=down, up_block_types=up,
+                       norm_num_groups=norm_groups, num_class_embeds=num_class_embeds,
+                       attention_head_dim=8 if attention else None)

@@ -1,0 +1,128 @@
+"""MedShift against closed forms: the path, the solvers, tau, guidance, nfe."""
+import math
+
+import pytest
+import torch
+
+from methods.components.paths import CondOTPath
+from methods.components.solvers import integrate, n_steps
+from methods.medshift import MedShift
+
+DOMAINS = ("syn_low", "syn_high", "real_low", "real_normal", "real_high")
+
+
+def test_cond_ot_path_matches_formula():
+    sigma = 1e-4
+    x_0, x_1 = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    t = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    s = CondOTPath(sigma).sample(x_0, x_1, t)
+    tt = t.view(-1, 1, 1, 1)
+    torch.testing.assert_close(s.x_t, (1 - (1 - sigma) * tt) * x_0 + tt * x_1)
+    torch.testing.assert_close(s.dx_t, x_1 - (1 - sigma) * x_0)
+    torch.testing.assert_close(s.x_t[0], x_0[0])  # t = 0: noise
+    torch.testing.assert_close(s.x_t[-1], x_1[-1] + sigma * x_0[-1])  # t = 1: data (+ sigma_min noise)
+    # the target is the time derivative of x_t (finite difference)
+    eps = 1e-3
+    fd = (CondOTPath(sigma).sample(x_0, x_1, t.clamp(max=1 - eps) + eps).x_t
+          - CondOTPath(sigma).sample(x_0, x_1, t.clamp(max=1 - eps)).x_t) / eps
+    torch.testing.assert_close(fd, s.dx_t, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
+def test_solvers_reach_analytic_end_point_with_their_order(method, order):
+    a = -1.3  # dx/dt = a x + cos(t)  ->  closed-form solution below
+    x0 = torch.tensor([0.7], dtype=torch.float64)
+
+    def exact(t0, t1, x):
+        p = lambda t: (-a * math.cos(t) + math.sin(t)) / (a * a + 1)  # noqa: E731  particular solution
+        c = (x - p(t0)) * math.exp(-a * t0)
+        return c * math.exp(a * t1) + p(t1)
+
+    v = lambda x, t: a * x + math.cos(t)  # noqa: E731
+    errs = []
+    for h in (0.1, 0.05, 0.025):
+        errs.append(abs(float(integrate(v, x0, 1.0, 0.3, h, method)) - exact(1.0, 0.3, 0.7)))
+    ratios = [errs[i] / errs[i + 1] for i in range(2)]
+    assert all(r == pytest.approx(2**order, rel=0.15) for r in ratios), ratios
+    fwd = float(integrate(v, x0, 0.3, 1.0, 0.01, method))
+    assert fwd == pytest.approx(exact(0.3, 1.0, 0.7), abs=0.01 if order == 1 else 1e-4)
+
+
+def test_n_steps():
+    assert n_steps(1.0, 0.6, 0.04) == 10 and n_steps(1.0, 1.0, 0.04) == 0 and n_steps(0.3, 1.0, 0.1) == 7
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    cfg = dict(base_channels=8, channel_mults=(1, 2), step_size=0.1)
+    cfg.update(kw)
+    return MedShift(DOMAINS, DOMAINS[:2], "real_normal", 16, **cfg).eval()
+
+
+class _Counter:
+    def __init__(self, net):
+        self.images = 0
+        net.register_forward_pre_hook(lambda mod, args, kwargs: self._count(args), with_kwargs=True)
+
+    def _count(self, args):
+        self.images += args[0].shape[0]
+
+
+def test_tau_one_is_identity_and_tau_is_honoured():
+    m = _model()
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    assert torch.equal(m.translate(x, "syn_low", "real_normal", 1.0), x)
+    outs = {tau: m.translate(x, "syn_low", "real_normal", tau) for tau in (0.9, 0.6, 0.3)}
+    d = {tau: (o - x).abs().mean().item() for tau, o in outs.items()}
+    assert d[0.9] < d[0.6] < d[0.3]  # less of the path re-generated -> closer to the source
+    with pytest.raises(ValueError, match="tau"):
+        m.translate(x, "syn_low", "real_normal", 1.5)
+
+
+def test_guidance_limits_equal_conditional_and_unconditional_predictions():
+    m = _model()
+    x, t = torch.randn(2, 1, 16, 16), 0.4
+    tt = torch.full((2,), t)
+    cond = m(x, tt, torch.full((2,), 3), use_ema=True)
+    null = m(x, tt, torch.full((2,), m.null_label), use_ema=True)
+    torch.testing.assert_close(m.guided_velocity(x, t, 3, 1.0), cond)
+    torch.testing.assert_close(m.guided_velocity(x, t, 3, 0.0), null)
+    torch.testing.assert_close(m.guided_velocity(x, t, 3, 2.5), null + 2.5 * (cond - null), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("solver, guidance", [("euler", 2.0), ("heun", 2.0), ("euler", 1.0)])
+def test_nfe_is_the_true_count_and_grows_with_steps_and_one_minus_tau(solver, guidance):
+    m = _model(solver=solver, guidance=guidance)
+    counter = _Counter(m.ema.shadow)
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    for tau in (0.6, 0.3):
+        counter.images = 0
+        m.translate(x, "syn_low", "real_normal", tau)
+        assert counter.images == m.nfe(tau) * len(x)
+    assert m.nfe(0.3) > m.nfe(0.6) > m.nfe(0.9) > m.nfe(1.0) == 0
+    assert _model(solver=solver, guidance=guidance, step_size=0.05).nfe(0.6) > m.nfe(0.6)
+
+
+def test_encode_decode_same_label_reconstructs_on_trained_toy_model():
+    """Two-domain toy data (bright / dark discs); after a short fit the ODE inversion is nearly lossless."""
+    torch.manual_seed(0)
+    m = MedShift(("a", "b"), ("a",), "b", 16, base_channels=8, channel_mults=(1, 2), step_size=0.02, solver="heun",
+                 guidance=1.0, ema_decay=0.0, warmup_steps=1, max_steps=150, p_uncond=0.2)
+    yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    disc = (((yy - 7.5) ** 2 + (xx - 7.5) ** 2) < 25).float()
+    opt = m.configure_optimizers()["optimizer"]
+    for step in range(150):
+        labels = torch.randint(0, 2, (16,))
+        imgs = (disc * torch.where(labels == 0, 0.8, -0.2).view(-1, 1, 1) - 0.5 * (1 - disc)).unsqueeze(1)
+        imgs = imgs + 0.02 * torch.randn_like(imgs)
+        loss = m.training_step({"image": imgs, "domain": labels}, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        m.on_train_batch_end(None, None, step)
+    m.eval()
+    x = (disc * 0.8 - 0.5 * (1 - disc)).expand(2, 1, 16, 16)
+    rec = m.translate(x, "a", "a", 0.5)
+    assert (rec - x).pow(2).mean().sqrt() < 0.05
+    moved = m.translate(x, "a", "b", 0.3)
+    assert moved[:, :, 6:10, 6:10].mean() < x[:, :, 6:10, 6:10].mean() - 0.3  # the disc darkens towards domain b

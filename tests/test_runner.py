@@ -1,0 +1,109 @@
+"""The runner: records, resume, skipping, bad input; and the CLI's one-line errors."""
+import json
+
+import pytest
+
+from benchmark.__main__ import main
+from benchmark.run import RECORD_KEYS, RunContext, RunError, RunSpec, read_records, resolve_config, run_one
+from benchmark.scorer import Scorer
+
+
+@pytest.fixture
+def ctx(tmp_path, data_root):
+    return RunContext(tmp_path / "results", Scorer(weights_dir=tmp_path / "w", cache_dir=tmp_path / "results/cache"),
+                      quiet=True)
+
+
+def test_identity_and_histmatch_records(ctx, tiny):
+    recs = run_one(RunSpec("identity", data_root=str(tiny.root.parent.parent)), ctx)
+    assert len(recs) == 2  # two sources, one point
+    r = recs[0]
+    assert set(RECORD_KEYS) <= set(r) and r["knob"] is None and r["knob_value"] is None
+    assert r["ssim_src"] == pytest.approx(1.0) and r["n_images"] == 36 and r["nfe"] == 0
+    assert r["fid"] is None and "make weights" in r["unavailable"]["fid"]
+    assert r["ssim_gt"] < 0.9  # the domain gap is real
+    hm = run_one(RunSpec("histmatch", data_root=str(tiny.root.parent.parent)), ctx)
+    assert [x["knob_value"] for x in hm] == [1.0, 0.5, 1.0, 0.5]
+    by_src = {x["source"]: x for x in hm if x["knob_value"] == 1.0}
+    for rec in recs:
+        assert by_src[rec["source"]]["hist_w1"] < rec["hist_w1"]  # closer to the target's intensities
+
+
+def test_rerun_skips_and_resume_recomputes_only_missing(ctx, tiny):
+    spec = RunSpec("histmatch", data_root=str(tiny.root.parent.parent))
+    first = run_one(spec, ctx)
+    folder = spec.folder(ctx.results_dir)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["split_hash"] == tiny.split_hash and "git_sha" in config and config["packages"]["torch"]
+    mtime = (folder / "records.jsonl").stat().st_mtime_ns
+    assert run_one(spec, ctx) == first and (folder / "records.jsonl").stat().st_mtime_ns == mtime
+    # simulate an interruption after the first record
+    lines = (folder / "records.jsonl").read_text().splitlines()
+    (folder / "records.jsonl").write_text(lines[0] + "\n")
+    (folder / "done").unlink()
+    again = run_one(spec, ctx)
+    assert len(again) == len(first) and again[0] == first[0]
+    assert [r["knob_value"] for r in again] == [r["knob_value"] for r in first]
+
+
+def test_edited_record_is_rejected(ctx, tiny):
+    spec = RunSpec("identity", data_root=str(tiny.root.parent.parent))
+    run_one(spec, ctx)
+    path = spec.folder(ctx.results_dir) / "records.jsonl"
+    rec = json.loads(path.read_text().splitlines()[0])
+    rec["ssim_gt"] = 0.99
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(RunError, match="checksum mismatch"):
+        read_records(path)
+
+
+def test_config_layers_and_unknown_set_key():
+    spec = RunSpec("medshift", overrides=(("guidance", 3.0),), max_steps=7)
+    cfg = resolve_config(spec)
+    assert cfg["guidance"] == 3.0 and cfg["max_steps"] == 7
+    assert cfg["base_channels"] == 16  # skull-sim/tiny delta from benchmark/configs/medshift.yaml
+    with pytest.raises(RunError, match="valid keys: .*guidance"):
+        resolve_config(RunSpec("medshift", overrides=(("gudiance", 3.0),)))
+
+
+def test_corrupted_checkpoint_is_reported(ctx, tiny):
+    spec = RunSpec("medshift", data_root=str(tiny.root.parent.parent), max_steps=2,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
+    ckpt = spec.folder(ctx.results_dir) / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="cannot be loaded.*delete it"):
+        run_one(spec, ctx)
+    assert ckpt.read_bytes() == b"not a checkpoint"  # nothing touched
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "nope"], "unknown method 'nope'; available: identity"),
+    (["run", "--method", "identity", "--dataset", "mnist"], "unknown dataset 'mnist'; available: skull-sim"),
+    (["run", "--method", "identity", "--task", "ct2mr"], "unknown task 'ct2mr'; available: sim2real, dose"),
+    (["run", "--method", "identity", "--task", "syn_low->ct"], "does not have"),
+    (["run", "--method", "identity", "--preset", "huge"], "unknown preset 'huge'; available: tiny"),
+    (["run", "--method", "medshift", "--set", "nope=1", "--dry-run"], "valid keys"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_unwritable_results_dir(tmp_path, capsys, data_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["run", "--method", "identity", "--results-dir", str(blocker / "results"), "--quiet"]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_plan(capsys):
+    assert main(["run", "--method", "medshift", "identity", "--seeds", "0", "1", "--task", "sim2real", "dose",
+                 "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    medshift = [p for p in plan if p["method"] == "medshift"]
+    identity = [p for p in plan if p["method"] == "identity"]
+    assert len(medshift) == 2 and medshift[0]["tasks"] == ["sim2real", "dose"]  # one fit serves both pairs
+    assert len(identity) == 4  # identity's training domains differ per task
+    assert medshift[0]["config"]["guidance"] == 2.0
