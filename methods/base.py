@@ -66,7 +66,8 @@ class TranslationMethod(L.LightningModule):
     # ------------------------------------------------------------------ shared helpers
     @property
     def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        """Trained parameters (EMA copies and frozen modules excluded)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def domain_index(self, domain: str) -> int:
         if domain not in self.domains:

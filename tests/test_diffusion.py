@@ -1,0 +1,91 @@
+"""Shared diffusion core, SDEdit and ContourDiff against closed forms and their stated behaviour."""
+import numpy as np
+import pytest
+import torch
+
+from methods.components.contours import contour_map
+from methods.components.diffusion import DiffusionCore
+from methods.contourdiff import ContourDiff
+from methods.sdedit import SDEdit
+
+DOMAINS = ("syn_low", "syn_high", "real_low", "real_normal", "real_high")
+
+
+def test_schedule_and_forward_marginal_match_closed_form():
+    core = DiffusionCore()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    alpha_bar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(core.alphas_cumprod.numpy(), alpha_bar, rtol=1e-5)
+    x_0 = torch.full((20000, 1, 1, 1), 0.6)
+    for t in (10, 300, 900):
+        x_t = core.train_scheduler.add_noise(x_0, torch.randn_like(x_0), torch.full((20000,), t))
+        # q(x_t | x_0) = N(sqrt(a_t) x_0, (1 - a_t) I)
+        assert x_t.mean().item() == pytest.approx(np.sqrt(alpha_bar[t]) * 0.6, abs=0.02)
+        assert x_t.var().item() == pytest.approx(1 - alpha_bar[t], rel=0.05, abs=2e-4)
+
+
+def test_strength_maps_to_sampler_timesteps():
+    core = DiffusionCore(num_inference_steps=50)
+    assert len(core.timesteps_for(0.0)) == 0 and core.nfe(0.3) == 15 and core.nfe(1.0) == 50
+    assert int(core.timesteps_for(0.3)[0]) == pytest.approx(0.3 * 1000, abs=21)  # starts near t0 = 0.3 T
+    with pytest.raises(ValueError, match="strength"):
+        core.timesteps_for(1.5)
+
+
+def _eps_zero(x, t):
+    return torch.zeros_like(x)
+
+
+def test_strength_zero_returns_source_and_ddim_is_deterministic():
+    core = DiffusionCore(num_inference_steps=20)
+    x = torch.rand(3, 1, 8, 8) * 2 - 1
+    assert torch.equal(core.denoise_from(_eps_zero, x, 0.0), x)
+    a = core.denoise_from(_eps_zero, x, 0.5, torch.Generator().manual_seed(1))
+    b = core.denoise_from(_eps_zero, x, 0.5, torch.Generator().manual_seed(1))
+    c = core.denoise_from(_eps_zero, x, 0.5, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_ddim_with_exact_noise_prediction_recovers_the_start_image():
+    """If eps_theta returns the true noise, DDIM (eta 0) maps x_t back to x_0 exactly."""
+    core = DiffusionCore(num_inference_steps=25)
+    x_0 = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+    ab = core.alphas_cumprod
+
+    def oracle(x_t, t):  # the noise consistent with x_0: (x_t - sqrt(a) x_0) / sqrt(1 - a)
+        a = ab[t].view(-1, 1, 1, 1)
+        return (x_t - a.sqrt() * x_0) / (1 - a).sqrt()
+
+    out = core.denoise_from(oracle, x_0, 0.6, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, x_0, atol=1e-4, rtol=0)
+
+
+def test_contours_find_the_skull_outline_and_nothing_on_constant(tiny):
+    x, rows = tiny.images("real_high", "test")
+    edges = contour_map(x[:4]) > 0
+    mask = torch.from_numpy(np.stack([np.array(__import__("PIL.Image").Image.open(tiny.root / p))
+                                      for p in rows["mask_path"][:4]]))
+    from scipy import ndimage
+    for i in range(4):
+        head = mask[i].numpy() > 0
+        outline = head & ~ndimage.binary_erosion(head, border_value=1)  # 1-px boundary, image border excluded
+        near_edge = ndimage.binary_dilation(edges[i, 0].numpy(), iterations=2)
+        assert (outline & near_edge).sum() / outline.sum() > 0.6, i  # most of the head outline is found
+    assert edges.float().mean() < 0.3
+    assert not (contour_map(torch.full((2, 1, 32, 32), 0.3)) > 0).any()
+
+
+@pytest.mark.parametrize("cls, knob_max", [(SDEdit, 0.8), (ContourDiff, 1.0)])
+def test_translation_stays_closer_to_source_at_low_knob(cls, knob_max):
+    torch.manual_seed(0)
+    m = cls(DOMAINS, DOMAINS[:2], "real_normal", 16, base_channels=8, channel_mults=(1, 2),
+            num_inference_steps=10).eval()
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    near = (m.translate(x, "syn_low", "real_normal", 0.1) - x).abs().mean()
+    far = (m.translate(x, "syn_low", "real_normal", knob_max) - x).abs().mean()
+    assert near < far
+    assert torch.equal(m.translate(x, "syn_low", "real_normal", 0.0), x)
+    assert m.nfe(0.1) == 1 and m.nfe(knob_max) == int(10 * knob_max)
+    with pytest.raises(KeyError, match="trained on"):
+        m.translate(x, "syn_low", "real_high", 0.5)
+    assert cls.training_domains(DOMAINS, DOMAINS[:2], "real_normal") == ("real_normal",)
