@@ -36,7 +36,7 @@ RECORD_KEYS = ("method", "dataset", "preset", "task", "seed", "source", "target"
                "n_params", "peak_rss_mb")
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
-                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*")
+                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
@@ -235,22 +235,21 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
 
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(accelerator=spec.accelerator, devices=1, precision=spec.precision, callbacks=callbacks,
-                        logger=CSVLogger(folder, name="", version="logs"), enable_progress_bar=interactive,
+                        logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
                         log_every_n_steps=10, **settings)
     last = ckpt_dir / "last.ckpt"
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings():
-            for pattern in QUIET_WARNINGS:
-                warnings.filterwarnings("ignore", message=pattern)
-            trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as exc:
-        if last.is_file() and ("checkpoint" in str(exc).lower() or "zip" in str(exc).lower()
-                               or "pickle" in str(exc).lower() or isinstance(exc, (EOFError, KeyError))):
-            raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:120]}); delete it "
+    if last.is_file():
+        try:  # validate before Lightning touches it: a clear error, and the file is left as it is
+            torch.load(last, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises pickle, zip and runtime errors here
+            raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
                            "to train this run from scratch") from exc
-        raise
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        for pattern in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
     return time.perf_counter() - t0
 
 

@@ -1,0 +1,50 @@
+"""Golden test of the summary tables from committed fixture records (see tests/data/make_fixture.py)."""
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmark.collect import formatted, load_records, summary, write_tables
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def table():
+    return summary(load_records(DATA / "records"))
+
+
+def test_summary_matches_golden_file(table, tmp_path):
+    written = write_tables(table, tmp_path)
+    got = pd.read_csv(written[0])
+    golden = DATA / "expected_summary.csv"
+    if os.environ.get("UPDATE_GOLDEN"):
+        golden.write_text(written[0].read_text())
+    pd.testing.assert_frame_equal(got, pd.read_csv(golden), check_exact=False, rtol=1e-9)
+    assert {p.suffix for p in written} == {".csv", ".md", ".tex"}
+
+
+def test_mean_and_interval_by_hand(table):
+    row = table[(table["method"] == "medshift") & (table["knob_value"] == 0.6)].iloc[0]
+    per_seed = [(0.55 + 0.57) / 2, (0.53 + 0.55) / 2]  # sources averaged within each seed first
+    assert row["ssim_src"] == pytest.approx(sum(per_seed) / 2)
+    half = stats.t.ppf(0.975, 1) * pd.Series(per_seed).std() / 2**0.5
+    assert row["ssim_src_ci"] == pytest.approx(half) and row["n_seeds"] == 2
+
+
+def test_ranks_follow_the_paper_convention(table):
+    t = table.set_index(["method", "knob_value"])
+    assert (t["realism_by"] == "fid").all()
+    assert t.loc[("cyclegan", ""), "realism_rank"] == 1 and t.loc[("identity", ""), "realism_rank"] == 4
+    assert t.loc[("identity", ""), "structure_rank"] == 1
+    assert t.loc[("medshift", 0.6), "avg_rank"] == pytest.approx((3 + 3) / 2)
+
+
+def test_markdown_has_arrows_bold_best_and_single_points(table):
+    md = formatted(table)
+    assert "FID ↓" in md.columns and "SSIM (src) ↑" in md.columns
+    fid = dict(zip(md["method"] + md["knob"], md["FID ↓"]))
+    assert fid["cyclegan–"].startswith("**152.0") and not fid["identity–"].startswith("**")
+    assert set(md[md["method"] == "cyclegan"]["knob"]) == {"–"}  # no knob: one point
