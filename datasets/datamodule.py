@@ -87,6 +87,10 @@ class TranslationDataModule(L.LightningDataModule):
         return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, drop_last=len(self._train) > self.batch_size,
                           generator=g, num_workers=0)
 
+    def train_images(self) -> torch.Tensor:
+        """Every training image served (all training domains), (N, 1, H, W) in [-1, 1]."""
+        return self.dataset.load(self.dataset.rows(self.domains, self.split))
+
     def domain_images(self, domain: str, split: str | None = None) -> torch.Tensor:
         """All images of one domain in a split (default: the training split)."""
         return self.dataset.images(domain, split or self.split)[0]

@@ -13,8 +13,14 @@ Guidance v = v(x, t, null) + w (v(x, t, c) - v(x, t, null)), one batched call fo
 tau = 1 is the identity; smaller tau restyles more. The authors' default Euler loop ignored tau;
 here both legs honour it (tested), with `ceil((1 - tau) / step_size)` steps each.
 
+Space: `space="pixel"` (default, what runs on a CPU) or `space="latent"`: the same flow in the latent
+space of a diffusers `AutoencoderKL` - a user's pretrained folder (`autoencoder=PATH`, e.g. a local
+copy of the paper's `sd-vae-ft-mse`, scale 0.18215, grey repeated to 3 channels) or, with no path, a
+small KL autoencoder the suite trains on the training split at the start of the first fit and caches
+for every later seed (`components.autoencoder`). tau = 1 returns the input exactly in both spaces.
+
 Deviations from the paper (documented choices):
-* pixel space by default (the paper's SD-VAE latent space needs weights that cannot be fetched here);
+* pixel space by default (the paper's SD-VAE weights cannot be fetched here);
 * a small diffusers `UNet2DModel` instead of the ~36M ADM U-Net (sizes are config);
 * t in [0, 1] is multiplied by `time_scale` inside the sinusoidal time embedding only, so the
   embedding's frequencies resolve t (`time_scale=1` feeds t literally, as the authors' ADM did);
@@ -26,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import TranslationMethod
+from .components.autoencoder import FirstStage, cached_autoencoder, load_pretrained, make_autoencoder
 from .components.ema import EMA
 from .components.schedules import warmup_cosine
 from .components.paths import CondOTPath
@@ -45,13 +52,24 @@ class MedShift(TranslationMethod):
                  layers_per_block: int = 1, attention: bool = False, sigma_min: float = 1e-4,
                  p_uncond: float = 0.2, guidance: float = 2.0, solver: str = "euler", step_size: float = 0.04,
                  lr: float = 1e-3, weight_decay: float = 0.0, warmup_steps: int = 100, max_steps: int = 2000,
-                 batch_size: int = 16, ema_decay: float = 0.999, time_scale: float = 1000.0):
+                 batch_size: int = 16, ema_decay: float = 0.999, time_scale: float = 1000.0, space: str = "pixel",
+                 autoencoder: str | None = None, ae_channels: tuple[int, ...] = (32, 64, 64),
+                 ae_latent_channels: int = 4, ae_steps: int = 1000):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
         if solver not in SOLVER_EVALS:
             raise ValueError(f"unknown solver {solver!r}; available: {', '.join(SOLVER_EVALS)}")
+        if space not in ("pixel", "latent"):
+            raise ValueError(f"unknown space {space!r}; use pixel or latent")
         self.null_label = len(self.domains)
-        self.net = make_unet(image_size, 1, 1, base_channels, tuple(channel_mults), layers_per_block, attention,
+        self.first_stage, channels, size = None, 1, image_size
+        if space == "latent":
+            ae = load_pretrained(autoencoder) if autoencoder else make_autoencoder(1, ae_latent_channels,
+                                                                                   tuple(ae_channels))
+            self.first_stage = FirstStage(ae)
+            self.register_buffer("first_stage_ready", torch.tensor(bool(autoencoder)))
+            channels, size = int(ae.config.latent_channels), image_size // self.first_stage.factor
+        self.net = make_unet(size, channels, channels, base_channels, tuple(channel_mults), layers_per_block, attention,
                              num_class_embeds=len(self.domains) + 1)
         self.ema = EMA(self.net, ema_decay)
         self.path = CondOTPath(sigma_min)
@@ -65,8 +83,24 @@ class MedShift(TranslationMethod):
         net = self.ema.shadow if use_ema else self.net
         return net(x_t, t * self.hparams.time_scale, class_labels=labels).sample
 
+    def on_fit_start(self) -> None:
+        """Latent mode with a suite autoencoder: train it on the training images (or take it from the cache)."""
+        if self.first_stage is None or bool(self.first_stage_ready):
+            return
+        dm = self.trainer.datamodule
+        hp = self.hparams
+        settings = dict(channels=list(hp.ae_channels), latent_channels=hp.ae_latent_channels, steps=hp.ae_steps)
+        identity = dict(dataset=dm.dataset.name, config=dm.dataset.config, split=dm.dataset.split_hash,
+                        domains=list(dm.domains))
+        ae, _ = cached_autoencoder(settings, identity, dm.train_images())
+        self.first_stage.ae.load_state_dict(ae.state_dict())
+        self.first_stage.scale.fill_(float(ae.config.scaling_factor))
+        self.first_stage_ready.fill_(True)
+
     def training_step(self, batch, batch_idx):
         x_1, labels = batch["image"], batch["domain"]
+        if self.first_stage is not None:
+            x_1 = self.first_stage.encode(x_1, sample=True)
         drop = torch.rand(labels.shape, device=labels.device) < self.hparams.p_uncond
         labels = torch.where(drop, torch.full_like(labels, self.null_label), labels)
         t = torch.rand(x_1.shape[0], device=x_1.device)
@@ -103,13 +137,18 @@ class MedShift(TranslationMethod):
         tau = 0.6 if knob_value is None else float(knob_value)
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
+        if tau == 1.0:
+            return images.clone()  # no part of the path is re-generated
         w = self.hparams.guidance if guidance is None else guidance
         s, r = self.domain_index(source), self.domain_index(target)
         h, method = self.hparams.step_size, self.hparams.solver
+        x_1 = images.float() if self.first_stage is None else self.first_stage.encode(images.float())
         # 1. encode: x(1) = source image -> x(tau) under the source label (backwards in time)
-        z = integrate(lambda x, t: self.guided_velocity(x, t, s, w), images.float(), 1.0, tau, h, method)
+        z = integrate(lambda x, t: self.guided_velocity(x, t, s, w), x_1, 1.0, tau, h, method)
         # 2. decode: x(tau) -> x(1) under the target label
         x_hat = integrate(lambda x, t: self.guided_velocity(x, t, r, w), z, tau, 1.0, h, method)
+        if self.first_stage is not None:
+            x_hat = self.first_stage.decode(x_hat)
         return x_hat.clamp(-1.0, 1.0)
 
     def nfe(self, knob_value=0.6, guidance: float | None = None) -> int:

@@ -126,3 +126,60 @@ def test_encode_decode_same_label_reconstructs_on_trained_toy_model():
     assert (rec - x).pow(2).mean().sqrt() < 0.05
     moved = m.translate(x, "a", "b", 0.3)
     assert moved[:, :, 6:10, 6:10].mean() < x[:, :, 6:10, 6:10].mean() - 0.3  # the disc darkens towards domain b
+
+
+# ------------------------------------------------------------------------------- latent space
+def _fit_latent(tiny, tmp_path, **kw):
+    import lightning as L
+
+    from datasets.datamodule import TranslationDataModule
+
+    cfg = dict(base_channels=8, channel_mults=(1, 2), step_size=0.25, batch_size=4, max_steps=2, warmup_steps=1,
+               space="latent", ae_channels=(8, 16), ae_latent_channels=2, ae_steps=3)
+    cfg.update(kw)
+    m = MedShift(tiny.domains, DOMAINS[:2], "real_normal", tiny.size, **cfg)
+    dm = TranslationDataModule(tiny, tiny.domains, batch_size=4)
+    trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(m, datamodule=dm)
+    return m.eval(), trainer
+
+
+def test_latent_mode_trains_caches_and_reuses_the_autoencoder(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path))
+    m, trainer = _fit_latent(tiny, tmp_path)
+    cached = list((tmp_path / "autoencoders").iterdir())
+    assert len(cached) == 1 and (cached[0] / "config.json").is_file()
+    assert bool(m.first_stage_ready) and m.first_stage.scale.item() != 1.0  # 1/std of the training latents
+    assert m.net.config.in_channels == 2 and m.net.config.sample_size == tiny.size // 2
+    x, _ = tiny.images("syn_low", "test")
+    y = m.translate(x[:2], "syn_low", "real_normal", 0.6)
+    assert y.shape == (2, 1, tiny.size, tiny.size) and torch.isfinite(y).all()
+    assert torch.equal(m.translate(x[:2], "syn_low", "real_normal", 1.0), x[:2])
+    # a second run (another seed) reuses the cached autoencoder instead of training one
+    import methods.components.autoencoder as ae_mod
+
+    monkeypatch.setattr(ae_mod, "train_autoencoder", lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
+    m2, _ = _fit_latent(tiny, tmp_path)
+    torch.testing.assert_close(m2.first_stage.scale, m.first_stage.scale)
+    # checkpoint round trip restores the autoencoder too
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    restored = MedShift.load_from_checkpoint(ckpt, weights_only=True).eval()
+    torch.testing.assert_close(restored.translate(x[:2], "syn_low", "real_normal", 0.6), y)
+
+
+def test_latent_mode_with_a_users_pretrained_rgb_autoencoder(tmp_path):
+    from methods.components.autoencoder import make_autoencoder
+
+    ae = make_autoencoder(image_channels=3, latent_channels=4, channels=(8, 16))
+    ae.register_to_config(scaling_factor=0.18215)  # the SD VAE's constant
+    ae.save_pretrained(tmp_path / "vae")
+    m = MedShift(DOMAINS, DOMAINS[:2], "real_normal", 16, base_channels=8, channel_mults=(1, 2),
+                 space="latent", autoencoder=str(tmp_path / "vae")).eval()
+    assert m.first_stage.scale.item() == pytest.approx(0.18215) and m.first_stage.channels == 3
+    assert bool(m.first_stage_ready)
+    y = m.translate(torch.rand(2, 1, 16, 16) * 2 - 1, "syn_low", "real_normal", 0.5)
+    assert y.shape == (2, 1, 16, 16)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MedShift(DOMAINS, DOMAINS[:2], "real_normal", 16, space="latent", autoencoder=str(tmp_path / "missing"))
