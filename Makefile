@@ -46,7 +46,7 @@ collect: $(VENV)/.installed  ## results/runs -> results/tables/summary.{csv,md,t
 figures: $(VENV)/.installed  ## records -> results/figures/*.png (trade-off curves)
 	$(PY) -m benchmark figures --results-dir $(RESULTS)
 
-regress: $(VENV)/.installed  ## CI-style regression: identity+histmatch on tiny, compared with results/reference
+regress: $(VENV)/.installed  ## end-to-end regression: make benchmark METHOD=identity on tiny, tables, figures
 	$(PY) -m pytest -q tests/test_runner_e2e.py
 
 weights: $(VENV)/.installed  ## fetch Inception + AlexNet weights into WEIGHTS_DIR (default: torch hub cache)
