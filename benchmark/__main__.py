@@ -23,6 +23,7 @@ def _add_run(sub) -> None:
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--weights-dir", type=Path, default=None)
+    p.add_argument("--clip-dir", type=Path, default=None, help="local CLIP folder for CMMD (optional)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--dataset-config", default=None, help="YAML for folder datasets")
     p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
@@ -68,7 +69,8 @@ def cmd_run(args) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     with Progress(console=console, disable=args.quiet) as progress:
-        ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache"),
+        ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
+                                                         clip_dir=args.clip_dir),
                          progress=progress, quiet=args.quiet)
         _prepare_data(specs[0], ctx, progress)
         overall = progress.add_task("runs", total=len(specs))

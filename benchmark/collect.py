@@ -17,7 +17,7 @@ from .metrics import METRICS, mean_ci_over_seeds
 from .run import atomic_write, read_records
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
-TABLE_METRICS = ["fid", "kid", "coverage", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt", "ssim_src",
+TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt", "ssim_src",
                  "psnr_src", "lpips_src"]
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 REALISM_RANK_ORDER = ["fid", "nps_dist"]

@@ -62,6 +62,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("recall", "realism", True, "inception", "Recall", False),
         MetricSpec("density", "realism", True, "inception", "Density", False),
         MetricSpec("coverage", "realism", True, "inception", "Coverage", False),
+        MetricSpec("cmmd", "realism", False, "clip", "CMMD", False),
         MetricSpec("nps_dist", "realism", False, None, "NPS dist", False),
         MetricSpec("hist_w1", "realism", False, None, "Hist W1", False),
     )
@@ -220,6 +221,19 @@ def prdc(f_real: np.ndarray, f_fake: np.ndarray, k: int = 5) -> dict[str, float]
         "density": float(inside.sum() / (k * len(f_fake))),
         "coverage": float((d_rf.min(axis=1) < r_real).mean()),
     }
+
+
+def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.0) -> float:
+    """CMMD (Jayasumana et al., CVPR 2024): scale * MMD^2 with a Gaussian RBF kernel of bandwidth sigma
+    on CLIP embeddings, the V-statistic over all pairs (diagonals included), as in the authors' code."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    gamma = 1.0 / (2 * sigma**2)
+
+    def k(a, b):
+        sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+        return np.exp(-gamma * sq).mean()
+
+    return float(scale * (k(x, x) + k(y, y) - 2 * k(x, y)))
 
 
 # ---------------------------------------------------------------- weight-free physics statistics

@@ -32,7 +32,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATA_ARGS = ("domains", "sources", "target", "image_size")
 RECORD_KEYS = ("method", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value", "n_images",
                "ssim_src", "psnr_src", "lpips_src", "ssim_gt", "psnr_gt", "lpips_gt", "fid", "kid", "precision",
-               "recall", "density", "coverage", "nps_dist", "hist_w1", "nfe", "sec_per_image", "train_sec",
+               "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "nfe", "sec_per_image", "train_sec",
                "n_params", "peak_rss_mb")
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",

@@ -83,6 +83,38 @@ class LPIPSAlex:
         return torch.cat(out).double().numpy()
 
 
+class CLIPEmbeddings:
+    """L2-normalised CLIP image embeddings for CMMD, from a local transformers folder (never downloaded).
+
+    The CMMD paper uses `openai/clip-vit-large-patch14-336`; save it once with
+    `CLIPVisionModelWithProjection.from_pretrained(...).save_pretrained(DIR)` (plus its image processor)
+    where the hub is reachable, then pass `--clip-dir DIR`. Needs the `transformers` package.
+    """
+
+    name = "clip"
+
+    def __init__(self, clip_dir: str | Path | None):
+        if clip_dir is None or not (Path(clip_dir) / "config.json").is_file():
+            raise WeightsUnavailable(f"CMMD needs CLIP weights saved with transformers in --clip-dir (got {clip_dir}); "
+                                     "see benchmark/scorer.py CLIPEmbeddings")
+        try:
+            from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
+        except ImportError as exc:
+            raise WeightsUnavailable("CMMD needs the transformers package: pip install transformers") from exc
+        self.model = CLIPVisionModelWithProjection.from_pretrained(clip_dir, local_files_only=True).eval()
+        self.processor = CLIPImageProcessor.from_pretrained(clip_dir, local_files_only=True)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        rgb = list(M.to_inception_uint8(x).permute(0, 2, 3, 1).numpy())  # processor resizes/normalises
+        out = []
+        for i in range(0, len(rgb), 32):
+            pixels = self.processor(images=rgb[i:i + 32], return_tensors="pt")["pixel_values"]
+            e = self.model(pixel_values=pixels).image_embeds
+            out.append(torch.nn.functional.normalize(e, dim=-1).double())
+        return torch.cat(out).numpy()
+
+
 @dataclass
 class Reference:
     """Statistics of a real target set, computed once and cached on disk.
@@ -100,6 +132,7 @@ class Reference:
     spectrum: np.ndarray
     quantiles: np.ndarray
     features: np.ndarray | None = None
+    clip: np.ndarray | None = None
 
 
 @dataclass
@@ -111,6 +144,7 @@ class Scorer:
         cache_dir: Where real-set statistics are cached (None: memory only).
         feature_extractor: Override (tests); default is Inception, or unavailable.
         lpips_model: Override (tests); default is LPIPS-AlexNet, or unavailable.
+        clip_dir: Local CLIP folder for CMMD (optional; CMMD is unavailable without it).
         kid_subset_size: KID subset size (clamped to N).
         n_boot: Bootstrap resamples for per-image intervals.
     """
@@ -119,6 +153,8 @@ class Scorer:
     cache_dir: Path | None = None
     feature_extractor: object | None = None
     lpips_model: object | None = None
+    clip_dir: str | Path | None = None
+    clip_model: object | None = None
     kid_subset_size: int = 1000
     n_boot: int = 1000
     unavailable: dict = field(default_factory=dict)
@@ -134,6 +170,11 @@ class Scorer:
             except WeightsUnavailable as exc:
                 for m in ("fid", "kid", "precision", "recall", "density", "coverage"):
                     self.unavailable[m] = str(exc)
+        if self.clip_model is None:
+            try:
+                self.clip_model = CLIPEmbeddings(self.clip_dir)
+            except WeightsUnavailable as exc:
+                self.unavailable["cmmd"] = str(exc)
         if self.lpips_model is None:
             try:
                 self.lpips_model = LPIPSAlex(self.weights_dir)
@@ -156,19 +197,21 @@ class Scorer:
             identity: What identifies the set (dataset, config, split hash, split, domain).
         """
         fx = self.feature_extractor
-        ident = dict(identity, extractor=getattr(fx, "name", None), weights=getattr(fx, "weights_sha", None), v=1)
+        ident = dict(identity, extractor=getattr(fx, "name", None), weights=getattr(fx, "weights_sha", None),
+                     clip=str(self.clip_dir) if self.clip_model is not None else None, v=2)
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.cache_dir / f"ref-{key}.npz" if self.cache_dir else None
         if path is not None and path.is_file():
             z = np.load(path)
-            return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"], z["features"] if "features" in z else None)
+            return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"], z["features"] if "features" in z else None,
+                             z["clip"] if "clip" in z else None)
         x01 = M.to_unit(images)
         ref = Reference(key, len(images), M.radial_power_spectrum(x01), M.intensity_quantiles(x01),
-                        self._features(images))
+                        self._features(images), self.clip_model(images) if self.clip_model is not None else None)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
-            extra = {"features": ref.features} if ref.features is not None else {}
+            extra = {k: v for k, v in (("features", ref.features), ("clip", ref.clip)) if v is not None}
             np.savez(tmp, n=ref.n, spectrum=ref.spectrum, quantiles=ref.quantiles, **extra)
             tmp.replace(path)
         return ref
@@ -220,6 +263,8 @@ class Scorer:
             out[f"{p}kid"], out[f"{p}kid_std"], out["kid_subset_size"] = M.kid_from_features(
                 reference.features, f_fake, self.kid_subset_size)
             out.update({f"{p}{k}": v for k, v in M.prdc(reference.features, f_fake).items()})
+        if reference.clip is not None and self.clip_model is not None:
+            out["cmmd"] = M.cmmd(reference.clip, self.clip_model(x_hat))
         out["unavailable"] = unavailable
         out["score_sec"] = time.perf_counter() - t0
         return out

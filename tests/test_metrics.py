@@ -109,6 +109,16 @@ def test_prdc_matches_definition_on_toy_sets():
     assert same["precision"] == 1.0 and same["coverage"] == 1.0
 
 
+def test_cmmd_matches_direct_rbf_mmd():
+    rng = np.random.default_rng(8)
+    x, y = rng.normal(size=(6, 4)), rng.normal(size=(5, 4)) + 2.0
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * 10.0**2))  # noqa: E731
+    mean_k = lambda A, B: np.mean([[k(a, b) for b in B] for a in A])  # noqa: E731
+    ref = 1000 * (mean_k(x, x) + mean_k(y, y) - 2 * mean_k(x, y))
+    assert M.cmmd(x, y) == pytest.approx(ref, rel=1e-10)
+    assert M.cmmd(x, x) == pytest.approx(0.0, abs=1e-9) and M.cmmd(x, y) > 0
+
+
 def test_hist_w1_matches_scipy_wasserstein():
     rng = np.random.default_rng(5)
     a, b = rng.beta(2, 5, (3, 1, 16, 16)), rng.beta(3, 3, (3, 1, 16, 16))
@@ -170,6 +180,7 @@ def test_missing_weights_recorded_unavailable_with_fix(tmp_path, monkeypatch):
     out = scorer.score(xs, xs, None, ref, gt_reason="no pairs")
     for m in ("fid", "kid", "coverage", "lpips_src"):
         assert m not in out and "make weights" in out["unavailable"][m]
+    assert "cmmd" not in out and "--clip-dir" in out["unavailable"]["cmmd"]
     assert out["unavailable"]["ssim_gt"] == "no pairs"
     assert out["ssim_src"] == pytest.approx(1.0) and out["nps_dist"] == 0.0 and out["hist_w1"] == 0.0
 
