@@ -48,7 +48,12 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             mean, half = mean_ci_over_seeds(g[m].to_numpy())
             row[m], row[f"{m}_ci"] = mean, half
         rows.append(row)
-    out = pd.DataFrame(rows)
+    return add_ranks(pd.DataFrame(rows))
+
+
+def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
+    """Realism, structure and average rank within each (dataset, preset, task), lower is better."""
+    out = out.copy()
     for (_, _, _), part in out.groupby(["dataset", "preset", "task"], sort=False):
         realism = next((m for m in REALISM_RANK_ORDER if m in part and part[m].notna().all()), None)
         if realism is not None:
@@ -100,9 +105,21 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def headline(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows at each method's table grid only, ranked among themselves (curve values are for the figures)."""
+    from methods import METHODS
+
+    def on_grid(row) -> bool:
+        cls = METHODS.get(row["method"])
+        grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
+        return row["knob_value"] in grid
+
+    return add_ranks(table[table.apply(on_grid, axis=1)].reset_index(drop=True))
+
+
 def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex"]
+    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md"]
     atomic_write(paths[0], table.to_csv(index=False, float_format="%.6g"))
     md = formatted(table).to_markdown(index=False)
     realism = table["realism_by"].dropna().unique() if "realism_by" in table else []
@@ -112,4 +129,5 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
+    atomic_write(paths[3], formatted(headline(table)).to_markdown(index=False) + note)
     return paths

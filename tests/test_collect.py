@@ -24,6 +24,7 @@ def test_summary_matches_golden_file(table, tmp_path):
         golden.write_text(written[0].read_text())
     pd.testing.assert_frame_equal(got, pd.read_csv(golden), check_exact=False, rtol=1e-9)
     assert {p.suffix for p in written} == {".csv", ".md", ".tex"}
+    assert "medshift | tau=0.6" in (tmp_path / "headline.md").read_text()
 
 
 def test_mean_and_interval_by_hand(table):
