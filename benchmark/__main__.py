@@ -103,18 +103,14 @@ def _check_writable(results_dir: Path) -> None:
 
 def _prepare_data(spec, ctx, progress) -> None:
     """Load (generate on first use) the dataset with a progress bar."""
-    from datasets import load_dataset
+    from benchmark.run import load_data
 
     bar = progress.add_task(f"data {spec.dataset}/{spec.preset}", total=None)
 
     def update(done, total):
         progress.update(bar, completed=done, total=total)
 
-    key = (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
-    kwargs = dict(preset=spec.preset, seed=spec.data_seed, config=spec.dataset_config, data_root=spec.data_root)
-    if spec.dataset == "skull-sim":
-        kwargs["progress"] = update
-    ctx.datasets[key] = load_dataset(spec.dataset, **kwargs)
+    load_data(spec, ctx, progress=update)
     progress.update(bar, completed=1, total=1)
 
 

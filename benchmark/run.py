@@ -193,13 +193,18 @@ class RunContext:
     quiet: bool = False
 
 
-def load_data(spec: RunSpec, ctx: RunContext):
+def load_data(spec: RunSpec, ctx: RunContext, progress=None):
+    """The spec's dataset, loaded (and for skull-sim generated) once per invocation.
+
+    Args:
+        progress: Optional callable(done, total) for generation progress.
+    """
     from datasets import load_dataset
 
     key = (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
     if key not in ctx.datasets:
         ctx.datasets[key] = load_dataset(spec.dataset, preset=spec.preset, seed=spec.data_seed,
-                                         config=spec.dataset_config, data_root=spec.data_root)
+                                         config=spec.dataset_config, data_root=spec.data_root, progress=progress)
     return ctx.datasets[key]
 
 
@@ -304,12 +309,17 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     method.eval()
     points = [p for p in evaluations(spec, method, dataset) if (p[0], p[1], p[3]) not in done_keys]
     task_bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points)) if ctx.progress else None
+    sha = git_sha()
+    inputs, references = {}, {}  # loaded once per (source, target) / target, shared by every knob value
     for task_name, source, target, knob in points:
-        x_src, rows = dataset.images(source, "test")
-        x_gt, gt_reason = dataset.counterparts(rows, target)
-        x_real, _ = dataset.images(target, "test")
-        ref = ctx.scorer.reference(x_real, dict(dataset=dataset.name, config=dataset.config, split=dataset.split_hash,
-                                                part="test", domain=target))
+        if (source, target) not in inputs:
+            x_src, rows = dataset.images(source, "test")
+            inputs[(source, target)] = (x_src, *dataset.counterparts(rows, target))
+        if target not in references:
+            references[target] = ctx.scorer.reference(dataset.images(target, "test")[0], dict(
+                dataset=dataset.name, config=dataset.config, split=dataset.split_hash, part="test", domain=target))
+        x_src, x_gt, gt_reason = inputs[(source, target)]
+        ref = references[target]
         x_hat, sec = _translate(method, x_src, source, target, knob)
         scores = ctx.scorer.score(x_hat, x_src, x_gt, ref, gt_reason)
         rec = {k: None for k in RECORD_KEYS}
@@ -319,7 +329,7 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
                    sec_per_image=sec, train_sec=train_sec, n_params=method.n_params,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=dataset.split_hash,
-                   git_sha=git_sha())
+                   git_sha=sha)
         rec["_sha"] = record_sha(rec)
         records.append(rec)
         atomic_write(records_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
