@@ -38,7 +38,8 @@ def cmd_run(args) -> int:
     from datasets import DATASETS
     from methods import METHODS
 
-    torch.set_num_threads(max(1, min(os.cpu_count() or 1, 16)))
+    # every core unless the user pinned a count (OMP_NUM_THREADS), e.g. to run two benchmarks side by side
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(os.cpu_count() or 1, 16))))
     for m in args.method:
         if m != "all" and m not in METHODS:
             raise KeyError(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")

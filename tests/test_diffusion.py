@@ -46,9 +46,12 @@ def test_strength_zero_returns_source_and_ddim_is_deterministic():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-def test_ddim_with_exact_noise_prediction_recovers_the_start_image():
-    """If eps_theta returns the true noise, DDIM (eta 0) maps x_t back to x_0 exactly."""
-    core = DiffusionCore(num_inference_steps=25)
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sampler_with_exact_noise_prediction_recovers_the_start_image(sampler):
+    """If eps_theta returns the true noise, DDIM (eta 0) maps x_t back to x_0 exactly, and so does the
+    ancestral sampler: every posterior q(x_{t-1} | x_t, x_0) is centred on the same x_0 and the last step
+    (alpha_bar_prev = 1) has zero variance."""
+    core = DiffusionCore(sampler=sampler, num_inference_steps=25)
     x_0 = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
     ab = core.alphas_cumprod
 
