@@ -9,6 +9,11 @@ with `done`, resumes one with a checkpoint and re-does only the evaluations that
 
 Tasks whose training domains are the same for a method share one fit: MedShift trains on every
 domain, so `--task sim2real dose` translates both pairs with one model.
+
+Settings a method declares in `sampling_settings` (MedShift's guidance, solver and step size; the
+diffusion baselines' sampler and step count) do not change what is trained. A run that differs from a
+finished run only in those (and in `--curve`) starts from that run's checkpoint instead of training
+again (`fit_key`); its records keep the original `train_sec` and config.json names the donor run.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import json
 import logging
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +42,8 @@ RECORD_KEYS = ("method", "dataset", "preset", "task", "seed", "source", "target"
                "n_params", "peak_rss_mb")
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
-                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*")
+                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*",
+                  ".*dirpath has changed.*")
 logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
@@ -107,6 +114,37 @@ def resolve_config(spec: RunSpec) -> dict:
     if spec.max_steps is not None and "max_steps" in cfg:
         cfg["max_steps"] = spec.max_steps
     return cfg
+
+
+def fit_key(spec: dict, method_config: dict) -> str:
+    """What determines the trained weights: the spec without where/what-to-evaluate fields and the
+    resolved config without the method's `sampling_settings`.
+
+    Args:
+        spec: `asdict(RunSpec)` (as stored in config.json).
+        method_config: The resolved config (as stored in config.json).
+    """
+    from methods import get_method
+
+    sampling = set(get_method(spec["method"]).sampling_settings)
+    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides")}
+    d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def find_donor(folder: Path, key: str) -> Path | None:
+    """A finished sibling run (same method, dataset, seed) whose fit has the same `fit_key`, or None."""
+    for other in sorted(folder.parent.glob(folder.name.split("-")[0] + "-*")):
+        cfg_path, ckpt = other / "config.json", other / "checkpoints" / "last.ckpt"
+        if other == folder or not ((other / "done").is_file() and ckpt.is_file() and cfg_path.is_file()):
+            continue
+        try:
+            cfg = json.loads(cfg_path.read_text())
+            if fit_key(cfg["spec"], cfg["method_config"]) == key:
+                return other
+        except (KeyError, ValueError, TypeError):  # an older or hand-edited config.json: not a donor
+            continue
+    return None
 
 
 def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[str, ...], **common) -> list[RunSpec]:
@@ -297,15 +335,25 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
 
     L.seed_everything(spec.seed, verbose=False)
     method = _build(spec, dataset, config)
+    key = fit_key(asdict(spec), config)
+    last = folder / "checkpoints" / "last.ckpt"
+    donor = None if last.is_file() else find_donor(folder, key)
     atomic_write(folder / "config.json", json.dumps(dict(
         spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
         dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
-        knob=method.knob_name, knob_grid=list(method.knob_grid)), indent=2, default=str))
+        knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key,
+        fit_from=donor.name if donor else None), indent=2, default=str))
     records = read_records(records_path)
     done_keys = {(r["task"], r["source"], r["knob_value"]) for r in records}
+    if donor is not None:  # same weights as a finished run: start from its checkpoint (copied, then renamed)
+        last.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(donor / "checkpoints" / "last.ckpt", last.with_suffix(".tmp"))
+        last.with_suffix(".tmp").replace(last)
     train_sec = _fit(spec, method, dataset, folder, ctx)
     if records:
         train_sec = records[0]["train_sec"]  # resumed: keep the time of the original fit
+    elif donor is not None:
+        train_sec = read_records(donor / "records.jsonl")[0]["train_sec"]
     method.eval()
     points = [p for p in evaluations(spec, method, dataset) if (p[0], p[1], p[3]) not in done_keys]
     task_bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points)) if ctx.progress else None

@@ -11,7 +11,9 @@ Contract for a subclass:
   curves) as class attributes; `knob_name = None` means a single point; `pairing` (batch layout);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
 * Lightning's `training_step` / `configure_optimizers`; `trainer_settings()` for its training budget;
-* `translate(images, source, target, knob_value)` and `nfe(knob_value)` (network evaluations per image).
+* `translate(images, source, target, knob_value)` and `nfe(knob_value)` (network evaluations per image);
+* `sampling_settings`: config keys that only change translation, not training (the runner reuses a
+  finished fit when a run differs from it only in these).
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ class TranslationMethod(L.LightningModule):
     knob_curve: ClassVar[tuple] = ()
     #: Batch layout the method trains on: "mixed" or "unpaired" (see datasets.datamodule).
     pairing: ClassVar[str] = "mixed"
+    #: Config keys used only by `translate` (a change reuses the trained weights).
+    sampling_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
         super().__init__()

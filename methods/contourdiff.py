@@ -35,6 +35,7 @@ class ContourDiff(TranslationMethod):
     knob_name = "noise_level"
     knob_grid = (1.0, 0.5)
     knob_curve = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
+    sampling_settings = ("sampler", "num_inference_steps")
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),

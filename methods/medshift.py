@@ -46,6 +46,7 @@ class MedShift(TranslationMethod):
     knob_name = "tau"
     knob_grid = (0.6, 0.45, 0.3)
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
+    sampling_settings = ("guidance", "solver", "step_size")
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),

@@ -33,6 +33,7 @@ class SDEdit(TranslationMethod):
     knob_name = "strength"
     knob_grid = (0.1, 0.2, 0.3)
     knob_curve = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
+    sampling_settings = ("sampler", "num_inference_steps", "repeats")
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),

@@ -107,3 +107,36 @@ def test_dry_run_prints_resolved_plan(capsys):
     assert len(medshift) == 2 and medshift[0]["tasks"] == ["sim2real", "dose"]  # one fit serves both pairs
     assert len(identity) == 4  # identity's training domains differ per task
     assert medshift[0]["config"]["guidance"] == 2.0
+
+
+def test_sampling_only_change_reuses_the_fit(ctx, tiny):
+    from dataclasses import asdict, replace
+
+    from benchmark.run import fit_key
+
+    base = RunSpec("medshift", data_root=str(tiny.root.parent.parent), max_steps=2,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
+    first = run_one(base, ctx)
+    swept = replace(base, overrides=base.overrides + (("guidance", 1.0),))
+    second = run_one(swept, ctx)
+    cfg = json.loads((swept.folder(ctx.results_dir) / "config.json").read_text())
+    assert cfg["fit_from"] == base.folder(ctx.results_dir).name and cfg["fit_key"] == fit_key(
+        asdict(base), resolve_config(base))
+    assert {r["train_sec"] for r in second} == {first[0]["train_sec"]}
+    assert [r["nfe"] for r in second] == [r["nfe"] // 2 for r in first]  # w = 1: one branch instead of two
+    import torch
+    a, b = (torch.load(s.folder(ctx.results_dir) / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+            for s in (base, swept))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, not a new fit
+    # a training setting (or a new seed) is a new fit
+    assert fit_key(asdict(replace(base, overrides=base.overrides + (("lr", 5e-4),))),
+                   resolve_config(replace(base, overrides=base.overrides + (("lr", 5e-4),)))) != cfg["fit_key"]
+    assert fit_key(asdict(replace(base, seed=1)), resolve_config(base)) != cfg["fit_key"]
+
+
+def test_sampling_settings_are_config_keys():
+    from benchmark.run import method_defaults
+    from methods import METHODS
+
+    for name, cls in METHODS.items():
+        assert set(cls.sampling_settings) <= set(method_defaults(cls)), name
