@@ -31,6 +31,9 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     if not rows:
         raise FileNotFoundError(f"no records under {results_dir} (run `python -m benchmark run` first)")
     df = pd.DataFrame(rows)
+    if "setting" in df:  # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
+        variant = df["setting"].fillna("").astype(str)
+        df["method"] = df["method"].where(variant == "", df["method"] + " (" + variant + ")")
     df["knob"] = df["knob"].fillna("")
     df["knob_value"] = df["knob_value"].astype(object).where(df["knob_value"].notna(), "")
     return df

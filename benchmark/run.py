@@ -11,9 +11,12 @@ Tasks whose training domains are the same for a method share one fit: MedShift t
 domain, so `--task sim2real dose` translates both pairs with one model.
 
 Settings a method declares in `sampling_settings` (MedShift's guidance, solver and step size; the
-diffusion baselines' sampler and step count) do not change what is trained. A run that differs from a
-finished run only in those (and in `--curve`) starts from that run's checkpoint instead of training
-again (`fit_key`); its records keep the original `train_sec` and config.json names the donor run.
+diffusion baselines' sampler and step count) do not change what is trained, and neither do the tasks
+as long as the method's training domains stay the same. A run that differs from a finished run only
+in those (and in `--curve`) starts from that run's checkpoint instead of training again (`fit_key`):
+`--task dose` after `--task sim2real` re-uses MedShift's model, `--set guidance=3` re-uses any
+MedShift fit. Its records keep the original `train_sec`; config.json names the donor run. Records
+carry `setting`, the run's `--set` overrides, so that variants stay apart in the tables.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DATA_ARGS = ("domains", "sources", "target", "image_size")
-RECORD_KEYS = ("method", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value", "n_images",
+RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value",
+               "n_images",
                "ssim_src", "psnr_src", "lpips_src", "ssim_gt", "psnr_gt", "lpips_gt", "fid", "kid", "precision",
                "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "nfe", "sec_per_image", "train_sec",
                "n_params", "peak_rss_mb")
@@ -116,23 +120,34 @@ def resolve_config(spec: RunSpec) -> dict:
     return cfg
 
 
-def fit_key(spec: dict, method_config: dict) -> str:
-    """What determines the trained weights: the spec without where/what-to-evaluate fields and the
-    resolved config without the method's `sampling_settings`.
+def setting(spec: RunSpec) -> str:
+    """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
+    items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
+    return ",".join(items + ([f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []))
+
+
+def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
+    """What determines the trained weights: the spec without what-to-evaluate fields, the method's
+    training domains (instead of the tasks) and the resolved config without its `sampling_settings`.
 
     Args:
         spec: `asdict(RunSpec)` (as stored in config.json).
         method_config: The resolved config (as stored in config.json).
+        domains: The dataset's domains (to resolve the tasks).
     """
+    from datasets import get_task
     from methods import get_method
 
-    sampling = set(get_method(spec["method"]).sampling_settings)
-    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides")}
+    cls = get_method(spec["method"])
+    task = get_task(spec["tasks"][0], tuple(domains))
+    sampling = set(cls.sampling_settings)
+    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides", "tasks")}
+    d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target))
     d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def find_donor(folder: Path, key: str) -> Path | None:
+def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
     """A finished sibling run (same method, dataset, seed) whose fit has the same `fit_key`, or None."""
     for other in sorted(folder.parent.glob(folder.name.split("-")[0] + "-*")):
         cfg_path, ckpt = other / "config.json", other / "checkpoints" / "last.ckpt"
@@ -140,9 +155,9 @@ def find_donor(folder: Path, key: str) -> Path | None:
             continue
         try:
             cfg = json.loads(cfg_path.read_text())
-            if fit_key(cfg["spec"], cfg["method_config"]) == key:
+            if fit_key(cfg["spec"], cfg["method_config"], domains) == key:
                 return other
-        except (KeyError, ValueError, TypeError):  # an older or hand-edited config.json: not a donor
+        except (KeyError, ValueError, TypeError, IndexError):  # a hand-edited config.json: not a donor
             continue
     return None
 
@@ -335,9 +350,9 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
 
     L.seed_everything(spec.seed, verbose=False)
     method = _build(spec, dataset, config)
-    key = fit_key(asdict(spec), config)
+    key = fit_key(asdict(spec), config, dataset.domains)
     last = folder / "checkpoints" / "last.ckpt"
-    donor = None if last.is_file() else find_donor(folder, key)
+    donor = None if last.is_file() else find_donor(folder, key, dataset.domains)
     atomic_write(folder / "config.json", json.dumps(dict(
         spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
         dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
@@ -372,7 +387,7 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
         scores = ctx.scorer.score(x_hat, x_src, x_gt, ref, gt_reason)
         rec = {k: None for k in RECORD_KEYS}
         rec.update({k: v for k, v in scores.items() if k != "unavailable"})
-        rec.update(method=spec.method, dataset=spec.dataset, preset=spec.preset, task=task_name, seed=spec.seed,
+        rec.update(method=spec.method, setting=setting(spec), dataset=spec.dataset, preset=spec.preset, task=task_name, seed=spec.seed,
                    source=source, target=target, knob=method.knob_name, knob_value=knob, nfe=method.nfe(knob),
                    sec_per_image=sec, train_sec=train_sec, n_params=method.n_params,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,

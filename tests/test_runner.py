@@ -120,8 +120,9 @@ def test_sampling_only_change_reuses_the_fit(ctx, tiny):
     swept = replace(base, overrides=base.overrides + (("guidance", 1.0),))
     second = run_one(swept, ctx)
     cfg = json.loads((swept.folder(ctx.results_dir) / "config.json").read_text())
+    domains = tiny.domains
     assert cfg["fit_from"] == base.folder(ctx.results_dir).name and cfg["fit_key"] == fit_key(
-        asdict(base), resolve_config(base))
+        asdict(base), resolve_config(base), domains)
     assert {r["train_sec"] for r in second} == {first[0]["train_sec"]}
     assert [r["nfe"] for r in second] == [r["nfe"] // 2 for r in first]  # w = 1: one branch instead of two
     import torch
@@ -129,9 +130,21 @@ def test_sampling_only_change_reuses_the_fit(ctx, tiny):
             for s in (base, swept))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, not a new fit
     # a training setting (or a new seed) is a new fit
-    assert fit_key(asdict(replace(base, overrides=base.overrides + (("lr", 5e-4),))),
-                   resolve_config(replace(base, overrides=base.overrides + (("lr", 5e-4),)))) != cfg["fit_key"]
-    assert fit_key(asdict(replace(base, seed=1)), resolve_config(base)) != cfg["fit_key"]
+    lr = replace(base, overrides=base.overrides + (("lr", 5e-4),))
+    assert fit_key(asdict(lr), resolve_config(lr), domains) != cfg["fit_key"]
+    assert fit_key(asdict(replace(base, seed=1)), resolve_config(base), domains) != cfg["fit_key"]
+    # another task with the same training domains is the same fit for MedShift, not for SDEdit
+    dose = replace(base, tasks=("dose",))
+    assert fit_key(asdict(dose), resolve_config(dose), domains) == cfg["fit_key"]
+    sd = RunSpec("sdedit")
+    assert fit_key(asdict(sd), resolve_config(sd), domains) != fit_key(asdict(replace(sd, tasks=("dose",))),
+                                                                      resolve_config(sd), domains)
+    # variants stay apart in the tables
+    assert {r["setting"] for r in second} == {"base_channels=8,channel_mults=[1, 2],guidance=1.0,max_steps=2"}
+    from benchmark.collect import load_records
+    methods = set(load_records(ctx.results_dir)["method"])
+    assert methods == {"medshift (base_channels=8,channel_mults=[1, 2],max_steps=2)",
+                       "medshift (base_channels=8,channel_mults=[1, 2],guidance=1.0,max_steps=2)"}
 
 
 def test_sampling_settings_are_config_keys():
