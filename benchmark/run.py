@@ -81,7 +81,8 @@ class RunSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def folder(self, results_dir: Path) -> Path:
-        return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / f"seed{self.seed}-{self.run_id}"
+        run = f"seed{self.seed}-{self.run_id}"
+        return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
 
 
 # --------------------------------------------------------------------------------------------- config
@@ -226,7 +227,8 @@ def read_records(path: Path) -> list[dict]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise RunError(f"{path}:{i}: not valid JSON ({exc.msg}); restore the file or delete the run folder") from exc
+            raise RunError(f"{path}:{i}: not valid JSON ({exc.msg}); restore the file or delete the run "
+                           "folder") from exc
         if rec.get("_sha") != record_sha(rec):
             raise RunError(f"{path}:{i}: record checksum mismatch (edited by hand?); restore the file or delete the "
                            "run folder to recompute it")
@@ -312,7 +314,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
 
 
 @torch.no_grad()
-def _translate(method, x: torch.Tensor, source: str, target: str, knob, batch_size: int = 64) -> tuple[torch.Tensor, float]:
+def _translate(method, x: torch.Tensor, source: str, target: str, knob,
+               batch_size: int = 64) -> tuple[torch.Tensor, float]:
     device = method.device
     t0 = time.perf_counter()
     out = [method.translate(x[i:i + batch_size].to(device), source, target, knob).float().cpu()
@@ -371,7 +374,8 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
         train_sec = read_records(donor / "records.jsonl")[0]["train_sec"]
     method.eval()
     points = [p for p in evaluations(spec, method, dataset) if (p[0], p[1], p[3]) not in done_keys]
-    task_bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points)) if ctx.progress else None
+    task_bar = (ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points))
+                if ctx.progress else None)
     sha = git_sha()
     inputs, references = {}, {}  # loaded once per (source, target) / target, shared by every knob value
     for task_name, source, target, knob in points:
@@ -387,8 +391,9 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
         scores = ctx.scorer.score(x_hat, x_src, x_gt, ref, gt_reason)
         rec = {k: None for k in RECORD_KEYS}
         rec.update({k: v for k, v in scores.items() if k != "unavailable"})
-        rec.update(method=spec.method, setting=setting(spec), dataset=spec.dataset, preset=spec.preset, task=task_name, seed=spec.seed,
-                   source=source, target=target, knob=method.knob_name, knob_value=knob, nfe=method.nfe(knob),
+        rec.update(method=spec.method, setting=setting(spec), dataset=spec.dataset, preset=spec.preset,
+                   task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
+                   knob_value=knob, nfe=method.nfe(knob),
                    sec_per_image=sec, train_sec=train_sec, n_params=method.n_params,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=dataset.split_hash,

@@ -203,8 +203,8 @@ class Scorer:
         path = self.cache_dir / f"ref-{key}.npz" if self.cache_dir else None
         if path is not None and path.is_file():
             z = np.load(path)
-            return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"], z["features"] if "features" in z else None,
-                             z["clip"] if "clip" in z else None)
+            return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"],
+                             z["features"] if "features" in z else None, z["clip"] if "clip" in z else None)
         x01 = M.to_unit(images)
         ref = Reference(key, len(images), M.radial_power_spectrum(x01), M.intensity_quantiles(x01),
                         self._features(images), self.clip_model(images) if self.clip_model is not None else None)

@@ -62,7 +62,8 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"unknown pairing {pairing!r}; use mixed or unpaired")
         if pairing == "unpaired" and target not in domains:
             raise ValueError(f"unpaired batches need the target domain among {domains}, got {target!r}")
-        self.dataset, self.domains, self.batch_size, self.split, self.seed = dataset, tuple(domains), batch_size, split, seed
+        self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
+        self.split, self.seed = split, seed
         self.pairing, self.target = pairing, target
         self._train: Dataset | None = None
 
@@ -84,8 +85,8 @@ class TranslationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, drop_last=len(self._train) > self.batch_size,
-                          generator=g, num_workers=0)
+        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(self._train) > self.batch_size, generator=g, num_workers=0)
 
     def train_images(self) -> torch.Tensor:
         """Every training image served (all training domains), (N, 1, H, W) in [-1, 1]."""

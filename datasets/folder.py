@@ -57,7 +57,8 @@ def scan_folder(config: str | Path | dict, root: str | Path | None = None, skip_
     cfg = load_config(config)
     root = Path(root or cfg.get("root") or "")
     if not str(root) or not root.is_dir():
-        raise FileNotFoundError(f"data root {str(root)!r} is not a folder; pass --data-root or set 'root' in the config")
+        raise FileNotFoundError(f"data root {str(root)!r} is not a folder; pass --data-root or set 'root' in the "
+                                "config")
     domains = cfg.get("domains") or {}
     if not domains:
         raise ValueError("dataset config has no 'domains' mapping (domain name -> sub-folder)")

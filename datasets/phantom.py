@@ -171,7 +171,8 @@ def build_head(params: SubjectParams, rng: np.random.Generator | None = None) ->
         for k in range(16):
             theta = np.deg2rad(12 + k * (156 / 15))
             cx, cy = 36 * np.cos(theta), 12 + 50 * ry * np.sin(theta)
-            add(_ell(f"tooth_{z:.0f}_{k}", "enamel", (cx + jit(0.5), cy + jit(0.5), z + jit(0.8)), (3.5, 4, 6), scale=s))
+            centre = (cx + jit(0.5), cy + jit(0.5), z + jit(0.8))
+            add(_ell(f"tooth_{z:.0f}_{k}", "enamel", centre, (3.5, 4, 6), scale=s))
     # 8. upper cervical spine (C1-C3) with the dens
     for i, z in enumerate((-100.0, -118.0, -136.0)):
         add(_ell(f"C{i + 1}", "bone", (jit(1.0), -18 + jit(1.0), z), (14, 12, 7), scale=s))

@@ -19,7 +19,8 @@ def montage(dataset: XrayDataset, subject: str | None = None, out: Path | None =
     subject = subject or sorted(m[m["split"] == "test"]["subject"].unique())[0]
     rows = m[m["subject"] == subject]
     if rows.empty:
-        raise KeyError(f"subject {subject!r} not in {dataset.name}; e.g. {', '.join(sorted(m['subject'].unique())[:5])}")
+        examples = ", ".join(sorted(m["subject"].unique())[:5])
+        raise KeyError(f"subject {subject!r} not in {dataset.name}; e.g. {examples}")
     scenes = sorted(rows["scene"].unique())
     has_masks = "mask_path" in rows and rows["mask_path"].astype(bool).all()
     ncols = len(dataset.domains) + int(has_masks)
@@ -45,8 +46,8 @@ def montage(dataset: XrayDataset, subject: str | None = None, out: Path | None =
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{dataset.name} {dataset.config.get('preset', '')} - subject {subject} ({dataset.size}x{dataset.size})",
-                 fontsize=10)
+    preset = dataset.config.get("preset", "")
+    fig.suptitle(f"{dataset.name} {preset} - subject {subject} ({dataset.size}x{dataset.size})", fontsize=10)
     fig.tight_layout()
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,9 @@ class CycleGAN(TranslationMethod):
         fake_b, fake_a = self.g_ab(real_a), self.g_ba(real_b)
         loss_gan = self._gan_loss(self.d_b(fake_b), True) + self._gan_loss(self.d_a(fake_a), True)
         loss_cycle = lam * (F.l1_loss(self.g_ba(fake_b), real_a) + F.l1_loss(self.g_ab(fake_a), real_b))
-        loss_idt = lam_idt * (F.l1_loss(self.g_ab(real_b), real_b) + F.l1_loss(self.g_ba(real_a), real_a)) if lam_idt else 0
+        loss_idt = 0
+        if lam_idt:
+            loss_idt = lam_idt * (F.l1_loss(self.g_ab(real_b), real_b) + F.l1_loss(self.g_ba(real_a), real_a))
         return loss_gan + loss_cycle + loss_idt, fake_a, fake_b, dict(gan=loss_gan, cycle=loss_cycle)
 
     def training_step(self, batch, batch_idx):
@@ -82,8 +84,10 @@ class CycleGAN(TranslationMethod):
 
     def configure_optimizers(self):
         betas = (self.hparams.beta1, 0.999)
-        opt_g = torch.optim.Adam(list(self.g_ab.parameters()) + list(self.g_ba.parameters()), self.hparams.lr, betas=betas)
-        opt_d = torch.optim.Adam(list(self.d_a.parameters()) + list(self.d_b.parameters()), self.hparams.lr, betas=betas)
+        generators = list(self.g_ab.parameters()) + list(self.g_ba.parameters())
+        discriminators = list(self.d_a.parameters()) + list(self.d_b.parameters())
+        opt_g = torch.optim.Adam(generators, self.hparams.lr, betas=betas)
+        opt_d = torch.optim.Adam(discriminators, self.hparams.lr, betas=betas)
         half = max(1, self.hparams.max_steps // 2)
 
         def linear_decay(step: int) -> float:  # reference: n_epochs constant, n_epochs_decay linear to 0

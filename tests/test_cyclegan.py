@@ -1,4 +1,4 @@
-"""CycleGAN: reference architecture details, pool behaviour, one step moves all four nets, determinism, unpaired data."""
+"""CycleGAN: reference architecture, pool behaviour, one step moves all four nets, determinism, unpaired data."""
 import lightning as L
 import pytest
 import torch
@@ -41,7 +41,8 @@ def test_image_pool_returns_stored_images_half_the_time_once_full():
 
 def _batch(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return {"image_a": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1, "image_b": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1}
+    return {"image_a": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1,
+            "image_b": torch.rand(1, 1, 32, 32, generator=g) * 2 - 1}
 
 
 def _one_step(seed=0):

@@ -13,8 +13,9 @@ class ResnetBlock(nn.Module):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _norm(channels), nn.ReLU(True),
-                                  nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _norm(channels))
+        self.body = nn.Sequential(nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), _norm(channels),
+                                  nn.ReLU(True), nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3),
+                                  _norm(channels))
 
     def forward(self, x):
         return x + self.body(x)
