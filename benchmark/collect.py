@@ -91,6 +91,8 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     for idx, r in table.iterrows():
         knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "–"
         row = {"task": r["task"], "method": r["method"], "knob": knob}
+        if "n_seeds" in table:
+            row["seeds"] = f"{r['n_seeds']:g}"
         for m in shown:
             cell = _fmt(r[m], r.get(f"{m}_ci"), m)
             part = table[table["task"] == r["task"]][m]
@@ -113,7 +115,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     from methods import METHODS
 
     def on_grid(row) -> bool:
-        cls = METHODS.get(row["method"])
+        cls = METHODS.get(row["method"].split(" (")[0])  # a variant "medshift (guidance=3.0)" has its method's grid
         grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
         return row["knob_value"] in grid
 

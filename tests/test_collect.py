@@ -49,3 +49,27 @@ def test_markdown_has_arrows_bold_best_and_single_points(table):
     fid = dict(zip(md["method"] + md["knob"], md["FID ↓"]))
     assert fid["cyclegan–"].startswith("**152.0") and not fid["identity–"].startswith("**")
     assert set(md[md["method"] == "cyclegan"]["knob"]) == {"–"}  # no knob: one point
+
+
+def test_variants_are_separate_rows_and_keep_their_grid(tmp_path):
+    """Records of a `--set` variant (field `setting`) become their own rows, in the headline too."""
+    import json
+
+    from benchmark.collect import headline
+    from benchmark.run import record_sha
+
+    lines = (DATA / "records" / "fixture.jsonl").read_text().splitlines()
+    variant = []
+    for line in lines:
+        r = json.loads(line)
+        if r["method"] == "medshift":
+            r.pop("_sha")
+            r["setting"], r["ssim_src"] = "guidance=3.0", r["ssim_src"] - 0.1
+            r["_sha"] = record_sha(r)
+            variant.append(json.dumps(r))
+    (tmp_path / "all.jsonl").write_text("\n".join(lines + variant) + "\n")
+    table = summary(load_records(tmp_path))
+    base, var = (table[table["method"] == m] for m in ("medshift", "medshift (guidance=3.0)"))
+    assert len(var) == len(base) > 0
+    assert var["ssim_src"].to_numpy() == pytest.approx(base["ssim_src"].to_numpy() - 0.1)
+    assert set(headline(table)["method"]) >= {"medshift", "medshift (guidance=3.0)"}
