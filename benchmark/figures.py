@@ -16,6 +16,15 @@ STYLE = {  # one place for each method's look
     "sdedit": dict(color="tab:green", marker="v", label="SDEdit (strength)"),
     "contourdiff": dict(color="tab:purple", marker="P", label="ContourDiff"),
 }
+VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def method_style(method: str, n_variant: int = 0) -> dict:
+    """A method's look; a variant "medshift (guidance=3.0)" keeps its method's marker in its own colour."""
+    if method in STYLE:
+        return dict(STYLE[method])
+    base = STYLE.get(method.split(" (")[0], dict(marker="o"))
+    return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
 
 
 def realism_metric(df: pd.DataFrame) -> str:
@@ -35,8 +44,10 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.0))
     means = part.groupby(["method", "knob", "knob_value"], sort=False, dropna=False)[[x, y]].mean().reset_index()
+    variants = 0
     for method, g in means.groupby("method", sort=False):
-        style = dict(STYLE.get(method, dict(marker="o", label=method)))
+        style = method_style(method, variants)
+        variants += method not in STYLE
         knobbed = g["knob"].iloc[0] != ""
         if knobbed:
             g = g.sort_values(x)
