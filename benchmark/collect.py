@@ -23,6 +23,11 @@ EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 REALISM_RANK_ORDER = ["fid", "nps_dist"]
 
 
+def base_method(name: str) -> str:
+    """The registered method of a table row: "medshift (guidance=3.0)" -> "medshift" (see `load_records`)."""
+    return name.split(" (")[0]
+
+
 def load_records(results_dir: Path) -> pd.DataFrame:
     """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame."""
     results_dir = Path(results_dir)
@@ -115,7 +120,7 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
     from methods import METHODS
 
     def on_grid(row) -> bool:
-        cls = METHODS.get(row["method"].split(" (")[0])  # a variant "medshift (guidance=3.0)" has its method's grid
+        cls = METHODS.get(base_method(row["method"]))  # a variant has its method's grid
         grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
         return row["knob_value"] in grid
 

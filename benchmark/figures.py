@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import load_records
+from .collect import base_method, load_records
 from .metrics import METRICS
 
 STYLE = {  # one place for each method's look
@@ -23,7 +23,7 @@ def method_style(method: str, n_variant: int = 0) -> dict:
     """A method's look; a variant "medshift (guidance=3.0)" keeps its method's marker in its own colour."""
     if method in STYLE:
         return dict(STYLE[method])
-    base = STYLE.get(method.split(" (")[0], dict(marker="o"))
+    base = STYLE.get(base_method(method), dict(marker="o"))
     return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
 
 

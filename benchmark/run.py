@@ -376,7 +376,7 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     points = [p for p in evaluations(spec, method, dataset) if (p[0], p[1], p[3]) not in done_keys]
     task_bar = (ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points))
                 if ctx.progress else None)
-    sha = git_sha()
+    sha, variant = git_sha(), setting(spec)
     inputs, references = {}, {}  # loaded once per (source, target) / target, shared by every knob value
     for task_name, source, target, knob in points:
         if (source, target) not in inputs:
@@ -391,7 +391,7 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
         scores = ctx.scorer.score(x_hat, x_src, x_gt, ref, gt_reason)
         rec = {k: None for k in RECORD_KEYS}
         rec.update({k: v for k, v in scores.items() if k != "unavailable"})
-        rec.update(method=spec.method, setting=setting(spec), dataset=spec.dataset, preset=spec.preset,
+        rec.update(method=spec.method, setting=variant, dataset=spec.dataset, preset=spec.preset,
                    task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
                    knob_value=knob, nfe=method.nfe(knob),
                    sec_per_image=sec, train_sec=train_sec, n_params=method.n_params,
