@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from methods.components.paths import CondOTPath
+from methods.components.coupling import couple, sinkhorn_plan, sq_cost
+from methods.components.paths import BridgePath, CondOTPath, make_path
 from methods.components.solvers import integrate, n_steps
 from methods.medshift import MedShift
 
@@ -26,6 +27,71 @@ def test_cond_ot_path_matches_formula():
     fd = (CondOTPath(sigma).sample(x_0, x_1, t.clamp(max=1 - eps) + eps).x_t
           - CondOTPath(sigma).sample(x_0, x_1, t.clamp(max=1 - eps)).x_t) / eps
     torch.testing.assert_close(fd, s.dx_t, atol=1e-3, rtol=1e-3)
+
+
+def test_bridge_path_matches_formula_and_reduces_to_the_linear_path():
+    sigma = 0.3
+    x_0, x_1, z = torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4), torch.randn(5, 1, 4, 4)
+    t = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    s = BridgePath(sigma).sample(x_0, x_1, t, z)
+    tt = t.view(-1, 1, 1, 1)
+    torch.testing.assert_close(s.x_t, (1 - tt) * x_0 + tt * x_1 + sigma * (tt * (1 - tt)).sqrt() * z)
+    torch.testing.assert_close(s.x_t[0], x_0[0])  # pinned at both ends: noise at t = 0, data at t = 1
+    torch.testing.assert_close(s.x_t[-1], x_1[-1])
+    assert torch.isfinite(s.dx_t).all()  # the diverging z coefficient is clipped at t in {0, 1}
+    # inside (0, 1) the target is the time derivative of x_t (central finite difference, same z)
+    ti, eps = torch.tensor([0.2, 0.35, 0.5, 0.65, 0.8]), 1e-3
+    fd = (BridgePath(sigma).sample(x_0, x_1, ti + eps, z).x_t - BridgePath(sigma).sample(x_0, x_1, ti - eps, z).x_t)
+    torch.testing.assert_close(fd / (2 * eps), BridgePath(sigma).sample(x_0, x_1, ti, z).dx_t, atol=1e-3, rtol=1e-3)
+    lin = BridgePath(0.0).sample(x_0, x_1, t, z)
+    ref = CondOTPath(0.0).sample(x_0, x_1, t)
+    torch.testing.assert_close(lin.x_t, ref.x_t)
+    torch.testing.assert_close(lin.dx_t, ref.dx_t)
+    with pytest.raises(ValueError, match="path"):
+        make_path("sde")
+    with pytest.raises(ValueError, match="bridge_sigma"):
+        make_path("bridge", bridge_sigma=-1.0)
+
+
+@pytest.mark.parametrize("t", [0.2, 0.5, 0.8])
+def test_bridge_target_regressed_on_x_t_is_the_probability_flow_velocity(t):
+    """Point-mass data c, noise N(0, 1): x_t ~ N(t c, s_t^2), s_t^2 = (1-t)^2 + sigma^2 t (1-t). The ODE with these
+    marginals has velocity c + (s_t'/s_t)(x - t c); E[dx_t | x_t] must be exactly that (jointly Gaussian, so linear)."""
+    sigma, c, n = 0.5, 0.7, 400_000
+    g = torch.Generator().manual_seed(0)
+    x_0 = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    z = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    s = BridgePath(sigma).sample(x_0, torch.full_like(x_0, c), torch.full((n,), t), z)
+    x, u = s.x_t.squeeze(1), s.dx_t.squeeze(1)
+    slope = ((x - x.mean()) * (u - u.mean())).mean() / x.var()
+    intercept = u.mean() - slope * x.mean()
+    var = (1 - t) ** 2 + sigma**2 * t * (1 - t)
+    expected = (-(1 - t) + sigma**2 * (1 - 2 * t) / 2) / var  # s_t' / s_t
+    assert float(slope) == pytest.approx(expected, abs=0.01)
+    assert float(intercept) == pytest.approx(c - expected * t * c, abs=0.01)
+
+
+def test_minibatch_ot_coupling_is_the_optimal_assignment():
+    import itertools
+
+    g = torch.Generator().manual_seed(1)
+    x_0, x_1 = torch.randn(6, 1, 3, 3, generator=g), torch.randn(6, 1, 3, 3, generator=g) + 1.0
+    cost = sq_cost(x_0, x_1)
+    best = min(sum(float(cost[p[j], j]) for j in range(6)) for p in itertools.permutations(range(6)))
+    paired = couple(x_0, x_1, reg=0.0)
+    assert sorted(paired.flatten().tolist()) == sorted(x_0.flatten().tolist())  # a permutation of the noise
+    assert float(((paired - x_1) ** 2).sum()) == pytest.approx(best, rel=1e-6)
+    assert float(((paired - x_1) ** 2).sum()) <= float(((x_0 - x_1) ** 2).sum())
+    # Sinkhorn: uniform marginals; small reg -> the assignment, large reg -> the independent coupling
+    for reg in (0.01, 1e4):
+        plan = sinkhorn_plan(cost, reg)
+        torch.testing.assert_close(plan.sum(0), torch.full((6,), 1 / 6, dtype=plan.dtype))
+        torch.testing.assert_close(plan.sum(1), torch.full((6,), 1 / 6, dtype=plan.dtype))
+    assert float((sinkhorn_plan(cost, 0.01) * cost).sum() * 6) == pytest.approx(best, rel=1e-3)
+    torch.testing.assert_close(sinkhorn_plan(cost, 1e4), torch.full((6, 6), 1 / 36, dtype=cost.dtype), atol=1e-4,
+                               rtol=0)
+    sampled = couple(x_0, x_1, reg=0.01, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(sampled, paired)
 
 
 @pytest.mark.parametrize("method, order", [("euler", 1), ("heun", 2)])
@@ -103,11 +169,49 @@ def test_nfe_is_the_true_count_and_grows_with_steps_and_one_minus_tau(solver, gu
     assert _model(solver=solver, guidance=guidance, step_size=0.05).nfe(0.6) > m.nfe(0.6)
 
 
-def test_encode_decode_same_label_reconstructs_on_trained_toy_model():
-    """Two-domain toy data (bright / dark discs); after a short fit the ODE inversion is nearly lossless."""
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+def test_translation_with_exact_flows_between_gaussian_domains_matches_the_closed_form(solver):
+    """Oracle velocity of the CondOT path for per-class Gaussian data N(mu_c, sd_c^2) (per pixel):
+    v(x, t, c) = mu_c + (s s' / s^2)(x - t mu_c), s_t^2 = a_t^2 + t^2 sd_c^2, a_t = 1 - (1 - sigma_min) t.
+    The flow keeps each pixel's standard score, so encode-then-decode is affine and known in closed form:
+    x_tau = tau mu_S + s_tau^S (x - mu_S) / s_1^S,  x_hat = mu_R + s_1^R (x_tau - tau mu_R) / s_tau^R.
+    Hence a gap mu_S - mu_R between domain means survives as the fraction tau sd_R / s_tau^R (-> 1 as tau -> 1):
+    partial inversion restyles what the noise at tau hides, and keeps what it does not."""
+    sigma_min = 1e-4
+    stats = {0: (0.4, 0.3), 1: (-0.2, 0.5)}  # label: (mean, sd)
+    m = _model(solver=solver, guidance=1.0, step_size=0.002 if solver == "euler" else 0.02, sigma_min=sigma_min)
+    m.domains = ("a", "b")
+
+    def s2(t, sd):
+        return (1 - (1 - sigma_min) * t) ** 2 + (t * sd) ** 2
+
+    def oracle(x, t, labels, use_ema=False):
+        mu = torch.tensor([stats[int(c)][0] for c in labels]).view(-1, 1, 1, 1)
+        sd = torch.tensor([stats[int(c)][1] for c in labels]).view(-1, 1, 1, 1)
+        tt = t.view(-1, 1, 1, 1)
+        a = 1 - (1 - sigma_min) * tt
+        return mu + (-(1 - sigma_min) * a + tt * sd**2) / s2(tt, sd) * (x - tt * mu)
+
+    m.forward = oracle
+    x = 0.4 + 0.3 * torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    (mu_s, sd_s), (mu_r, sd_r) = stats[0], stats[1]
+    for tau in (0.8, 0.6, 0.3, 0.0):
+        x_tau = tau * mu_s + math.sqrt(s2(tau, sd_s) / s2(1, sd_s)) * (x - mu_s)
+        expected = mu_r + math.sqrt(s2(1, sd_r) / s2(tau, sd_r)) * (x_tau - tau * mu_r)
+        got = m.translate(x, "a", "b", tau)
+        torch.testing.assert_close(got, expected.clamp(-1, 1), atol=1e-2 if solver == "euler" else 1e-3, rtol=0)
+        kept = (float(m.translate(torch.full((1, 1, 4, 4), mu_s), "a", "b", tau).mean()) - mu_r) / (mu_s - mu_r)
+        assert kept == pytest.approx(tau * math.sqrt(s2(1, sd_r) / s2(tau, sd_r)), abs=5e-3)  # ~ tau sd / s_tau
+
+
+@pytest.mark.parametrize("path, coupling", [("condot", "independent"), ("bridge", "ot")])
+def test_encode_decode_same_label_reconstructs_on_trained_toy_model(path, coupling):
+    """Two-domain toy data (bright / dark discs); after a short fit the ODE inversion is nearly lossless, on the
+    paper's path and on our Schrodinger-bridge extension."""
     torch.manual_seed(0)
     m = MedShift(("a", "b"), ("a",), "b", 16, base_channels=8, channel_mults=(1, 2), step_size=0.02, solver="heun",
-                 guidance=1.0, ema_decay=0.0, warmup_steps=1, max_steps=150, p_uncond=0.2)
+                 guidance=1.0, ema_decay=0.0, warmup_steps=1, max_steps=150, p_uncond=0.2, path=path,
+                 coupling=coupling)
     yy, xx = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
     disc = (((yy - 7.5) ** 2 + (xx - 7.5) ** 2) < 25).float()
     opt = m.configure_optimizers()["optimizer"]
