@@ -149,14 +149,21 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
 
 
 def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
-    """A finished sibling run (same method, dataset, seed) whose fit has the same `fit_key`, or None."""
+    """A finished sibling run (same method, dataset, seed) whose fit has the same `fit_key`, or None.
+
+    A setting missing from an older run's config.json did not exist when it ran: it takes today's constructor
+    default, which by this suite's convention reproduces the behaviour from before the setting was added.
+    """
+    from methods import get_method
+
     for other in sorted(folder.parent.glob(folder.name.split("-")[0] + "-*")):
         cfg_path, ckpt = other / "config.json", other / "checkpoints" / "last.ckpt"
         if other == folder or not ((other / "done").is_file() and ckpt.is_file() and cfg_path.is_file()):
             continue
         try:
             cfg = json.loads(cfg_path.read_text())
-            if fit_key(cfg["spec"], cfg["method_config"], domains) == key:
+            config = {**method_defaults(get_method(cfg["spec"]["method"])), **cfg["method_config"]}
+            if fit_key(cfg["spec"], config, domains) == key:
                 return other
         except (KeyError, ValueError, TypeError, IndexError):  # a hand-edited config.json: not a donor
             continue

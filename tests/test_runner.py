@@ -139,12 +139,23 @@ def test_sampling_only_change_reuses_the_fit(ctx, tiny):
     sd = RunSpec("sdedit")
     assert fit_key(asdict(sd), resolve_config(sd), domains) != fit_key(asdict(replace(sd, tasks=("dose",))),
                                                                       resolve_config(sd), domains)
+    # a donor from before a setting existed (its config.json lacks the key) is still the same fit
+    for done in (base, swept):
+        cfg_path = done.folder(ctx.results_dir) / "config.json"
+        old = json.loads(cfg_path.read_text())
+        del old["method_config"]["coupling"], old["method_config"]["bridge_sigma"]
+        cfg_path.write_text(json.dumps(old))
+    coarse = replace(base, overrides=base.overrides + (("step_size", 0.25),))
+    run_one(coarse, ctx)
+    assert json.loads((coarse.folder(ctx.results_dir) / "config.json").read_text())["fit_from"] in {
+        base.folder(ctx.results_dir).name, swept.folder(ctx.results_dir).name}
     # variants stay apart in the tables
     assert {r["setting"] for r in second} == {"base_channels=8,channel_mults=[1, 2],guidance=1.0,max_steps=2"}
     from benchmark.collect import load_records
     methods = set(load_records(ctx.results_dir)["method"])
     assert methods == {"medshift (base_channels=8,channel_mults=[1, 2],max_steps=2)",
-                       "medshift (base_channels=8,channel_mults=[1, 2],guidance=1.0,max_steps=2)"}
+                       "medshift (base_channels=8,channel_mults=[1, 2],guidance=1.0,max_steps=2)",
+                       "medshift (base_channels=8,channel_mults=[1, 2],step_size=0.25,max_steps=2)"}
 
 
 def test_sampling_settings_are_config_keys():
