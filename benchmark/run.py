@@ -48,8 +48,6 @@ RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
                   ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*",
                   ".*dirpath has changed.*")
-logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
 
 
 class RunError(RuntimeError):
@@ -287,6 +285,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
     from datasets import get_task
     from datasets.datamodule import TranslationDataModule
 
+    for name in ("lightning.pytorch", "lightning.fabric"):  # after the import: Lightning sets INFO when imported
+        logging.getLogger(name).setLevel(logging.WARNING)  # device/tip banners; warnings still reach the user
     task = get_task(spec.tasks[0], dataset.domains)
     domains = type(method).training_domains(dataset.domains, task.sources, task.target)
     dm = TranslationDataModule(dataset, domains, batch_size=int(method.hparams.get("batch_size", 16)), seed=spec.seed,
