@@ -115,8 +115,13 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def headline(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows at each method's table grid only, ranked among themselves (curve values are for the figures)."""
+def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
+    """Rows at each method's table grid only, ranked among themselves (curve values are for the figures).
+
+    Args:
+        variants: False: each method as configured (no `--set`/`--max-steps` variants). True: the methods that
+            have variants, each with its configured rows first and then its variants' rows.
+    """
     from methods import METHODS
 
     def on_grid(row) -> bool:
@@ -124,12 +129,20 @@ def headline(table: pd.DataFrame) -> pd.DataFrame:
         grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
         return row["knob_value"] in grid
 
-    return add_ranks(table[table.apply(on_grid, axis=1)].reset_index(drop=True))
+    rows = table[table.apply(on_grid, axis=1)]
+    base = rows["method"].map(base_method)
+    is_variant = rows["method"] != base
+    if not variants:
+        return add_ranks(rows[~is_variant].reset_index(drop=True))
+    rows = rows[base.isin(set(base[is_variant]))].assign(_base=base, _variant=is_variant)
+    rows = rows.sort_values(["task", "_base", "_variant", "method"], kind="stable")
+    return add_ranks(rows.drop(columns=["_base", "_variant"]).reset_index(drop=True))
 
 
 def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md"]
+    paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
+             out_dir / "variants.md"]
     atomic_write(paths[0], table.to_csv(index=False, float_format="%.6g"))
     md = formatted(table).to_markdown(index=False)
     realism = table["realism_by"].dropna().unique() if "realism_by" in table else []
@@ -140,4 +153,11 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
     atomic_write(paths[3], formatted(headline(table)).to_markdown(index=False) + note)
+    variants = headline(table, variants=True)
+    if len(variants):
+        atomic_write(paths[4], formatted(variants).to_markdown(index=False) + note.replace(
+            "over seeds;", "over seeds; ranks within this table (methods with `--set` variants);"))
+    else:
+        paths[4].unlink(missing_ok=True)
+        paths.pop()
     return paths
