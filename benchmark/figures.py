@@ -32,21 +32,35 @@ def realism_metric(df: pd.DataFrame) -> str:
     return "fid" if "fid" in df and df["fid"].notna().all() else "nps_dist"
 
 
+def common_seeds(df: pd.DataFrame) -> pd.DataFrame:
+    """Per method, only the records of seeds that were evaluated at every knob value the method has."""
+    keep = []
+    for _, g in df.groupby("method", sort=False):
+        points = g.groupby("seed")["knob_value"].agg(lambda v: frozenset(map(str, v)))
+        full = points[points == frozenset(map(str, g["knob_value"]))].index
+        keep.append(g[g["seed"].isin(full)])
+    return pd.concat(keep) if keep else df
+
+
 def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = "ssim_src", ax=None):
     """Structure (x) versus realism (y) per method: a curve over the knob, a single marker without one.
 
-    Values are means over seeds and source domains; knob values are written next to the points.
+    Values are means over source domains and over the seeds that have every point of the method's curve (a
+    curve mixing 3-seed table points with 1-seed `--curve` points would zig-zag); the legend gives the count.
+    Knob values are written next to the points.
     """
     import matplotlib.pyplot as plt
 
-    part = df[df["task"] == task]
+    part = common_seeds(df[df["task"] == task])
     y = y or realism_metric(part)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.0))
     means = part.groupby(["method", "knob", "knob_value"], sort=False, dropna=False)[[x, y]].mean().reset_index()
+    n_seeds = part.groupby("method", sort=False)["seed"].nunique()
     variants = 0
     for method, g in means.groupby("method", sort=False):
         style = method_style(method, variants)
+        style["label"] += f", {n_seeds[method]} seed{'s' if n_seeds[method] > 1 else ''}"
         variants += method not in STYLE
         knobbed = g["knob"].iloc[0] != ""
         if knobbed:
@@ -74,13 +88,20 @@ def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for task in df["task"].unique():
-        fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
-        tradeoff_curves(df, task, ax=axes[0])
-        tradeoff_curves(df, task, y="ssim_gt", ax=axes[1])
-        axes[1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
-        fig.tight_layout()
-        path = out_dir / f"tradeoff-{task}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        paths.append(path)
+        here = df[df["task"] == task]
+        base = here["method"].map(base_method)
+        is_variant = here["method"] != base
+        # the methods as configured; then the methods that have --set variants on this task, with those variants
+        for suffix, part in (("", here[~is_variant]), ("-variants", here[base.isin(set(base[is_variant]))])):
+            if part.empty:
+                continue
+            fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
+            tradeoff_curves(part, task, ax=axes[0])
+            tradeoff_curves(part, task, y="ssim_gt", ax=axes[1])
+            axes[1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
+            fig.tight_layout()
+            path = out_dir / f"tradeoff-{task}{suffix}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            paths.append(path)
     return paths

@@ -41,6 +41,33 @@ def test_tradeoff_curve_draws_knob_methods_as_lines():
     fig = tradeoff_curves(df, "sim2real")
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("SSIM (src)") and ax.get_ylabel().startswith("FID")
-    lines = {line.get_label(): line for line in ax.get_lines()}
+    lines = {line.get_label().split(",")[0]: line for line in ax.get_lines()}
     assert len(lines["MedShift (τ)"].get_xdata()) == 2  # two tau values on one curve
     assert len(lines["CycleGAN"].get_xdata()) == 1  # a single point
+
+
+def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_figure(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from benchmark.figures import common_seeds
+
+    rows = [dict(method="medshift", task="sim2real", seed=s, knob="tau", knob_value=k, ssim_src=0.5 + 0.1 * s,
+                 nps_dist=0.3, ssim_gt=0.7, setting="")
+            for s in (0, 1, 2) for k in ((0.6, 0.3, 0.9) if s == 0 else (0.6, 0.3))]
+    rows += [dict(r, method="cyclegan", knob="", knob_value="") for r in rows if r["knob_value"] == 0.6]
+    df = pd.DataFrame(rows)
+    kept = common_seeds(df)
+    assert set(kept[kept["method"] == "medshift"]["seed"]) == {0}  # only seed 0 has the whole curve
+    assert set(kept[kept["method"] == "cyclegan"]["seed"]) == {0, 1, 2}
+    fig = tradeoff_curves(df.assign(dataset="skull-sim", preset="tiny"), "sim2real")
+    labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert labels == ["MedShift (τ), 1 seed", "CycleGAN, 3 seeds"]
+    records = df.assign(dataset="skull-sim", preset="tiny")
+    variant = records[records["method"] == "medshift"].assign(setting="guidance=3.0")
+    from benchmark.run import record_sha
+
+    lines = [dict(r, _sha=record_sha(r)) for r in pd.concat([records, variant]).to_dict("records")]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    names = [p.name for p in write_figures(tmp_path, tmp_path / "figures")]
+    assert names == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png"]
