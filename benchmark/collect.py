@@ -28,6 +28,13 @@ def base_method(name: str) -> str:
     return name.split(" (")[0]
 
 
+def split_variants(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rows of the methods as configured, rows of the methods that have `--set` variants: theirs and the variants')."""
+    base = df["method"].map(base_method)
+    is_variant = df["method"] != base
+    return df[~is_variant], df[base.isin(set(base[is_variant]))]
+
+
 def load_records(results_dir: Path) -> pd.DataFrame:
     """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame."""
     results_dir = Path(results_dir)
@@ -129,14 +136,13 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
         grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
         return row["knob_value"] in grid
 
-    rows = table[table.apply(on_grid, axis=1)]
-    base = rows["method"].map(base_method)
-    is_variant = rows["method"] != base
+    configured, with_variants = split_variants(table[table.apply(on_grid, axis=1)])
     if not variants:
-        return add_ranks(rows[~is_variant].reset_index(drop=True))
-    rows = rows[base.isin(set(base[is_variant]))].assign(_base=base, _variant=is_variant)
-    rows = rows.sort_values(["task", "_base", "_variant", "method"], kind="stable")
-    return add_ranks(rows.drop(columns=["_base", "_variant"]).reset_index(drop=True))
+        return add_ranks(configured.reset_index(drop=True))
+    order = with_variants.assign(_base=with_variants["method"].map(base_method))
+    order = order.assign(_variant=order["method"] != order["_base"])
+    order = order.sort_values(["task", "_base", "_variant", "method"], kind="stable")
+    return add_ranks(order.drop(columns=["_base", "_variant"]).reset_index(drop=True))
 
 
 def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import base_method, load_records
+from .collect import base_method, load_records, split_variants
 from .metrics import METRICS
 
 STYLE = {  # one place for each method's look
@@ -88,11 +88,8 @@ def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for task in df["task"].unique():
-        here = df[df["task"] == task]
-        base = here["method"].map(base_method)
-        is_variant = here["method"] != base
         # the methods as configured; then the methods that have --set variants on this task, with those variants
-        for suffix, part in (("", here[~is_variant]), ("-variants", here[base.isin(set(base[is_variant]))])):
+        for suffix, part in zip(("", "-variants"), split_variants(df[df["task"] == task])):
             if part.empty:
                 continue
             fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))

@@ -84,6 +84,8 @@ class MedShift(TranslationMethod):
                              num_class_embeds=len(self.domains) + 1)
         self.ema = EMA(self.net, ema_decay)
         self.path = make_path(path, sigma_min, bridge_sigma)
+        # minibatch OT pairing: exact on the OT path, entropic (reg 2 sigma^2, SB-CFM) on the bridge path
+        self.coupling_reg = 2 * bridge_sigma**2 if path == "bridge" else 0.0
 
     @classmethod
     def training_domains(cls, domains, sources, target):
@@ -117,7 +119,7 @@ class MedShift(TranslationMethod):
         t = torch.rand(x_1.shape[0], device=x_1.device)
         x_0 = torch.randn_like(x_1)
         if self.hparams.coupling == "ot":  # minibatch (entropic) OT pairing; the data and its labels stay in place
-            x_0 = couple(x_0, x_1, reg=2 * self.hparams.bridge_sigma**2 if self.hparams.path == "bridge" else 0.0)
+            x_0 = couple(x_0, x_1, reg=self.coupling_reg)
         sample = self.path.sample(x_0, x_1, t)
         loss = F.mse_loss(self(sample.x_t, t, labels), sample.dx_t)
         self.log("train/loss", loss, prog_bar=True)
