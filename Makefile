@@ -11,7 +11,7 @@ ARGS    ?=
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup benchmark test test-slow data preview collect figures regress weights perf clean
+.PHONY: help setup frd benchmark test test-slow data preview collect rescore figures regress weights perf clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON_SYS) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	$(MAKE) --no-print-directory frd || echo "warning: FRD's optional packages did not install; frd is recorded unavailable (retry: make frd)"
 	touch $@
+
+frd:  ## install FRD's optional packages (pyradiomics builds from source: ~40 s with gcc)
+	$(PY) -m pip install -q versioneer wheel
+	$(PY) -m pip install -q --no-build-isolation pyradiomics==3.0.1
+	$(PY) -m pip install -q frd-score==1.0.1
 
 setup: $(VENV)/.installed  ## create .venv and install the project (done by the other targets on first use)
 
@@ -42,6 +48,9 @@ preview: $(VENV)/.installed  ## montage PNG of DATASET/PRESET under results/figu
 
 collect: $(VENV)/.installed  ## results/runs -> results/tables/summary.{csv,md,tex}
 	$(PY) -m benchmark collect --results-dir $(RESULTS)
+
+rescore: $(VENV)/.installed  ## add newly computable metrics (FRD, weights) to finished runs, no training
+	$(PY) -m benchmark rescore --results-dir $(RESULTS)
 
 figures: $(VENV)/.installed  ## records -> results/figures/*.png (trade-off curves)
 	$(PY) -m benchmark figures --results-dir $(RESULTS)

@@ -2,8 +2,8 @@
 
 `summary(df)` averages each seed's records over the task's source domains, then reports, per
 (dataset, preset, task, method, knob value), the mean and the 95 % Student-t half-width over seeds.
-Ranks follow the MedShift paper's Table 1: realism rank by FID when it is available for every row,
-else by the first weight-free realism metric (`nps_dist`); structure rank by `ssim_src`; average rank
+Ranks follow the MedShift paper's Table 1: realism rank by a Fréchet distance of features (FID, else the
+weight-free FRD) when it is available for every row, else by `nps_dist`; structure rank by `ssim_src`; average rank
 = their mean (lower is better). Arrows and the best-value bolding come from `metrics.METRICS`.
 """
 from __future__ import annotations
@@ -17,10 +17,10 @@ from .metrics import METRICS, mean_ci_over_seeds
 from .run import atomic_write, read_records
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
-TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt", "ssim_src",
-                 "psnr_src", "lpips_src"]
+TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "frd", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt",
+                 "ssim_src", "psnr_src", "lpips_src"]
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
-REALISM_RANK_ORDER = ["fid", "nps_dist"]
+REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
 
 
 def base_method(name: str) -> str:

@@ -4,7 +4,8 @@ Three axes (declared once in `METRICS`; tables, ranks and plots read the declara
 * structure - translated image vs its own source (ssim_src, psnr_src, lpips_src);
 * fidelity  - translated image vs its aligned real counterpart, where one exists (ssim_gt, psnr_gt, lpips_gt);
 * realism   - translated set vs the real target set (fid, kid, precision/recall/density/coverage on
-  Inception features; weight-free nps_dist and hist_w1 that run everywhere).
+  Inception features; weight-free nps_dist and hist_w1 that run everywhere, and FRD on radiomic features,
+  `radiomics.py`, where its optional packages are installed).
 
 Conventions: suite images are float tensors in [-1, 1]; `to_unit` maps them to [0, 1] in float64 and
 SSIM/PSNR use data_range = 1 explicitly. PSNR of identical images is capped at `PSNR_CAP_DB`.
@@ -30,7 +31,7 @@ class MetricSpec:
         name: Record column.
         axis: "structure" | "fidelity" | "realism".
         higher_is_better: Direction (drives arrows, ranks, bolding).
-        needs: Weights needed ("inception", "alexnet") or None.
+        needs: Weights or optional packages needed ("inception", "alexnet", "clip", "radiomics") or None.
         label: Display label.
         per_image: Averaged over images (gets a bootstrap interval) or a set-level statistic.
     """
@@ -65,6 +66,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("cmmd", "realism", False, "clip", "CMMD", False),
         MetricSpec("nps_dist", "realism", False, None, "NPS dist", False),
         MetricSpec("hist_w1", "realism", False, None, "Hist W1", False),
+        MetricSpec("frd", "realism", False, "radiomics", "FRD", False),
     )
 }
 

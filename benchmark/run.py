@@ -17,6 +17,12 @@ in those (and in `--curve`) starts from that run's checkpoint instead of trainin
 `--task dose` after `--task sim2real` re-uses MedShift's model, `--set guidance=3` re-uses any
 MedShift fit. Its records keep the original `train_sec`; config.json names the donor run. Records
 carry `setting`, the run's `--set` overrides, so that variants stay apart in the tables.
+
+Re-scoring (`python -m benchmark rescore`): when the scorer gains a metric (new weights in
+`--weights-dir`, FRD's packages installed, a metric added to the suite), finished runs are translated
+again from their checkpoints and the missing metrics are added to their records; nothing is trained and
+the values already recorded are kept. Each such record carries `rescored` (git sha, the metrics added
+and the largest change of a metric recomputed alongside, which is 0 for deterministic methods).
 """
 from __future__ import annotations
 
@@ -42,12 +48,41 @@ DATA_ARGS = ("domains", "sources", "target", "image_size")
 RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value",
                "n_images",
                "ssim_src", "psnr_src", "lpips_src", "ssim_gt", "psnr_gt", "lpips_gt", "fid", "kid", "precision",
-               "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "nfe", "sec_per_image", "train_sec",
-               "n_params", "peak_rss_mb")
+               "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "frd", "nfe", "sec_per_image",
+               "train_sec", "n_params", "peak_rss_mb")
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
                   ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*",
                   ".*dirpath has changed.*")
+
+
+def stale_metrics(record: dict, unavailable: dict) -> list[str]:
+    """Metrics a scorer (its `unavailable`) can compute that `record` lacks; fidelity only where gt existed."""
+    from .metrics import METRICS
+
+    has_gt = record.get("ssim_gt") is not None
+    return [m for m, s in METRICS.items()
+            if record.get(m) is None and m not in unavailable and (has_gt or s.axis != "fidelity")]
+
+
+def merge_rescored(old: dict, new: dict, added: list[str], sha: str) -> dict:
+    """`old` with the `added` metrics (and their intervals) from `new`; the other values stay as recorded."""
+    from .metrics import METRICS
+
+    out = dict(old)
+    for m in added:
+        for k in (m, f"{m}_lo", f"{m}_hi"):
+            if k in new:
+                out[k] = new[k]
+    unavailable = {k: v for k, v in (old.get("unavailable") or {}).items() if k not in added}
+    unavailable.update({k: v for k, v in (new.get("unavailable") or {}).items() if k in added})
+    out["unavailable"] = unavailable
+    both = [m for m in METRICS if m not in added and isinstance(old.get(m), float) and isinstance(new.get(m), float)]
+    diff = max((abs(old[m] - new[m]) for m in both), default=0.0)
+    out["rescored"] = dict(git_sha=sha, metrics=added, max_abs_diff=diff)
+    out.pop("_sha", None)
+    out["_sha"] = record_sha(out)
+    return out
 
 
 class RunError(RuntimeError):
@@ -168,6 +203,23 @@ def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
     return None
 
 
+def finished_specs(results_dir: Path, methods: list[str] | None = None) -> list[RunSpec]:
+    """The specs of the finished runs under `results_dir/runs` (from their config.json), optionally of some methods."""
+    specs = []
+    for cfg_path in sorted(Path(results_dir).glob("runs/*/*/*/config.json")):
+        if not (cfg_path.parent / "done").is_file():
+            continue
+        d = json.loads(cfg_path.read_text())["spec"]
+        d["tasks"] = tuple(d["tasks"])
+        d["overrides"] = tuple(tuple(kv) for kv in d["overrides"])
+        spec = RunSpec(**d)
+        if spec.folder(results_dir) != cfg_path.parent:
+            raise RunError(f"{cfg_path}: its spec hashes to {spec.run_id}, not to its folder; was it edited?")
+        if not methods or spec.method in methods:
+            specs.append(spec)
+    return specs
+
+
 def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[str, ...], **common) -> list[RunSpec]:
     """Run specs: one per (method, seed, group of tasks that share training domains)."""
     from datasets import get_task
@@ -251,6 +303,7 @@ class RunContext:
     datasets: dict = field(default_factory=dict)
     progress: object | None = None
     quiet: bool = False
+    rescore: bool = False
 
 
 def load_data(spec: RunSpec, ctx: RunContext, progress=None):
@@ -347,11 +400,21 @@ def evaluations(spec: RunSpec, method, dataset) -> list[tuple[str, str, str, obj
 
 
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
-    """Fit, translate, score and record one spec; returns its records (existing ones if already done)."""
+    """Fit, translate, score and record one spec; returns its records (existing ones if already done).
+
+    With `ctx.rescore`, a finished run whose records lack metrics the scorer can now compute is
+    translated again from its checkpoint and those metrics are added (see the module docstring).
+    """
     folder = spec.folder(ctx.results_dir)
     records_path = folder / "records.jsonl"
-    if (folder / "done").is_file():
-        return read_records(records_path)
+    finished = (folder / "done").is_file()
+    records = read_records(records_path)
+    stale = {(r["task"], r["source"], r["knob_value"]): stale_metrics(r, ctx.scorer.unavailable)
+             for r in records} if ctx.rescore else {}
+    stale = {k: v for k, v in stale.items() if v}
+    if finished and not stale:
+        return records
+    last = folder / "checkpoints" / "last.ckpt"
     dataset = load_data(spec, ctx)
     config = resolve_config(spec)
     folder.mkdir(parents=True, exist_ok=True)
@@ -360,16 +423,18 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
 
     L.seed_everything(spec.seed, verbose=False)
     method = _build(spec, dataset, config)
+    if finished and not last.is_file() and method.trainer_settings(spec.max_steps) != {"max_steps": 0}:
+        raise RunError(f"cannot re-score {folder}: checkpoints/last.ckpt is missing, and training again would not "
+                       "reproduce the recorded values; delete the run folder and run it again instead")
     key = fit_key(asdict(spec), config, dataset.domains)
-    last = folder / "checkpoints" / "last.ckpt"
-    donor = None if last.is_file() else find_donor(folder, key, dataset.domains)
-    atomic_write(folder / "config.json", json.dumps(dict(
+    donor = None if last.is_file() or finished else find_donor(folder, key, dataset.domains)
+    if not finished:  # a re-scored run keeps the config.json of its fit
+        atomic_write(folder / "config.json", json.dumps(dict(
         spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
         dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
         knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key,
         fit_from=donor.name if donor else None), indent=2, default=str))
-    records = read_records(records_path)
-    done_keys = {(r["task"], r["source"], r["knob_value"]) for r in records}
+    done_keys = {(r["task"], r["source"], r["knob_value"]) for r in records} - set(stale)
     if donor is not None:  # same weights as a finished run: start from its checkpoint (copied, then renamed)
         last.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(donor / "checkpoints" / "last.ckpt", last.with_suffix(".tmp"))
@@ -406,7 +471,15 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=dataset.split_hash,
                    git_sha=sha)
         rec["_sha"] = record_sha(rec)
-        records.append(rec)
+        point = (task_name, source, knob)
+        if point in stale:
+            i = next(j for j, r in enumerate(records) if (r["task"], r["source"], r["knob_value"]) == point)
+            records[i] = rec = merge_rescored(records[i], rec, stale[point], sha)
+            if rec["rescored"]["max_abs_diff"] > 1e-6:
+                warnings.warn(f"re-scoring {folder.name} {point}: translating again changed recorded metrics by up "
+                              f"to {rec['rescored']['max_abs_diff']:.3g}; the recorded values are kept", stacklevel=1)
+        else:
+            records.append(rec)
         atomic_write(records_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
         if task_bar is not None:
             ctx.progress.advance(task_bar)

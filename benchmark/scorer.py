@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
+from .radiomics import RadiomicsFeatures, frd_from_features
 from .weights import WeightsUnavailable, locate, sha256_of
 
 
@@ -133,6 +134,7 @@ class Reference:
     quantiles: np.ndarray
     features: np.ndarray | None = None
     clip: np.ndarray | None = None
+    radiomics: np.ndarray | None = None
 
 
 @dataclass
@@ -145,6 +147,8 @@ class Scorer:
         feature_extractor: Override (tests); default is Inception, or unavailable.
         lpips_model: Override (tests); default is LPIPS-AlexNet, or unavailable.
         clip_dir: Local CLIP folder for CMMD (optional; CMMD is unavailable without it).
+        frd: Compute FRD when its optional packages are installed (False: recorded unavailable, e.g. for speed).
+        radiomics: Override of the FRD feature extractor (tests).
         kid_subset_size: KID subset size (clamped to N).
         n_boot: Bootstrap resamples for per-image intervals.
     """
@@ -155,6 +159,8 @@ class Scorer:
     lpips_model: object | None = None
     clip_dir: str | Path | None = None
     clip_model: object | None = None
+    frd: bool = True
+    radiomics: object | None = None
     kid_subset_size: int = 1000
     n_boot: int = 1000
     unavailable: dict = field(default_factory=dict)
@@ -175,6 +181,14 @@ class Scorer:
                 self.clip_model = CLIPEmbeddings(self.clip_dir)
             except WeightsUnavailable as exc:
                 self.unavailable["cmmd"] = str(exc)
+        if not self.frd:
+            self.radiomics = None
+            self.unavailable["frd"] = "FRD switched off for this invocation (--no-frd)"
+        elif self.radiomics is None:
+            try:
+                self.radiomics = RadiomicsFeatures()
+            except WeightsUnavailable as exc:
+                self.unavailable["frd"] = str(exc)
         if self.lpips_model is None:
             try:
                 self.lpips_model = LPIPSAlex(self.weights_dir)
@@ -198,20 +212,23 @@ class Scorer:
         """
         fx = self.feature_extractor
         ident = dict(identity, extractor=getattr(fx, "name", None), weights=getattr(fx, "weights_sha", None),
-                     clip=str(self.clip_dir) if self.clip_model is not None else None, v=2)
+                     clip=str(self.clip_dir) if self.clip_model is not None else None,
+                     radiomics=getattr(self.radiomics, "name", None), v=2)
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.cache_dir / f"ref-{key}.npz" if self.cache_dir else None
         if path is not None and path.is_file():
             z = np.load(path)
             return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"],
-                             z["features"] if "features" in z else None, z["clip"] if "clip" in z else None)
+                             *(z[k] if k in z else None for k in ("features", "clip", "radiomics")))
         x01 = M.to_unit(images)
         ref = Reference(key, len(images), M.radial_power_spectrum(x01), M.intensity_quantiles(x01),
-                        self._features(images), self.clip_model(images) if self.clip_model is not None else None)
+                        self._features(images), self.clip_model(images) if self.clip_model is not None else None,
+                        self.radiomics(images) if self.radiomics is not None else None)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp.npz")
-            extra = {k: v for k, v in (("features", ref.features), ("clip", ref.clip)) if v is not None}
+            extra = {k: v for k, v in (("features", ref.features), ("clip", ref.clip), ("radiomics", ref.radiomics))
+                     if v is not None}
             np.savez(tmp, n=ref.n, spectrum=ref.spectrum, quantiles=ref.quantiles, **extra)
             tmp.replace(path)
         return ref
@@ -265,6 +282,8 @@ class Scorer:
             out.update({f"{p}{k}": v for k, v in M.prdc(reference.features, f_fake).items()})
         if reference.clip is not None and self.clip_model is not None:
             out["cmmd"] = M.cmmd(reference.clip, self.clip_model(x_hat))
+        if reference.radiomics is not None and self.radiomics is not None:
+            out["frd"] = frd_from_features(reference.radiomics, self.radiomics(x_hat))
         out["unavailable"] = unavailable
         out["score_sec"] = time.perf_counter() - t0
         return out

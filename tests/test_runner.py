@@ -10,8 +10,8 @@ from benchmark.scorer import Scorer
 
 @pytest.fixture
 def ctx(tmp_path, data_root):
-    return RunContext(tmp_path / "results", Scorer(weights_dir=tmp_path / "w", cache_dir=tmp_path / "results/cache"),
-                      quiet=True)
+    return RunContext(tmp_path / "results", Scorer(weights_dir=tmp_path / "w", cache_dir=tmp_path / "results/cache",
+                                                   frd=False), quiet=True)  # FRD: tests/test_frd.py
 
 
 def test_identity_and_histmatch_records(ctx, tiny):
