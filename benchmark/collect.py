@@ -150,19 +150,23 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
              out_dir / "variants.md"]
     atomic_write(paths[0], table.to_csv(index=False, float_format="%.6g"))
-    md = formatted(table).to_markdown(index=False)
-    realism = table["realism_by"].dropna().unique() if "realism_by" in table else []
-    note = (f"\n\nMean ± 95% CI over seeds; realism rank by {', '.join(realism) or 'n/a'}, structure rank by "
-            "SSIM to the source (MedShift Table 1 convention). n/a = unavailable (see the records' `unavailable`).\n")
-    atomic_write(paths[1], md + note)
+    def note(ranked: pd.DataFrame, scope: str = "") -> str:
+        """The footer of one table, naming the metric *that* table was ranked by."""
+        realism = ranked["realism_by"].dropna().unique() if "realism_by" in ranked else []
+        return (f"\n\nMean ± 95% CI over seeds;{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank "
+                "by SSIM to the source (MedShift Table 1 convention). n/a = unavailable (see the records' "
+                "`unavailable`).\n")
+
+    atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
-    atomic_write(paths[3], formatted(headline(table)).to_markdown(index=False) + note)
+    configured = headline(table)
+    atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured))
     variants = headline(table, variants=True)
     if len(variants):
-        atomic_write(paths[4], formatted(variants).to_markdown(index=False) + note.replace(
-            "over seeds;", "over seeds; ranks within this table (methods with `--set` variants);"))
+        atomic_write(paths[4], formatted(variants).to_markdown(index=False) + note(
+            variants, " ranks within this table (methods with `--set` variants);"))
     else:
         paths[4].unlink(missing_ok=True)
         paths.pop()

@@ -1,6 +1,8 @@
 """The LightningDataModule that serves training batches to every method."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -53,10 +55,13 @@ class TranslationDataModule(L.LightningDataModule):
         seed: Seeds the shuffling order.
         pairing: "mixed" or "unpaired" (a method's declared `pairing`).
         target: The task's target domain (side B) for "unpaired".
+        cache_dir: Where methods cache what they derive from the data (MedShift's suite autoencoder); the
+            runner passes `<results-dir>/cache`. None: `$XRAYBENCH_CACHE`, else `results/cache`.
     """
 
     def __init__(self, dataset: XrayDataset, domains: tuple[str, ...], batch_size: int = 16,
-                 split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None):
+                 split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None,
+                 cache_dir: Path | None = None):
         super().__init__()
         if pairing not in ("mixed", "unpaired"):
             raise ValueError(f"unknown pairing {pairing!r}; use mixed or unpaired")
@@ -64,7 +69,7 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"unpaired batches need the target domain among {domains}, got {target!r}")
         self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
         self.split, self.seed = split, seed
-        self.pairing, self.target = pairing, target
+        self.pairing, self.target, self.cache_dir = pairing, target, cache_dir
         self._train: Dataset | None = None
 
     def _images(self, domains: tuple[str, ...]) -> _Images:

@@ -80,3 +80,28 @@ def test_variants_are_separate_rows_and_keep_their_grid(tmp_path):
     paths = write_tables(table, tmp_path / "tables")
     assert (tmp_path / "tables" / "variants.md") in paths and "guidance=3.0" in paths[-1].read_text()
     assert "guidance=3.0" not in (tmp_path / "tables" / "headline.md").read_text()
+
+
+def test_each_table_names_the_metric_it_was_ranked_by(tmp_path):
+    """An off-grid curve point without FID makes the summary rank by nps_dist; the headline (grid rows only, all
+    with FID) still ranks by FID, and each footer says which."""
+    import json
+
+    from benchmark.collect import headline
+    from benchmark.run import record_sha
+
+    lines = (DATA / "records" / "fixture.jsonl").read_text().splitlines()
+    extra = []
+    for line in lines:
+        r = json.loads(line)
+        if r["method"] == "medshift" and r["knob_value"] == 0.6:
+            r.pop("_sha")
+            r["knob_value"], r["fid"] = 0.9, None
+            r["_sha"] = record_sha(r)
+            extra.append(json.dumps(r))
+    (tmp_path / "all.jsonl").write_text("\n".join(lines + extra) + "\n")
+    table = summary(load_records(tmp_path))
+    assert set(table["realism_by"]) == {"nps_dist"} and set(headline(table)["realism_by"]) == {"fid"}
+    write_tables(table, tmp_path / "tables")
+    assert "realism rank by nps_dist" in (tmp_path / "tables" / "summary.md").read_text()
+    assert "realism rank by fid" in (tmp_path / "tables" / "headline.md").read_text()

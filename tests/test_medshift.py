@@ -242,7 +242,7 @@ def _fit_latent(tiny, tmp_path, **kw):
                space="latent", ae_channels=(8, 16), ae_latent_channels=2, ae_steps=3)
     cfg.update(kw)
     m = MedShift(tiny.domains, DOMAINS[:2], "real_normal", tiny.size, **cfg)
-    dm = TranslationDataModule(tiny, tiny.domains, batch_size=4)
+    dm = TranslationDataModule(tiny, tiny.domains, batch_size=4, cache_dir=tmp_path)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(m, datamodule=dm)
@@ -250,9 +250,10 @@ def _fit_latent(tiny, tmp_path, **kw):
 
 
 def test_latent_mode_trains_caches_and_reuses_the_autoencoder(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path))
+    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path / "env"))  # the data module's cache_dir (the runner's) wins
     m, trainer = _fit_latent(tiny, tmp_path)
     cached = list((tmp_path / "autoencoders").iterdir())
+    assert not (tmp_path / "env").exists()
     assert len(cached) == 1 and (cached[0] / "config.json").is_file()
     assert bool(m.first_stage_ready) and m.first_stage.scale.item() != 1.0  # 1/std of the training latents
     assert m.net.config.in_channels == 2 and m.net.config.sample_size == tiny.size // 2
