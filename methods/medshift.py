@@ -17,7 +17,8 @@ Space: `space="pixel"` (default, what runs on a CPU) or `space="latent"`: the sa
 space of a diffusers `AutoencoderKL` - a user's pretrained folder (`autoencoder=PATH`, e.g. a local
 copy of the paper's `sd-vae-ft-mse`, scale 0.18215, grey repeated to 3 channels) or, with no path, a
 small KL autoencoder the suite trains on the training split at the start of the first fit and caches
-(in the runner's `<results-dir>/cache`) for every later seed (`components.autoencoder`). tau = 1 returns the input exactly in both spaces.
+(in the runner's `<results-dir>/cache`) for every later seed (`components.autoencoder`). tau = 1 returns the
+input exactly in both spaces.
 
 Our extension (off by default): `path="bridge"` trains on the Brownian-bridge stochastic interpolant
 x_t = (1 - t) x_0 + t x_1 + bridge_sigma sqrt(t (1 - t)) z (a Schrodinger-bridge path, sigma > 0), and
