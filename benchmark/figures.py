@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import base_method, load_records, split_variants
+from .collect import REALISM_RANK_ORDER, base_method, load_records, split_variants
 from .metrics import METRICS
 
 STYLE = {  # one place for each method's look
@@ -28,8 +28,8 @@ def method_style(method: str, n_variant: int = 0) -> dict:
 
 
 def realism_metric(df: pd.DataFrame) -> str:
-    """FID when every record has it, else the weight-free noise-power-spectrum distance."""
-    return "fid" if "fid" in df and df["fid"].notna().all() else "nps_dist"
+    """The tables' realism metric: the first of FID, FRD, nps_dist that every record has."""
+    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all()), "nps_dist")
 
 
 def common_seeds(df: pd.DataFrame) -> pd.DataFrame:

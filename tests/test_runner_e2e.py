@@ -44,6 +44,11 @@ def test_tradeoff_curve_draws_knob_methods_as_lines():
     lines = {line.get_label().split(",")[0]: line for line in ax.get_lines()}
     assert len(lines["MedShift (τ)"].get_xdata()) == 2  # two tau values on one curve
     assert len(lines["CycleGAN"].get_xdata()) == 1  # a single point
+    # without FID the tables' next realism metric: FRD where every record has it, else the NPS distance
+    no_fid = df.assign(fid=None, frd=df["fid"] / 20)
+    assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("FRD")
+    no_fid.loc[no_fid.index[0], "frd"] = None
+    assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("NPS")
 
 
 def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_figure(tmp_path):
