@@ -66,11 +66,16 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     return add_ranks(pd.DataFrame(rows))
 
 
+def realism_metric(df: pd.DataFrame) -> str | None:
+    """The realism metric to rank and plot by: the first of REALISM_RANK_ORDER that every row has."""
+    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all()), None)
+
+
 def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
     """Realism, structure and average rank within each (dataset, preset, task), lower is better."""
     out = out.copy()
     for (_, _, _), part in out.groupby(["dataset", "preset", "task"], sort=False):
-        realism = next((m for m in REALISM_RANK_ORDER if m in part and part[m].notna().all()), None)
+        realism = realism_metric(part)
         if realism is not None:
             out.loc[part.index, "realism_rank"] = part[realism].rank(ascending=not METRICS[realism].higher_is_better,
                                                                      method="min")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import REALISM_RANK_ORDER, base_method, load_records, split_variants
+from .collect import base_method, load_records, realism_metric, split_variants
 from .metrics import METRICS
 
 STYLE = {  # one place for each method's look
@@ -25,11 +25,6 @@ def method_style(method: str, n_variant: int = 0) -> dict:
         return dict(STYLE[method])
     base = STYLE.get(base_method(method), dict(marker="o"))
     return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
-
-
-def realism_metric(df: pd.DataFrame) -> str:
-    """The tables' realism metric: the first of FID, FRD, nps_dist that every record has."""
-    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all()), "nps_dist")
 
 
 def common_seeds(df: pd.DataFrame) -> pd.DataFrame:
@@ -52,7 +47,7 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
     import matplotlib.pyplot as plt
 
     part = common_seeds(df[df["task"] == task])
-    y = y or realism_metric(part)
+    y = y or realism_metric(part) or "nps_dist"  # the tables' metric (FID, else FRD, else nps_dist)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.0))
     means = part.groupby(["method", "knob", "knob_value"], sort=False, dropna=False)[[x, y]].mean().reset_index()
