@@ -106,7 +106,7 @@ class MedShift(TranslationMethod):
         settings = dict(channels=list(hp.ae_channels), latent_channels=hp.ae_latent_channels, steps=hp.ae_steps)
         identity = dict(dataset=dm.dataset.name, config=dm.dataset.config, split=dm.dataset.split_hash,
                         domains=list(dm.domains))
-        ae, _ = cached_autoencoder(settings, identity, dm.train_images(), getattr(dm, "cache_dir", None))
+        ae, _ = cached_autoencoder(settings, identity, dm.train_images(), dm.cache_dir)
         self.first_stage.ae.load_state_dict(ae.state_dict())
         self.first_stage.scale.fill_(float(ae.config.scaling_factor))
         self.first_stage_ready.fill_(True)
