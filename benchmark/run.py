@@ -343,7 +343,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
     task = get_task(spec.tasks[0], dataset.domains)
     domains = type(method).training_domains(dataset.domains, task.sources, task.target)
     dm = TranslationDataModule(dataset, domains, batch_size=int(method.hparams.get("batch_size", 16)), seed=spec.seed,
-                               pairing=type(method).pairing, target=task.target, cache_dir=ctx.results_dir / "cache")
+                               pairing=type(method).pairing, target=task.target, cache_dir=ctx.results_dir / "cache",
+                               drop_last=type(method).drop_last)
     settings = method.trainer_settings(spec.max_steps)
     steps = settings.get("max_steps", -1)
     ckpt_dir = folder / "checkpoints"

@@ -33,6 +33,11 @@ class TranslationMethod(L.LightningModule):
     pairing: ClassVar[str] = "mixed"
     #: Config keys used only by `translate` (a change reuses the trained weights).
     sampling_settings: ClassVar[tuple[str, ...]] = ()
+    #: `optimizer.step()` calls per `training_step`. Lightning counts every optimizer step of manual
+    #: optimisation in `global_step` (and so in `max_steps`); a budget counts iterations of the method's loop.
+    optimizer_steps_per_iteration: ClassVar[int] = 1
+    #: Whether training batches drop the incomplete last batch (False for one-pass statistics: every image counts).
+    drop_last: ClassVar[bool] = True
 
     def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
         super().__init__()
@@ -45,9 +50,13 @@ class TranslationMethod(L.LightningModule):
         return tuple(sources) + (target,)
 
     def trainer_settings(self, max_steps: int | None = None) -> dict:
-        """Keyword arguments for `lightning.Trainer` that bound this method's training."""
+        """Keyword arguments for `lightning.Trainer` that bound this method's training.
+
+        Args:
+            max_steps: Training iterations (`training_step` calls); None: the method's `max_steps` setting.
+        """
         steps = max_steps if max_steps is not None else int(self.hparams.get("max_steps", 0))
-        return {"max_steps": steps}
+        return {"max_steps": steps * self.optimizer_steps_per_iteration}
 
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         """Translate images of domain `source` to domain `target`.

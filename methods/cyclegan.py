@@ -5,7 +5,8 @@ Domain A = the task's source domain(s), B = its target. Generators g_ab (the ref
 and g_ba (netG_B), discriminators d_b (netD_A, judges B images) and d_a (netD_B). Losses: least-
 squares GAN, cycle consistency lambda = 10 both ways, identity 0.5 * lambda, a 50-image history pool per
 discriminator, Adam 2e-4 with betas (0.5, 0.999), learning rate constant for the first half of the
-steps then linearly decayed to 0, batch 1. Manual optimisation: one generator step, then one step of
+iterations then linearly decayed to 0, batch 1. `max_steps` counts iterations (one generator and one
+discriminator update; Lightning's `global_step` counts both, `optimizer_steps_per_iteration`). Manual optimisation: one generator step, then one step of
 both discriminators (Lightning's GAN pattern). A and B images are drawn independently
 (`pairing = "unpaired"`), so skull-sim's aligned pairs are never seen together.
 
@@ -26,6 +27,7 @@ class CycleGAN(TranslationMethod):
     """Two generators and two PatchGAN discriminators trained with cycle consistency."""
 
     pairing = "unpaired"
+    optimizer_steps_per_iteration = 2  # generators, then discriminators: max_steps iterations = 2 * max_steps steps
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, ngf: int = 64, ndf: int = 64, n_blocks: int | None = None,

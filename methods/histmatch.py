@@ -21,6 +21,7 @@ class HistMatch(TranslationMethod):
     knob_name = "blend"
     knob_grid = (1.0, 0.5)
     knob_curve = (0.0, 0.25, 0.5, 0.75, 1.0)
+    drop_last = False  # the histograms count every training image
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, n_bins: int = 4096):

@@ -94,3 +94,28 @@ def test_translate_directions_and_errors():
         model.translate(x, "real_low", "real_high")
     with pytest.raises(ValueError, match="no knob"):
         model.translate(x, "syn_low", "real_normal", 0.5)
+
+
+def test_budget_counts_iterations_and_the_learning_rate_decays_to_zero(tiny):
+    """`max_steps` = training_step calls. Lightning counts both optimizer steps of an iteration in `global_step`:
+    before the fix max_steps=1000 stopped after 500 iterations and the linear decay never started."""
+    calls = []
+
+    class Counted(CycleGAN):
+        def training_step(self, batch, batch_idx):
+            calls.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    torch.manual_seed(0)
+    model = Counted(tiny.domains, ("syn_low",), "real_normal", 64, ngf=4, ndf=4, n_blocks=1, max_steps=12)
+    dm = TranslationDataModule(tiny, ("syn_low", "real_normal"), batch_size=1, pairing="unpaired",
+                               target="real_normal")
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, **model.trainer_settings())
+    trainer.fit(model, datamodule=dm)
+    assert len(calls) == 12 and trainer.global_step == 24  # Lightning's count, pinned
+    lr0 = model.hparams.lr
+    for opt in trainer.optimizers:
+        # constant for 6 iterations, then linear to 1/(half+1) of the initial rate after the last one
+        assert opt.param_groups[0]["lr"] == pytest.approx(lr0 / 7)
+    assert model.trainer_settings(5) == {"max_steps": 10}  # an explicit budget is iterations too

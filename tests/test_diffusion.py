@@ -24,10 +24,35 @@ def test_schedule_and_forward_marginal_match_closed_form():
         assert x_t.var().item() == pytest.approx(1 - alpha_bar[t], rel=0.05, abs=2e-4)
 
 
-def test_strength_maps_to_sampler_timesteps():
+def test_strength_noises_to_exactly_t0_times_T():
+    """SDEdit's t0 is a fraction of T: strength 0.1 / 0.2 / 0.3 starts at t = 100 / 200 / 300 (the bug this pins:
+    diffusers' img2img keeps the last int(n * strength) steps of its leading grid and started at 80 / 180 / 280)."""
+    from diffusers import DDPMScheduler
+
     core = DiffusionCore(num_inference_steps=50)
+    for strength, t0 in ((0.1, 100), (0.2, 200), (0.3, 300), (1.0, 999)):
+        ts = core.timesteps_for(strength)
+        assert int(ts[0]) == t0 and len(ts) == round(50 * strength) and (ts.diff() < 0).all() and int(ts[-1]) > 0
     assert len(core.timesteps_for(0.0)) == 0 and core.nfe(0.3) == 15 and core.nfe(1.0) == 50
-    assert int(core.timesteps_for(0.3)[0]) == pytest.approx(0.3 * 1000, abs=21)  # starts near t0 = 0.3 T
+    leading = DDPMScheduler(num_train_timesteps=1000)
+    leading.set_timesteps(50)
+    assert [int(leading.timesteps[50 - int(50 * s)]) for s in (0.1, 0.2, 0.3)] == [80, 180, 280]  # the old grid
+    seen = []
+
+    def spy(x, t):
+        seen.append(int(t[0]))
+        return torch.zeros_like(x)
+
+    x = torch.zeros(1, 1, 4, 4)
+    core.denoise_from(spy, x, 0.2, torch.Generator().manual_seed(0))
+    assert seen == list(range(200, 0, -20))  # 10 steps of T/50, the last one lands on x_0
+    # the forward process took the start to t0: with a zero image x_t0 = sqrt(1 - a_t0) * noise exactly
+    ab = core.alphas_cumprod
+    captured = []
+    core.denoise_from(lambda x_t, t: captured.append(x_t.clone()) or torch.zeros_like(x_t), x, 0.2,
+                      torch.Generator().manual_seed(0))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(captured[0], (1 - ab[200]).sqrt() * noise)
     with pytest.raises(ValueError, match="strength"):
         core.timesteps_for(1.5)
 
