@@ -34,7 +34,8 @@ def _add_run(sub) -> None:
 def cmd_run(args) -> int:
     import torch
 
-    from benchmark.run import RunContext, parse_set, plan, resolve_config
+    from benchmark.config import parse_set, plan, resolve_config
+    from benchmark.run import RunContext
     from benchmark.scorer import Scorer
     from datasets import DATASETS
     from methods import METHODS
@@ -92,7 +93,7 @@ def cmd_run(args) -> int:
 
 
 def _check_writable(results_dir: Path) -> None:
-    from benchmark.run import RunError
+    from benchmark.records import RunError
 
     try:
         (results_dir / "runs").mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,10 @@ def cmd_rescore(args) -> int:
     """Add the metrics the scorer can compute now to every finished run's records (no training)."""
     import torch
 
-    from benchmark.run import RunContext, finished_specs, read_records, run_one, stale_metrics
+    from benchmark.config import finished_specs
+    from benchmark.records import read_records
+    from benchmark.rescore import stale_metrics
+    from benchmark.run import RunContext, run_one
     from benchmark.scorer import Scorer
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(os.cpu_count() or 1, 16))))
@@ -209,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("weights", help="download Inception + AlexNet weights (needs internet)")
     w.add_argument("--weights-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    from benchmark.run import RunError
+    from benchmark.records import RunError
     from benchmark.weights import WeightsUnavailable
 
     try:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import METRICS, mean_ci_over_seeds
-from .run import atomic_write, read_records
+from .records import atomic_write, read_records
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
 TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "frd", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt",

@@ -239,27 +239,42 @@ def cmmd(x: np.ndarray, y: np.ndarray, sigma: float = 10.0, scale: float = 1000.
 
 
 # ---------------------------------------------------------------- weight-free physics statistics
-def radial_power_spectrum(x01: torch.Tensor, n_bins: int | None = None) -> np.ndarray:
-    """Mean radially averaged power spectrum of a set, log10, (n_bins,).
+def radial_power(x01: torch.Tensor, n_bins: int | None = None) -> np.ndarray:
+    """Per-image radially averaged power spectra (linear), (N, n_bins).
 
     Each image is mean-subtracted and Hann-windowed before the FFT; bins are rings of unit width in
-    frequency-index units, up to Nyquist. Noise level sets the high-frequency floor, detector blur its
-    roll-off and anatomy/contrast the low-frequency part.
+    frequency-index units, up to Nyquist. Radial binning is linear, so the mean of these rows is the radial
+    spectrum of the set's mean power (`radial_power_spectrum`), which lets a bootstrap re-weight images cheaply.
     """
     x = x01.double()[:, 0]
     n, h, w = x.shape
     hann = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
                        torch.hann_window(w, periodic=False, dtype=torch.float64))
     x = (x - x.mean(dim=(1, 2), keepdim=True)) * hann
-    power = (torch.fft.fft2(x).abs() ** 2).mean(dim=0) / (h * w)
+    power = (torch.fft.fft2(x).abs() ** 2).reshape(n, -1) / (h * w)
     fy = torch.fft.fftfreq(h, dtype=torch.float64)[:, None] * h
     fx = torch.fft.fftfreq(w, dtype=torch.float64)[None, :] * w
-    r = torch.sqrt(fx**2 + fy**2).round().long()
+    r = torch.sqrt(fx**2 + fy**2).round().long().reshape(-1)
     n_bins = n_bins or min(h, w) // 2
     keep = r < n_bins
-    sums = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, r[keep], power[keep])
-    counts = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, r[keep], torch.ones_like(power[keep]))
-    return np.log10(np.maximum((sums / counts).numpy(), 1e-30))
+    sums = torch.zeros(n, n_bins, dtype=torch.float64).index_add_(1, r[keep], power[:, keep])
+    counts = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, r[keep], torch.ones(int(keep.sum()),
+                                                                                        dtype=torch.float64))
+    return (sums / counts).numpy()
+
+
+def log_spectrum(power: np.ndarray) -> np.ndarray:
+    """log10 of a (mean) radial power spectrum, floored at 1e-30."""
+    return np.log10(np.maximum(power, 1e-30))
+
+
+def radial_power_spectrum(x01: torch.Tensor, n_bins: int | None = None) -> np.ndarray:
+    """Mean radially averaged power spectrum of a set, log10, (n_bins,).
+
+    Noise level sets the high-frequency floor, detector blur its roll-off and anatomy/contrast the
+    low-frequency part (see `radial_power`).
+    """
+    return log_spectrum(radial_power(x01, n_bins).mean(axis=0))
 
 
 def nps_distance(spec_a: np.ndarray, spec_b: np.ndarray) -> float:
@@ -272,6 +287,23 @@ QUANTILES = np.linspace(0.0, 1.0, 1001)
 
 def intensity_quantiles(x01: torch.Tensor) -> np.ndarray:
     return np.quantile(x01.double().numpy().ravel(), QUANTILES)
+
+
+HIST_BINS = 4096
+
+
+def intensity_histograms(x01: torch.Tensor, n_bins: int = HIST_BINS) -> np.ndarray:
+    """Per-image intensity histograms on [0, 1], (N, n_bins): a bootstrap pools them by re-weighting."""
+    idx = (x01.double().reshape(len(x01), -1).clamp(0, 1) * n_bins).long().clamp(max=n_bins - 1)
+    out = torch.zeros(len(x01), n_bins, dtype=torch.float64)
+    return out.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64)).numpy()
+
+
+def quantiles_from_histogram(counts: np.ndarray) -> np.ndarray:
+    """The `QUANTILES` of a pooled histogram on [0, 1] (linear inside each bin; resolution 1/n_bins)."""
+    edges = np.linspace(0.0, 1.0, len(counts) + 1)
+    cdf = np.concatenate([[0.0], np.cumsum(counts)]) / max(counts.sum(), 1e-300)
+    return np.interp(QUANTILES, cdf, edges)
 
 
 def hist_w1(q_a: np.ndarray, q_b: np.ndarray) -> float:
@@ -292,6 +324,34 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.95, se
     means = v[rng.integers(0, len(v), size=(n_boot, len(v)))].mean(axis=1)
     alpha = (1 - level) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def subject_bootstrap(subjects: list[str], n_boot: int = 200, seed: int = 0) -> np.ndarray:
+    """Cluster-bootstrap plan over subjects: (n_boot, N) multiplicity of each image in each replicate.
+
+    Each replicate draws as many subjects as there are, with replacement, and takes all images of every drawn
+    subject (views of one subject are not independent). The plan depends only on the sorted subject ids and
+    `seed`, so every method, seed and source scored on the same test set gets the same replicates, which makes
+    replicate b of two methods a paired comparison.
+    """
+    ids = sorted(set(subjects))
+    index = {s: i for i, s in enumerate(ids)}
+    of_image = np.array([index[s] for s in subjects])
+    import hashlib
+
+    digest = int(hashlib.sha256(("|".join(ids) + f"|{seed}").encode()).hexdigest()[:15], 16)
+    draws = np.random.default_rng(digest).integers(0, len(ids), size=(n_boot, len(ids)))
+    per_subject = np.stack([np.bincount(d, minlength=len(ids)) for d in draws])  # (B, S)
+    return per_subject[:, of_image]  # (B, N)
+
+
+def percentile_interval(replicates, level: float = 0.95) -> tuple[float, float]:
+    v = np.asarray(replicates, np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return (float("nan"), float("nan"))
+    alpha = (1 - level) / 2
+    return float(np.quantile(v, alpha)), float(np.quantile(v, 1 - alpha))
 
 
 def mean_ci_over_seeds(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -1,39 +1,36 @@
-"""The runner: fit -> translate the test split over the knob grid -> score -> one record per point.
+"""The runner: fit -> save the final weights -> translate the test split over the knob grid -> score -> records.
 
-A `RunSpec` (method, dataset, preset, seed, tasks, overrides, ...) names one fit. Its folder
-`results/runs/<method>/<dataset>-<preset>/seed<k>-<hash>/` holds, written *before* training,
-`config.json` (resolved config, seed, split hash, git sha, package versions); then
-`checkpoints/last.ckpt` (resume point), `records.jsonl` (rewritten atomically after every
-evaluation, each line carrying `_sha` of its own content) and finally `done`. Re-running skips a run
-with `done`, resumes one with a checkpoint and re-does only the evaluations that have no record.
+A `RunSpec` names one fit. Its folder `results/runs/<method>/<dataset>-<preset>/seed<k>-<hash>/` holds
+`config.json` (resolved config, seed, split hash, git sha, package versions; written before training),
+`checkpoints/last.ckpt` (the resume point during training), `checkpoints/final.ckpt` and `train.json` (the
+weights every evaluation uses and how long they took to train, written before the first evaluation),
+`records.jsonl` (rewritten atomically after every evaluation) and finally `done` (`benchmark.records`).
 
-Tasks whose training domains are the same for a method share one fit: MedShift trains on every
-domain, so `--task sim2real dose` translates both pairs with one model.
+Guarantees:
+* Every record of a run comes from the one set of final weights: an interrupted evaluation resumes from
+  `final.ckpt` and never trains again; `rescore` translates from it too.
+* `train_sec` is the sum of the training segments (`train.json`); a record of a run whose training was
+  interrupted and resumed says so (`resumed_from_steps`).
+* A run folder is held by one process at a time (`.lock` with pid and host; a lock whose process is gone
+  is stale and taken over). A second invocation stops with a one-line error naming the holder.
+* `done` vouches for the records on disk (count and checksum); a run whose `done` does not match its
+  records is re-evaluated from its final weights, and a finished run without them is reported.
 
-Settings a method declares in `sampling_settings` (MedShift's guidance, solver and step size; the
-diffusion baselines' sampler and step count) do not change what is trained, and neither do the tasks
-as long as the method's training domains stay the same. A run that differs from a finished run only
-in those (and in `--curve`) starts from that run's checkpoint instead of training again (`fit_key`):
-`--task dose` after `--task sim2real` re-uses MedShift's model, `--set guidance=3` re-uses any
-MedShift fit. Its records keep the original `train_sec`; config.json names the donor run. Records
-carry `setting`, the run's `--set` overrides, so that variants stay apart in the tables.
+Tasks whose training domains are the same for a method share one fit (MedShift translates `sim2real` and
+`dose` with one model). A run that differs from a finished one only in its tasks, in `--curve` or in the
+method's `sampling_settings` starts from that run's final weights (`fit_key`); config.json names the donor.
 
-Re-scoring (`python -m benchmark rescore`): when the scorer gains a metric (new weights in
-`--weights-dir`, FRD's packages installed, a metric added to the suite), finished runs are translated
-again from their checkpoints and the missing metrics are added to their records; nothing is trained and
-the values already recorded are kept. Each such record carries `rescored` (git sha, the metrics added
-and the largest change of a metric recomputed alongside, which is 0 for deterministic methods).
+Realism is scored against the target domain's images of the `ref` split (other subjects, never trained on),
+fidelity against each test scene's aligned counterpart (`datasets.splits`).
 """
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import logging
 import os
 import resource
 import shutil
-import subprocess
+import socket
 import sys
 import time
 import warnings
@@ -41,259 +38,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
-CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-DATA_ARGS = ("domains", "sources", "target", "image_size")
-RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value",
-               "n_images",
-               "ssim_src", "psnr_src", "lpips_src", "ssim_gt", "psnr_gt", "lpips_gt", "fid", "kid", "precision",
-               "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "frd", "nfe", "sec_per_image",
-               "train_sec", "n_params", "peak_rss_mb")
+from .config import RunSpec, find_donor, fit_key, resolve_config, setting
+from .records import (PROTOCOL_VERSION, RECORD_KEYS, RunError, atomic_write, clean_stale_temporaries, pid_alive,
+                      read_records, seal, verify_done, write_done, write_records)
+from .rescore import merge_rescored, stale_metrics
+
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
                   ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*",
                   ".*dirpath has changed.*")
 
 
-def stale_metrics(record: dict, unavailable: dict) -> list[str]:
-    """Metrics a scorer (its `unavailable`) can compute that `record` lacks; fidelity only where gt existed."""
-    from .metrics import METRICS
-
-    has_gt = record.get("ssim_gt") is not None
-    return [m for m, s in METRICS.items()
-            if record.get(m) is None and m not in unavailable and (has_gt or s.axis != "fidelity")]
-
-
-def merge_rescored(old: dict, new: dict, added: list[str], sha: str) -> dict:
-    """`old` with the `added` metrics (and their intervals) from `new`; the other values stay as recorded."""
-    from .metrics import METRICS
-
-    out = dict(old)
-    for m in added:
-        for k in (m, f"{m}_lo", f"{m}_hi"):
-            if k in new:
-                out[k] = new[k]
-    unavailable = {k: v for k, v in (old.get("unavailable") or {}).items() if k not in added}
-    unavailable.update({k: v for k, v in (new.get("unavailable") or {}).items() if k in added})
-    out["unavailable"] = unavailable
-    both = [m for m in METRICS if m not in added and isinstance(old.get(m), float) and isinstance(new.get(m), float)]
-    diff = max((abs(old[m] - new[m]) for m in both), default=0.0)
-    out["rescored"] = dict(git_sha=sha, metrics=added, max_abs_diff=diff)
-    out.pop("_sha", None)
-    out["_sha"] = record_sha(out)
-    return out
-
-
-class RunError(RuntimeError):
-    """A problem with the user's request or files; the message is one line with the fix."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One fit of one method (frozen; its hash names the run folder)."""
-
-    method: str
-    dataset: str = "skull-sim"
-    preset: str = "tiny"
-    tasks: tuple[str, ...] = ("sim2real",)
-    seed: int = 0
-    data_seed: int = 0
-    max_steps: int | None = None
-    overrides: tuple[tuple[str, object], ...] = ()
-    curve: bool = False
-    accelerator: str = "cpu"
-    precision: str = "32-true"
-    dataset_config: str | None = None
-    data_root: str | None = None
-
-    @property
-    def run_id(self) -> str:
-        d = asdict(self)
-        d.pop("data_root")  # where the data lives does not change the result
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-    def folder(self, results_dir: Path) -> Path:
-        run = f"seed{self.seed}-{self.run_id}"
-        return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
-
-
-# --------------------------------------------------------------------------------------------- config
-def method_defaults(cls) -> dict:
-    sig = inspect.signature(cls.__init__)
-    return {k: p.default for k, p in sig.parameters.items() if k != "self" and k not in DATA_ARGS}
-
-
-def parse_set(items: list[str]) -> tuple[tuple[str, object], ...]:
-    out = []
-    for item in items or []:
-        if "=" not in item:
-            raise RunError(f"--set {item!r}: expected key=value")
-        key, value = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(value)))
-    return tuple(out)
-
-
-def resolve_config(spec: RunSpec) -> dict:
-    """Constructor defaults <- configs/<method>.yaml deltas (<dataset>, then <dataset>/<preset>) <- --set."""
-    from methods import get_method
-
-    cls = get_method(spec.method)
-    cfg = method_defaults(cls)
-    deltas_path = CONFIG_DIR / f"{spec.method}.yaml"
-    if deltas_path.is_file():
-        deltas = yaml.safe_load(deltas_path.read_text()) or {}
-        for scope in (spec.dataset, f"{spec.dataset}/{spec.preset}"):
-            cfg.update(deltas.get(scope) or {})
-    for key, value in spec.overrides:
-        if key not in cfg:
-            raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
-        cfg[key] = value
-    if spec.max_steps is not None and "max_steps" in cfg:
-        cfg["max_steps"] = spec.max_steps
-    return cfg
-
-
-def setting(spec: RunSpec) -> str:
-    """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
-    items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
-    return ",".join(items + ([f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []))
-
-
-def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
-    """What determines the trained weights: the spec without what-to-evaluate fields, the method's
-    training domains (instead of the tasks) and the resolved config without its `sampling_settings`.
-
-    Args:
-        spec: `asdict(RunSpec)` (as stored in config.json).
-        method_config: The resolved config (as stored in config.json).
-        domains: The dataset's domains (to resolve the tasks).
-    """
-    from datasets import get_task
-    from methods import get_method
-
-    cls = get_method(spec["method"])
-    task = get_task(spec["tasks"][0], tuple(domains))
-    sampling = set(cls.sampling_settings)
-    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides", "tasks")}
-    d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target))
-    d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
-    """A finished sibling run (same method, dataset, seed) whose fit has the same `fit_key`, or None.
-
-    A setting missing from an older run's config.json did not exist when it ran: it takes today's constructor
-    default, which by this suite's convention reproduces the behaviour from before the setting was added.
-    """
-    from methods import get_method
-
-    for other in sorted(folder.parent.glob(folder.name.split("-")[0] + "-*")):
-        cfg_path, ckpt = other / "config.json", other / "checkpoints" / "last.ckpt"
-        if other == folder or not ((other / "done").is_file() and ckpt.is_file() and cfg_path.is_file()):
-            continue
-        try:
-            cfg = json.loads(cfg_path.read_text())
-            config = {**method_defaults(get_method(cfg["spec"]["method"])), **cfg["method_config"]}
-            if fit_key(cfg["spec"], config, domains) == key:
-                return other
-        except (KeyError, ValueError, TypeError, IndexError):  # a hand-edited config.json: not a donor
-            continue
-    return None
-
-
-def finished_specs(results_dir: Path, methods: list[str] | None = None) -> list[RunSpec]:
-    """The specs of the finished runs under `results_dir/runs` (from their config.json), optionally of some methods."""
-    specs = []
-    for cfg_path in sorted(Path(results_dir).glob("runs/*/*/*/config.json")):
-        if not (cfg_path.parent / "done").is_file():
-            continue
-        d = json.loads(cfg_path.read_text())["spec"]
-        d["tasks"] = tuple(d["tasks"])
-        d["overrides"] = tuple(tuple(kv) for kv in d["overrides"])
-        spec = RunSpec(**d)
-        if spec.folder(results_dir) != cfg_path.parent:
-            raise RunError(f"{cfg_path}: its spec hashes to {spec.run_id}, not to its folder; was it edited?")
-        if not methods or spec.method in methods:
-            specs.append(spec)
-    return specs
-
-
-def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[str, ...], **common) -> list[RunSpec]:
-    """Run specs: one per (method, seed, group of tasks that share training domains)."""
-    from datasets import get_task
-    from methods import METHODS, get_method
-
-    names = list(METHODS) if methods == ["all"] else methods
-    specs = []
-    for name in names:
-        cls = get_method(name)
-        groups: dict[tuple, list[str]] = {}
-        for t in tasks:
-            task = get_task(t, domains)
-            groups.setdefault(cls.training_domains(domains, task.sources, task.target), []).append(t)
-        for seed in seeds:
-            specs += [RunSpec(method=name, seed=seed, tasks=tuple(g), **common) for g in groups.values()]
-    return specs
-
-
-# --------------------------------------------------------------------------------------------- provenance
-def git_sha() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def package_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("torch", "lightning", "diffusers", "torchmetrics", "torch-fidelity", "lpips", "numpy", "scipy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-
-
-def record_sha(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "_sha"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def read_records(path: Path) -> list[dict]:
-    """Records of one run; a line that fails its own checksum (edited by hand) is an error."""
-    records = []
-    if not path.is_file():
-        return records
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RunError(f"{path}:{i}: not valid JSON ({exc.msg}); restore the file or delete the run "
-                           "folder") from exc
-        if rec.get("_sha") != record_sha(rec):
-            raise RunError(f"{path}:{i}: record checksum mismatch (edited by hand?); restore the file or delete the "
-                           "run folder to recompute it")
-        records.append(rec)
-    return records
-
-
-# --------------------------------------------------------------------------------------------- one run
 @dataclass
 class RunContext:
     """What one invocation shares across runs: the scorer, loaded datasets, progress display."""
@@ -321,6 +77,67 @@ def load_data(spec: RunSpec, ctx: RunContext, progress=None):
     return ctx.datasets[key]
 
 
+# --------------------------------------------------------------------------------------------- provenance
+def git_sha() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "lightning", "diffusers", "torchmetrics", "torch-fidelity", "lpips", "numpy", "scipy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- lock
+class RunLock:
+    """Exclusive hold of a run folder: `.lock` created with O_EXCL holding {pid, host, since}.
+
+    A lock left by a process that no longer exists on this host is stale and is taken over; a lock held by a
+    live process (or one on another host, which cannot be checked) stops the invocation with its owner named.
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    owner = json.loads(self.path.read_text() or "{}")
+                except (OSError, ValueError):
+                    owner = {}
+                if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0) or 0)):
+                    self.path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+                raise RunError(f"{self.path.parent} is being run by pid {owner.get('pid')} on {owner.get('host')} "
+                               f"(since {since}); wait for it, or delete {self.path} if that process is gone")
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return self
+        raise RunError(f"could not take the lock {self.path}; delete it if no process is running this run")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- fitting
 def _build(spec: RunSpec, dataset, config: dict):
     from datasets import get_task
     from methods import get_method
@@ -330,7 +147,8 @@ def _build(spec: RunSpec, dataset, config: dict):
                                    image_size=dataset.size, **config)
 
 
-def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float:
+def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> dict:
+    """Train (resuming from `checkpoints/last.ckpt` if present); returns this segment {start_step, end_step, sec}."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -360,9 +178,10 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
                         enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
                         log_every_n_steps=10, **settings)
     last = ckpt_dir / "last.ckpt"
+    start_step = 0
     if last.is_file():
         try:  # validate before Lightning touches it: a clear error, and the file is left as it is
-            torch.load(last, map_location="cpu", weights_only=True)
+            start_step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
         except Exception as exc:  # torch raises pickle, zip and runtime errors here
             raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
                            "to train this run from scratch") from exc
@@ -371,9 +190,43 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> float
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
-    return time.perf_counter() - t0
+    sec = time.perf_counter() - t0
+    final_tmp = ckpt_dir / f".final.ckpt.tmp-{os.getpid()}"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        trainer.save_checkpoint(final_tmp, weights_only=True)
+        final_tmp.replace(ckpt_dir / "final.ckpt")
+    finally:
+        final_tmp.unlink(missing_ok=True)
+    return dict(start_step=start_step, end_step=int(trainer.global_step), sec=sec)
 
 
+def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, donor: Path | None) -> dict:
+    """Bring `method` to the run's final weights and return `train.json` ({train_sec, segments, fit_from}).
+
+    Order of preference: the run's own `final.ckpt` (never trained again); a donor's `final.ckpt` (copied);
+    otherwise train (resuming `last.ckpt`), write `final.ckpt`, then `train.json`.
+    """
+    final, info_path = folder / "checkpoints" / "final.ckpt", folder / "train.json"
+    if not final.is_file() and donor is not None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".final.ckpt.tmp-{os.getpid()}")
+        shutil.copyfile(donor / "checkpoints" / "final.ckpt", tmp)
+        tmp.replace(final)
+        info = json.loads((donor / "train.json").read_text())
+        atomic_write(info_path, json.dumps(dict(info, fit_from=donor.name)))
+    if final.is_file() and info_path.is_file():
+        state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
+        method.load_state_dict(state)
+        return json.loads(info_path.read_text())
+    segments = json.loads(info_path.read_text())["segments"] if info_path.is_file() else []
+    segments.append(_fit(spec, method, dataset, folder, ctx))
+    info = dict(train_sec=sum(s["sec"] for s in segments), segments=segments, fit_from=None)
+    atomic_write(info_path, json.dumps(info))
+    return info
+
+
+# --------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def _translate(method, x: torch.Tensor, source: str, target: str, knob,
                batch_size: int = 64) -> tuple[torch.Tensor, float]:
@@ -400,89 +253,119 @@ def evaluations(spec: RunSpec, method, dataset) -> list[tuple[str, str, str, obj
     return points
 
 
+def _reference_images(dataset, target: str) -> torch.Tensor:
+    try:
+        return dataset.images(target, "ref")[0]
+    except ValueError as exc:
+        raise RunError(f"{dataset.name}: no {target} images in the 'ref' split, which realism is scored against; "
+                       "the dataset needs more subjects (datasets/splits.py)") from exc
+
+
+class Evaluator:
+    """Translates and scores points of one run, loading each source set and real reference once."""
+
+    def __init__(self, spec: RunSpec, method, dataset, ctx: RunContext, train: dict):
+        self.spec, self.method, self.dataset, self.ctx, self.train = spec, method, dataset, ctx, train
+        self.inputs, self.references = {}, {}
+        self.sha, self.setting = git_sha(), setting(spec)
+
+    def _inputs(self, source: str, target: str):
+        if (source, target) not in self.inputs:
+            x_src, rows = self.dataset.images(source, "test")
+            self.inputs[(source, target)] = (x_src, *self.dataset.counterparts(rows, target), list(rows["subject"]))
+        return self.inputs[(source, target)]
+
+    def _reference(self, target: str):
+        if target not in self.references:
+            d = self.dataset
+            self.references[target] = self.ctx.scorer.reference(_reference_images(d, target), dict(
+                dataset=d.name, config=d.config, split=d.split_hash, part="ref", domain=target))
+        return self.references[target]
+
+    def record(self, task_name: str, source: str, target: str, knob) -> dict:
+        x_src, x_gt, gt_reason, subjects = self._inputs(source, target)
+        x_hat, sec = _translate(self.method, x_src, source, target, knob)
+        scores = self.ctx.scorer.score(x_hat, x_src, x_gt, self._reference(target), gt_reason, subjects=subjects)
+        spec, method = self.spec, self.method
+        rec = {k: None for k in RECORD_KEYS}
+        rec.update({k: v for k, v in scores.items() if k != "unavailable"})
+        resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
+        rec.update(method=spec.method, setting=self.setting, dataset=spec.dataset, preset=spec.preset,
+                   task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
+                   knob_value=knob, nfe=method.nfe(knob), sec_per_image=sec, train_sec=self.train["train_sec"],
+                   n_params=method.n_params, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                   unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=self.dataset.split_hash,
+                   git_sha=self.sha, protocol=PROTOCOL_VERSION, fit_from=self.train.get("fit_from"),
+                   resumed_from_steps=resumed)
+        return seal(rec)
+
+
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     """Fit, translate, score and record one spec; returns its records (existing ones if already done).
 
-    With `ctx.rescore`, a finished run whose records lack metrics the scorer can now compute is
-    translated again from its checkpoint and those metrics are added (see the module docstring).
+    With `ctx.rescore`, a finished run whose records lack metrics the scorer can now compute is translated
+    again from its final weights and those metrics are added (`benchmark.rescore`).
     """
     folder = spec.folder(ctx.results_dir)
+    with RunLock(folder):
+        clean_stale_temporaries(folder)
+        clean_stale_temporaries(folder / "checkpoints")
+        return _run_locked(spec, ctx, folder)
+
+
+def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     records_path = folder / "records.jsonl"
-    finished = (folder / "done").is_file()
     records = read_records(records_path)
+    problem = verify_done(folder)
+    if (folder / "done").is_file() and problem:
+        warnings.warn(f"{folder}: {problem}; evaluating its missing records again from its final weights",
+                      stacklevel=2)
+        (folder / "done").unlink()
+    finished = problem is None
     stale = {(r["task"], r["source"], r["knob_value"]): stale_metrics(r, ctx.scorer.unavailable)
              for r in records} if ctx.rescore else {}
     stale = {k: v for k, v in stale.items() if v}
-    if finished and not stale:
-        return records
-    last = folder / "checkpoints" / "last.ckpt"
     dataset = load_data(spec, ctx)
     config = resolve_config(spec)
-    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / "checkpoints" / "final.ckpt"
     torch.manual_seed(spec.seed)
     import lightning as L
 
     L.seed_everything(spec.seed, verbose=False)
     method = _build(spec, dataset, config)
-    if finished and not last.is_file() and method.trainer_settings(spec.max_steps) != {"max_steps": 0}:
-        raise RunError(f"cannot re-score {folder}: checkpoints/last.ckpt is missing, and training again would not "
-                       "reproduce the recorded values; delete the run folder and run it again instead")
+    points = evaluations(spec, method, dataset)
+    have = {(r["task"], r["source"], r["knob_value"]) for r in records} - set(stale)
+    todo = [p for p in points if (p[0], p[1], p[3]) not in have or (p[0], p[1], p[3]) in stale]
+    if finished and not todo:
+        return records
+    if records and not final.is_file():
+        raise RunError(f"cannot evaluate {folder} again: checkpoints/final.ckpt is missing, and training again would "
+                       "not reproduce the recorded values; delete the run folder and run it again instead")
     key = fit_key(asdict(spec), config, dataset.domains)
-    donor = None if last.is_file() or finished else find_donor(folder, key, dataset.domains)
-    if not finished:  # a re-scored run keeps the config.json of its fit
+    donor = None if final.is_file() or (folder / "train.json").is_file() else find_donor(folder, key, dataset.domains)
+    if not (folder / "config.json").is_file() or not finished:  # a re-scored run keeps the config.json of its fit
         atomic_write(folder / "config.json", json.dumps(dict(
-        spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
-        dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
-        knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key,
-        fit_from=donor.name if donor else None), indent=2, default=str))
-    done_keys = {(r["task"], r["source"], r["knob_value"]) for r in records} - set(stale)
-    if donor is not None:  # same weights as a finished run: start from its checkpoint (copied, then renamed)
-        last.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(donor / "checkpoints" / "last.ckpt", last.with_suffix(".tmp"))
-        last.with_suffix(".tmp").replace(last)
-    train_sec = _fit(spec, method, dataset, folder, ctx)
-    if records:
-        train_sec = records[0]["train_sec"]  # resumed: keep the time of the original fit
-    elif donor is not None:
-        train_sec = read_records(donor / "records.jsonl")[0]["train_sec"]
+            spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
+            dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
+            knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key, protocol=PROTOCOL_VERSION,
+            fit_from=donor.name if donor else None), indent=2, default=str))
+    train = final_weights(spec, method, dataset, folder, ctx, donor)
     method.eval()
-    points = [p for p in evaluations(spec, method, dataset) if (p[0], p[1], p[3]) not in done_keys]
-    task_bar = (ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(points))
-                if ctx.progress else None)
-    sha, variant = git_sha(), setting(spec)
-    inputs, references = {}, {}  # loaded once per (source, target) / target, shared by every knob value
-    for task_name, source, target, knob in points:
-        if (source, target) not in inputs:
-            x_src, rows = dataset.images(source, "test")
-            inputs[(source, target)] = (x_src, *dataset.counterparts(rows, target))
-        if target not in references:
-            references[target] = ctx.scorer.reference(dataset.images(target, "test")[0], dict(
-                dataset=dataset.name, config=dataset.config, split=dataset.split_hash, part="test", domain=target))
-        x_src, x_gt, gt_reason = inputs[(source, target)]
-        ref = references[target]
-        x_hat, sec = _translate(method, x_src, source, target, knob)
-        scores = ctx.scorer.score(x_hat, x_src, x_gt, ref, gt_reason)
-        rec = {k: None for k in RECORD_KEYS}
-        rec.update({k: v for k, v in scores.items() if k != "unavailable"})
-        rec.update(method=spec.method, setting=variant, dataset=spec.dataset, preset=spec.preset,
-                   task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
-                   knob_value=knob, nfe=method.nfe(knob),
-                   sec_per_image=sec, train_sec=train_sec, n_params=method.n_params,
-                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-                   unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=dataset.split_hash,
-                   git_sha=sha)
-        rec["_sha"] = record_sha(rec)
+    evaluator = Evaluator(spec, method, dataset, ctx, train)
+    bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None
+    for task_name, source, target, knob in todo:
+        rec = evaluator.record(task_name, source, target, knob)
         point = (task_name, source, knob)
         if point in stale:
             i = next(j for j, r in enumerate(records) if (r["task"], r["source"], r["knob_value"]) == point)
-            records[i] = rec = merge_rescored(records[i], rec, stale[point], sha)
+            records[i] = rec = merge_rescored(records[i], rec, stale[point], evaluator.sha)
             if rec["rescored"]["max_abs_diff"] > 1e-6:
                 warnings.warn(f"re-scoring {folder.name} {point}: translating again changed recorded metrics by up "
                               f"to {rec['rescored']['max_abs_diff']:.3g}; the recorded values are kept", stacklevel=1)
         else:
             records.append(rec)
-        atomic_write(records_path, "".join(json.dumps(r, default=str) + "\n" for r in records))
-        if task_bar is not None:
-            ctx.progress.advance(task_bar)
-    atomic_write(folder / "done", json.dumps({"n_records": len(records), "finished": time.time()}))
+        write_records(records_path, records)
+        if bar is not None:
+            ctx.progress.advance(bar)
+    write_done(folder, records)
     return records

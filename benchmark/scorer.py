@@ -1,7 +1,10 @@
 """The one scorer every method goes through: features extracted once, real-set statistics cached.
 
-`Scorer.score(x_hat, x_src, x_gt, reference)` returns one flat dict of values (plus `n_images`,
-bootstrap intervals `<metric>_lo/_hi` and `unavailable`: {metric: reason}). A metric whose weights
+`Scorer.score(x_hat, x_src, x_gt, reference, subjects=...)` returns one flat dict of values (plus `n_images`,
+`unavailable`: {metric: reason}, and with the test images' subject ids a subject-level cluster bootstrap:
+`boot` = {metric: replicate values}, the same replicates for every method scored on the same test set, and
+their 95 % percentile interval `<metric>_lo/_hi`). Set-level metrics are recomputed on each replicate's images
+(spectra and histograms re-weighted, features re-sampled); FRD/FID/KID use the same plan. A metric whose weights
 are missing or refused is reported unavailable with the reason and the fix, never computed with a
 stand-in network under its name. Feature extractors other than the reference Inception (e.g. the
 random network used by the plumbing tests) write their results under `<prefix>fid` etc., never `fid`.
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,7 +154,7 @@ class Scorer:
         frd: Compute FRD when its optional packages are installed (False: recorded unavailable, e.g. for speed).
         radiomics: Override of the FRD feature extractor (tests).
         kid_subset_size: KID subset size (clamped to N).
-        n_boot: Bootstrap resamples for per-image intervals.
+        n_boot: Subject-bootstrap replicates (per-image and set-level metrics).
     """
 
     weights_dir: str | Path | None = None
@@ -162,7 +166,7 @@ class Scorer:
     frd: bool = True
     radiomics: object | None = None
     kid_subset_size: int = 1000
-    n_boot: int = 1000
+    n_boot: int = 200
     unavailable: dict = field(default_factory=dict)
     extractor_calls: int = 0
 
@@ -234,45 +238,71 @@ class Scorer:
         return ref
 
     # ------------------------------------------------------------ scoring
-    def _per_image(self, out: dict, name: str, values: np.ndarray) -> None:
+    def _per_image(self, out: dict, name: str, values: np.ndarray, plan: np.ndarray | None) -> None:
         out[name] = float(np.mean(values))
-        out[f"{name}_lo"], out[f"{name}_hi"] = M.bootstrap_ci(values, self.n_boot)
+        if plan is not None:
+            self._replicates(out, name, (plan @ values) / plan.sum(axis=1))
+        else:
+            out[f"{name}_lo"], out[f"{name}_hi"] = M.bootstrap_ci(values, 1000)
+
+    @staticmethod
+    def _replicates(out: dict, name: str, values) -> None:
+        values = [float(v) for v in values]
+        out.setdefault("boot", {})[name] = [round(v, 7) for v in values]
+        out[f"{name}_lo"], out[f"{name}_hi"] = M.percentile_interval(values)
+
+    @staticmethod
+    def _resampled(plan: np.ndarray):
+        """Row indices of each replicate (images repeated by their multiplicity)."""
+        return [np.repeat(np.arange(plan.shape[1]), row) for row in plan]
 
     @torch.no_grad()
     def score(self, x_hat: torch.Tensor, x_src: torch.Tensor, x_gt: torch.Tensor | None, reference: Reference,
-              gt_reason: str | None = None) -> dict:
+              gt_reason: str | None = None, subjects: list[str] | None = None) -> dict:
         """All metrics for one (method, knob value, source, target) evaluation.
 
         Args:
             x_hat: Translated images (N, 1, H, W) in [-1, 1].
             x_src: Their sources, same shape.
             x_gt: Aligned real counterparts, or None (then `gt_reason` says why).
-            reference: Real target-set statistics from `reference`.
+            reference: Real target-set statistics from `reference` (other subjects than x_hat's).
+            subjects: Subject id of each image: enables the subject-level bootstrap (`boot`).
 
         Returns:
-            Flat dict: metric values, `<metric>_lo/_hi`, n_images, n_real, score_sec, unavailable.
+            Flat dict: metric values, `<metric>_lo/_hi`, `boot`, n_images, n_real, score_sec, unavailable.
         """
         t0 = time.perf_counter()
         if not torch.isfinite(x_hat).all():
             raise ValueError("translated images contain NaN/Inf; the method produced invalid output")
-        out: dict = {"n_images": len(x_hat), "n_real": reference.n}
+        plan = M.subject_bootstrap(subjects, self.n_boot) if subjects is not None else None
+        rows = self._resampled(plan) if plan is not None else []
+        out: dict = {"n_images": len(x_hat), "n_real": reference.n,
+                     "n_subjects": len(set(subjects)) if subjects is not None else None}
         unavailable = dict(self.unavailable)
         u_hat, u_src = M.to_unit(x_hat), M.to_unit(x_src)
-        self._per_image(out, "ssim_src", M.ssim(u_hat, u_src).numpy())
-        self._per_image(out, "psnr_src", M.psnr(u_hat, u_src).numpy())
+        self._per_image(out, "ssim_src", M.ssim(u_hat, u_src).numpy(), plan)
+        self._per_image(out, "psnr_src", M.psnr(u_hat, u_src).numpy(), plan)
         if self.lpips_model is not None:
-            self._per_image(out, "lpips_src", self.lpips_model(x_hat, x_src))
+            self._per_image(out, "lpips_src", self.lpips_model(x_hat, x_src), plan)
         if x_gt is not None:
             u_gt = M.to_unit(x_gt)
-            self._per_image(out, "ssim_gt", M.ssim(u_hat, u_gt).numpy())
-            self._per_image(out, "psnr_gt", M.psnr(u_hat, u_gt).numpy())
+            self._per_image(out, "ssim_gt", M.ssim(u_hat, u_gt).numpy(), plan)
+            self._per_image(out, "psnr_gt", M.psnr(u_hat, u_gt).numpy(), plan)
             if self.lpips_model is not None:
-                self._per_image(out, "lpips_gt", self.lpips_model(x_hat, x_gt))
+                self._per_image(out, "lpips_gt", self.lpips_model(x_hat, x_gt), plan)
         else:
             for m in ("ssim_gt", "psnr_gt", "lpips_gt"):
                 unavailable.setdefault(m, gt_reason or "no aligned ground truth")
-        out["nps_dist"] = M.nps_distance(M.radial_power_spectrum(u_hat), reference.spectrum)
+        power = M.radial_power(u_hat)
+        out["nps_dist"] = M.nps_distance(M.log_spectrum(power.mean(axis=0)), reference.spectrum)
         out["hist_w1"] = M.hist_w1(M.intensity_quantiles(u_hat), reference.quantiles)
+        if plan is not None:
+            weights = plan / plan.sum(axis=1, keepdims=True)
+            self._replicates(out, "nps_dist", [M.nps_distance(M.log_spectrum(w @ power), reference.spectrum)
+                                               for w in weights])
+            counts = M.intensity_histograms(u_hat)
+            self._replicates(out, "hist_w1", [M.hist_w1(M.quantiles_from_histogram(w @ counts), reference.quantiles)
+                                              for w in weights])
         if reference.features is not None and self.feature_extractor is not None:
             p = self.feature_extractor.prefix
             f_fake = self._features(x_hat)
@@ -280,10 +310,19 @@ class Scorer:
             out[f"{p}kid"], out[f"{p}kid_std"], out["kid_subset_size"] = M.kid_from_features(
                 reference.features, f_fake, self.kid_subset_size)
             out.update({f"{p}{k}": v for k, v in M.prdc(reference.features, f_fake).items()})
+            if rows:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # the rank-deficiency warning, once per replicate
+                    self._replicates(out, f"{p}fid", [M.fid_from_features(reference.features, f_fake[i])
+                                                      for i in rows])
+                self._replicates(out, f"{p}kid", [M.mmd2_unbiased(reference.features, f_fake[i]) for i in rows])
         if reference.clip is not None and self.clip_model is not None:
             out["cmmd"] = M.cmmd(reference.clip, self.clip_model(x_hat))
         if reference.radiomics is not None and self.radiomics is not None:
-            out["frd"] = frd_from_features(reference.radiomics, self.radiomics(x_hat))
+            f_rad = self.radiomics(x_hat)
+            out["frd"] = frd_from_features(reference.radiomics, f_rad)
+            if rows:
+                self._replicates(out, "frd", [frd_from_features(reference.radiomics, f_rad[i]) for i in rows])
         out["unavailable"] = unavailable
         out["score_sec"] = time.perf_counter() - t0
         return out

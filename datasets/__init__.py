@@ -28,10 +28,10 @@ def _load_skull_sim(preset: str = DEFAULT_PRESET, data_root: str | Path | None =
 
     import pandas as pd
 
-    from .skull_sim import DOMAINS, generate, get_preset
+    from .skull_sim import DOMAINS, dataset_folder, generate, get_preset
 
     get_preset(preset)
-    root = Path(data_root or default_data_root()) / "skull-sim" / f"{preset}-seed{seed}{'-jitter' if jitter else ''}"
+    root = dataset_folder(data_root or default_data_root(), preset, seed, jitter=jitter)
     generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress)
     meta = json.loads((root / "dataset.json").read_text())
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)

@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             from . import default_data_root
-            from .skull_sim import generate, get_preset
+            from .skull_sim import dataset_folder, generate, get_preset
 
             get_preset(args.preset)
-            out = args.out or default_data_root() / "skull-sim" / f"{args.preset}-seed{args.seed}"
+            out = args.out or dataset_folder(default_data_root(), args.preset, args.seed, args.split_seed, args.jitter)
             progress, update = _progress_bar(f"skull-sim {args.preset}: subjects")
             with progress:
                 generate(out, args.preset, args.seed, args.split_seed, args.jitter, args.dicom, args.workers,

@@ -34,7 +34,7 @@ from .phantom import BONE_MATERIALS, MATERIAL_ID, MATERIALS, SubjectParams, buil
 from .physics import DOMAIN_STYLES, realize
 from .projector import VIEWS, Geometry, project
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"  # 2: train/val/test/ref splits with a 30-subject test set
 DOMAINS: tuple[str, ...] = tuple(DOMAIN_STYLES)
 MANIFEST_COLUMNS = ("id", "scene", "subject", "view", "domain", "split", "dose", "kvp", "path", "checksum",
                     "mask_path", "paths_path", "height", "width")
@@ -50,19 +50,42 @@ class Preset:
         n_subjects: Number of phantom subjects (splits are by subject).
         views: Names of `datasets.projector.VIEWS` rendered per subject.
         supersample: Rays per pixel per axis.
+        test, ref, val: Subjects in the held-out splits (`datasets.splits`); train gets the rest.
     """
 
     size: int
     n_subjects: int
     views: tuple[str, ...] = tuple(VIEWS)
     supersample: int = 2
+    test: int = 30
+    ref: int = 18
+    val: int = 8
+
+    @property
+    def split_counts(self) -> dict[str, int]:
+        return {"test": self.test, "ref": self.ref, "val": self.val}
 
 
+#: 30 test subjects (180 scenes) in every preset but `micro`: enough to separate methods by subject-level intervals.
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(size=64, n_subjects=18),  # 108 scenes, test split 6 subjects = 36 scenes
-    "small": Preset(size=128, n_subjects=24),
-    "paper": Preset(size=512, n_subjects=40, supersample=1),
+    # a few seconds to generate: the runner's tests and CI drills (not for results)
+    "micro": Preset(size=32, n_subjects=16, views=("pa", "lateral", "towne"), test=6, ref=3, val=2),
+    "tiny": Preset(size=64, n_subjects=72),  # train 16 subjects (96 images per domain), about 35 s on 2 cores
+    "small": Preset(size=128, n_subjects=72),
+    "paper": Preset(size=512, n_subjects=96, ref=24, val=12, supersample=1),
 }
+
+
+def dataset_folder(data_root: Path, preset: str, seed: int = 0, split_seed: int = 0, jitter: bool = False) -> Path:
+    """Where the loader and `python -m datasets generate` keep one generated variant (never shared by two)."""
+    name = f"{preset}-seed{seed}" + (f"-split{split_seed}" if split_seed else "") + ("-jitter" if jitter else "")
+    return Path(data_root) / "skull-sim" / f"{name}-v{GENERATOR_VERSION}"
+
+
+def _identity(preset: str, seed: int, split_seed: int, jitter: bool, dicom: bool) -> dict:
+    """The fields of `dataset.json` that a cached copy must match to be reused."""
+    return dict(preset=preset, preset_config=asdict(get_preset(preset)), seed=seed, split_seed=split_seed,
+                jitter=jitter, dicom=dicom, generator_version=GENERATOR_VERSION)
 
 
 def get_preset(name: str) -> Preset:
@@ -134,7 +157,8 @@ def render_subject(args: tuple) -> list[dict]:
 
 def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0, jitter: bool = False,
              dicom: bool = False, workers: int | None = None, force: bool = False, progress=None) -> Path:
-    """Generate `skull-sim` into `out` atomically; return `out`. A complete `out` is reused as is.
+    """Generate `skull-sim` into `out` atomically; return `out`. A complete `out` is reused when its
+    `dataset.json` matches the request (preset, seed, split seed, jitter, DICOM, generator version).
 
     Args:
         out: Destination folder (must not exist, or be a complete dataset, or `force`).
@@ -148,13 +172,20 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
         progress: Optional callable(done, total) for progress display.
 
     Raises:
-        FileExistsError: `out` exists and is not a complete skull-sim dataset.
+        FileExistsError: `out` exists and is not a complete skull-sim dataset, or holds another variant.
     """
     from .splits import assign_splits
 
     out = Path(out)
     cfg = get_preset(preset)
     if is_complete(out) and not force:
+        want = json.loads(json.dumps(_identity(preset, seed, split_seed, jitter, dicom)))  # as stored
+        have = json.loads((out / "dataset.json").read_text())
+        diff = [k for k in want if have.get(k) != want[k] and not (k == "dicom" and have.get(k) and not dicom)]
+        if diff:
+            k = diff[0]
+            raise FileExistsError(f"{out} holds skull-sim with {k}={have.get(k)!r}, not the requested {want[k]!r}; "
+                                  "pass another --out (or --data-root), or --force to regenerate it")
         return out
     if out.exists() and not is_complete(out) and not force:
         raise FileExistsError(f"{out} exists but is not a complete skull-sim dataset; remove it or pass --force")
@@ -179,7 +210,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
                 rows += render_subject(job)
                 if progress:
                     progress(i + 1, len(jobs))
-        splits = assign_splits(sorted({r["subject"] for r in rows}), "skull-sim", split_seed)
+        splits = assign_splits(sorted({r["subject"] for r in rows}), "skull-sim", split_seed, counts=cfg.split_counts)
         for r in rows:
             r["split"] = splits[r["subject"]]
         if dicom:
@@ -190,8 +221,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
                 dcm.parent.mkdir(parents=True, exist_ok=True)
                 write_dicom_dx(dcm, tmp / r["path"], r)
         _write_manifest(tmp / "manifest.csv", rows)
-        meta = dict(dataset="skull-sim", preset=preset, preset_config=asdict(cfg), seed=seed,
-                    split_seed=split_seed, jitter=jitter, dicom=dicom, generator_version=GENERATOR_VERSION,
+        meta = dict(dataset="skull-sim", **_identity(preset, seed, split_seed, jitter, dicom),
                     domains=list(DOMAINS), styles={d: s.to_dict() for d, s in DOMAIN_STYLES.items()},
                     geometry=asdict(Geometry()), n_images=len(rows),
                     manifest_sha256=sha256_file(tmp / "manifest.csv"),

@@ -21,3 +21,11 @@ def tiny(data_root):
     from datasets import load_dataset
 
     return load_dataset("skull-sim", preset="tiny", data_root=data_root, seed=0)
+
+
+@pytest.fixture(scope="session")
+def micro(data_root):
+    """skull-sim `micro` (32 px, 16 subjects, 3 views; a few seconds): for the runner's mechanics."""
+    from datasets import load_dataset
+
+    return load_dataset("skull-sim", preset="micro", data_root=data_root, seed=0)

@@ -56,7 +56,7 @@ def test_variants_are_separate_rows_and_keep_their_grid(tmp_path):
     import json
 
     from benchmark.collect import headline
-    from benchmark.run import record_sha
+    from benchmark.records import record_sha
 
     lines = (DATA / "records" / "fixture.jsonl").read_text().splitlines()
     variant = []
@@ -88,7 +88,7 @@ def test_each_table_names_the_metric_it_was_ranked_by(tmp_path):
     import json
 
     from benchmark.collect import headline
-    from benchmark.run import record_sha
+    from benchmark.records import record_sha
 
     lines = (DATA / "records" / "fixture.jsonl").read_text().splitlines()
     extra = []

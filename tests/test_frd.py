@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from benchmark.radiomics import frd_from_features, quantize16
-from benchmark.run import RunContext, RunError, RunSpec, read_records, run_one
+from benchmark.config import RunSpec
+from benchmark.records import RunError, read_records
+from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 
 

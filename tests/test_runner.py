@@ -4,7 +4,9 @@ import json
 import pytest
 
 from benchmark.__main__ import main
-from benchmark.run import RECORD_KEYS, RunContext, RunError, RunSpec, read_records, resolve_config, run_one
+from benchmark.config import RunSpec, resolve_config
+from benchmark.records import RECORD_KEYS, RunError, read_records
+from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 
 
@@ -15,11 +17,13 @@ def ctx(tmp_path, data_root):
 
 
 def test_identity_and_histmatch_records(ctx, tiny):
-    recs = run_one(RunSpec("identity", data_root=str(tiny.root.parent.parent)), ctx)
+    recs = run_one(RunSpec("identity", data_root=str(tiny.root.parent.parent)), ctx)  # the real protocol: tiny
     assert len(recs) == 2  # two sources, one point
     r = recs[0]
     assert set(RECORD_KEYS) <= set(r) and r["knob"] is None and r["knob_value"] is None
-    assert r["ssim_src"] == pytest.approx(1.0) and r["n_images"] == 36 and r["nfe"] == 0
+    assert r["ssim_src"] == pytest.approx(1.0) and r["n_images"] == 180 and r["nfe"] == 0
+    assert r["n_subjects"] == 30 and r["n_real"] == 18 * 6 and r["protocol"] == 2  # realism vs the ref split
+    assert len(r["boot"]["ssim_gt"]) == 200 and r["ssim_gt_lo"] < r["ssim_gt"] < r["ssim_gt_hi"]
     assert r["fid"] is None and "make weights" in r["unavailable"]["fid"]
     assert r["ssim_gt"] < 0.9  # the domain gap is real
     hm = run_one(RunSpec("histmatch", data_root=str(tiny.root.parent.parent)), ctx)
@@ -29,12 +33,12 @@ def test_identity_and_histmatch_records(ctx, tiny):
         assert by_src[rec["source"]]["hist_w1"] < rec["hist_w1"]  # closer to the target's intensities
 
 
-def test_rerun_skips_and_resume_recomputes_only_missing(ctx, tiny):
-    spec = RunSpec("histmatch", data_root=str(tiny.root.parent.parent))
+def test_rerun_skips_and_resume_recomputes_only_missing(ctx, micro):
+    spec = RunSpec("histmatch", preset="micro", data_root=str(micro.root.parent.parent))
     first = run_one(spec, ctx)
     folder = spec.folder(ctx.results_dir)
     config = json.loads((folder / "config.json").read_text())
-    assert config["split_hash"] == tiny.split_hash and "git_sha" in config and config["packages"]["torch"]
+    assert config["split_hash"] == micro.split_hash and "git_sha" in config and config["packages"]["torch"]
     mtime = (folder / "records.jsonl").stat().st_mtime_ns
     assert run_one(spec, ctx) == first and (folder / "records.jsonl").stat().st_mtime_ns == mtime
     # simulate an interruption after the first record
@@ -46,8 +50,8 @@ def test_rerun_skips_and_resume_recomputes_only_missing(ctx, tiny):
     assert [r["knob_value"] for r in again] == [r["knob_value"] for r in first]
 
 
-def test_edited_record_is_rejected(ctx, tiny):
-    spec = RunSpec("identity", data_root=str(tiny.root.parent.parent))
+def test_edited_record_is_rejected(ctx, micro):
+    spec = RunSpec("identity", preset="micro", data_root=str(micro.root.parent.parent))
     run_one(spec, ctx)
     path = spec.folder(ctx.results_dir) / "records.jsonl"
     rec = json.loads(path.read_text().splitlines()[0])
@@ -66,8 +70,8 @@ def test_config_layers_and_unknown_set_key():
         resolve_config(RunSpec("medshift", overrides=(("gudiance", 3.0),)))
 
 
-def test_corrupted_checkpoint_is_reported(ctx, tiny):
-    spec = RunSpec("medshift", data_root=str(tiny.root.parent.parent), max_steps=2,
+def test_corrupted_checkpoint_is_reported(ctx, micro):
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
                    overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
     ckpt = spec.folder(ctx.results_dir) / "checkpoints" / "last.ckpt"
     ckpt.parent.mkdir(parents=True)
@@ -82,7 +86,7 @@ def test_corrupted_checkpoint_is_reported(ctx, tiny):
     (["run", "--method", "identity", "--dataset", "mnist"], "unknown dataset 'mnist'; available: skull-sim"),
     (["run", "--method", "identity", "--task", "ct2mr"], "unknown task 'ct2mr'; available: sim2real, dose"),
     (["run", "--method", "identity", "--task", "syn_low->ct"], "does not have"),
-    (["run", "--method", "identity", "--preset", "huge"], "unknown preset 'huge'; available: tiny"),
+    (["run", "--method", "identity", "--preset", "huge"], "unknown preset 'huge'; available: micro, tiny"),
     (["run", "--method", "medshift", "--set", "nope=1", "--dry-run"], "valid keys"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys):
@@ -109,24 +113,24 @@ def test_dry_run_prints_resolved_plan(capsys):
     assert medshift[0]["config"]["guidance"] == 2.0
 
 
-def test_sampling_only_change_reuses_the_fit(ctx, tiny):
+def test_sampling_only_change_reuses_the_fit(ctx, micro):
     from dataclasses import asdict, replace
 
-    from benchmark.run import fit_key
+    from benchmark.config import fit_key
 
-    base = RunSpec("medshift", data_root=str(tiny.root.parent.parent), max_steps=2,
+    base = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
                    overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
     first = run_one(base, ctx)
     swept = replace(base, overrides=base.overrides + (("guidance", 1.0),))
     second = run_one(swept, ctx)
     cfg = json.loads((swept.folder(ctx.results_dir) / "config.json").read_text())
-    domains = tiny.domains
+    domains = micro.domains
     assert cfg["fit_from"] == base.folder(ctx.results_dir).name and cfg["fit_key"] == fit_key(
         asdict(base), resolve_config(base), domains)
     assert {r["train_sec"] for r in second} == {first[0]["train_sec"]}
     assert [r["nfe"] for r in second] == [r["nfe"] // 2 for r in first]  # w = 1: one branch instead of two
     import torch
-    a, b = (torch.load(s.folder(ctx.results_dir) / "checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    a, b = (torch.load(s.folder(ctx.results_dir) / "checkpoints/final.ckpt", weights_only=True)["state_dict"]
             for s in (base, swept))
     assert all(torch.equal(a[k], b[k]) for k in a)  # the same weights, not a new fit
     # a training setting (or a new seed) is a new fit
@@ -159,7 +163,7 @@ def test_sampling_only_change_reuses_the_fit(ctx, tiny):
 
 
 def test_sampling_settings_are_config_keys():
-    from benchmark.run import method_defaults
+    from benchmark.config import method_defaults
     from methods import METHODS
 
     for name, cls in METHODS.items():

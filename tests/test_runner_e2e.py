@@ -70,7 +70,7 @@ def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_f
     assert labels == ["MedShift (τ), 1 seed", "CycleGAN, 3 seeds"]
     records = df.assign(dataset="skull-sim", preset="tiny")
     variant = records[records["method"] == "medshift"].assign(setting="guidance=3.0")
-    from benchmark.run import record_sha
+    from benchmark.records import record_sha
 
     lines = [dict(r, _sha=record_sha(r)) for r in pd.concat([records, variant]).to_dict("records")]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))

@@ -12,21 +12,55 @@ from datasets.skull_sim import DOMAINS, MANIFEST_COLUMNS, generate, is_complete,
 def test_manifest_columns_counts_and_checksums(tiny):
     m = tiny.manifest
     assert set(MANIFEST_COLUMNS) <= set(m.columns)
-    assert len(m) == 18 * 6 * len(DOMAINS)
+    assert len(m) == 72 * 6 * len(DOMAINS)
     assert m["id"].is_unique
     for _, r in m.sample(10, random_state=0).iterrows():
         assert skull_sim.sha256_file(tiny.root / r["path"]) == r["checksum"]
     meta = json.loads((tiny.root / "dataset.json").read_text())
-    assert meta["seconds"] < 120 and meta["n_images"] == len(m)
+    assert meta["seconds"] < 90 and meta["n_images"] == len(m)
 
 
 def test_splits_by_subject_disjoint_and_test_split_large_enough(tiny):
     m = tiny.manifest
-    per_split = {s: set(m[m["split"] == s]["subject"]) for s in ("train", "val", "test")}
-    assert not (per_split["train"] & per_split["test"]) and not (per_split["train"] & per_split["val"])
-    assert not (per_split["val"] & per_split["test"])
-    assert m[(m["split"] == "test")]["scene"].nunique() >= 30
+    per_split = {s: set(m[m["split"] == s]["subject"]) for s in ("train", "val", "test", "ref")}
+    assert set(m["split"]) == set(per_split)
+    for a in per_split:
+        for b in per_split:
+            assert a == b or not (per_split[a] & per_split[b]), (a, b)
+    assert {k: len(v) for k, v in per_split.items()} == {"test": 30, "ref": 18, "val": 8, "train": 16}
+    assert m[(m["split"] == "test")]["scene"].nunique() == 180
     assert len(tiny.split_hash) == 16
+
+
+def test_split_assignment_is_stable_and_sized():
+    from datasets.splits import assign_splits, split_sizes
+
+    subjects = [f"s{i:03d}" for i in range(40)]
+    a = assign_splits(subjects, "x", 0)
+    assert a == assign_splits(list(reversed(subjects)), "x", 0) and a != assign_splits(subjects, "x", 1)
+    assert split_sizes(40) == {"test": 12, "ref": 6, "val": 4}
+    more = assign_splits(subjects + ["s999"], "x", 0)  # adding a subject moves no held-out subject out
+    assert sum(more[s] != a[s] for s in subjects) <= 1
+    assert split_sizes(3) == {"test": 1, "ref": 0, "val": 0}
+    with pytest.raises(ValueError, match="no training subject"):
+        split_sizes(5, counts={"test": 3, "ref": 1, "val": 1})
+
+
+def test_a_cached_folder_must_match_the_request(tmp_path, monkeypatch):
+    """`generate --jitter` into the default folder used to be loaded as the aligned set; now every variant has its
+    own folder and a folder holding another variant is refused with the fix."""
+    from datasets.skull_sim import dataset_folder
+
+    assert dataset_folder(tmp_path, "tiny", jitter=True) != dataset_folder(tmp_path, "tiny")
+    assert dataset_folder(tmp_path, "tiny", seed=1) != dataset_folder(tmp_path, "tiny")
+    monkeypatch.setattr(skull_sim, "PRESETS", {"tiny": skull_sim.Preset(size=16, n_subjects=5, views=("pa",),
+                                                                        test=1, ref=1, val=1)})
+    out = tmp_path / "ds"
+    generate(out, "tiny", workers=1)
+    assert generate(out, "tiny", workers=1) == out  # the same request reuses it
+    for kwargs, field in ((dict(jitter=True), "jitter"), (dict(seed=3), "seed"), (dict(dicom=True), "dicom")):
+        with pytest.raises(FileExistsError, match=f"{field}=.*--force"):
+            generate(out, "tiny", workers=1, **kwargs)
 
 
 def test_generation_is_deterministic(tmp_path, tiny):

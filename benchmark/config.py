@@ -1,0 +1,206 @@
+"""What a run is: its spec, the resolved method config (three layers), and the identity of its fit.
+
+Config layers: the method's typed constructor defaults <- `configs/<method>.yaml` deltas (`<dataset>`, then
+`<dataset>/<preset>`) <- `--set key=value` (parsed as YAML, checked against the constructor's types before
+any work). `fit_key` names what determines the trained weights, so that runs differing only in what they
+evaluate share one fit.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from .records import RunError, verify_done
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+DATA_ARGS = ("domains", "sources", "target", "image_size")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One fit of one method (frozen; its hash names the run folder).
+
+    `curve` (also evaluate the dense knob sweep) and `data_root` (where the data lives) do not change any
+    number, so they are not part of the run's identity: `--curve` on a finished run adds the missing points to
+    the same folder.
+    """
+
+    method: str
+    dataset: str = "skull-sim"
+    preset: str = "tiny"
+    tasks: tuple[str, ...] = ("sim2real",)
+    seed: int = 0
+    data_seed: int = 0
+    max_steps: int | None = None
+    overrides: tuple[tuple[str, object], ...] = ()
+    curve: bool = False
+    accelerator: str = "cpu"
+    precision: str = "32-true"
+    dataset_config: str | None = None
+    data_root: str | None = None
+
+    @property
+    def run_id(self) -> str:
+        d = asdict(self)
+        for k in ("data_root", "curve"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def folder(self, results_dir: Path) -> Path:
+        run = f"seed{self.seed}-{self.run_id}"
+        return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
+
+
+def method_defaults(cls) -> dict:
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items() if k != "self" and k not in DATA_ARGS}
+
+
+def parse_set(items: list[str]) -> tuple[tuple[str, object], ...]:
+    out = []
+    for item in items or []:
+        if "=" not in item:
+            raise RunError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        out.append((key.strip(), yaml.safe_load(value)))
+    return tuple(out)
+
+
+def _typed(method: str, key: str, value, default):
+    """`value` converted to the type of the constructor default, or a RunError naming the key and the fix."""
+    want = type(default)
+    if default is None or value is None:
+        return value
+    if want is bool:
+        ok = isinstance(value, bool)
+    elif want is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif want is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif want in (tuple, list):
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, type(default[0])) for v in value) if default \
+            else isinstance(value, (list, tuple))
+        value = list(value) if ok else value
+    else:
+        ok = isinstance(value, want)
+    if not ok:
+        example = json.dumps(list(default) if isinstance(default, tuple) else default)
+        raise RunError(f"--set {key}={value!r}: {method}'s {key} takes a {want.__name__} (default {example})")
+    return value
+
+
+def resolve_config(spec: RunSpec) -> dict:
+    """Constructor defaults <- configs/<method>.yaml deltas (<dataset>, then <dataset>/<preset>) <- --set."""
+    from methods import get_method
+
+    cls = get_method(spec.method)
+    cfg = method_defaults(cls)
+    deltas_path = CONFIG_DIR / f"{spec.method}.yaml"
+    if deltas_path.is_file():
+        deltas = yaml.safe_load(deltas_path.read_text()) or {}
+        for scope in (spec.dataset, f"{spec.dataset}/{spec.preset}"):
+            cfg.update(deltas.get(scope) or {})
+    defaults = method_defaults(cls)
+    if spec.max_steps is not None and spec.max_steps < 1:
+        raise RunError(f"--max-steps {spec.max_steps}: a training budget is at least 1 step")
+    for key, value in spec.overrides:
+        if key not in cfg:
+            raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
+        cfg[key] = _typed(spec.method, key, value, defaults[key])
+    if spec.max_steps is not None and "max_steps" in cfg:
+        cfg["max_steps"] = spec.max_steps
+    if "max_steps" in cfg and cfg["max_steps"] < 1:
+        raise RunError(f"max_steps={cfg['max_steps']}: {spec.method} needs at least 1 training step")
+    return cfg
+
+
+def setting(spec: RunSpec) -> str:
+    """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
+    items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
+    return ",".join(items + ([f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []))
+
+
+def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
+    """What determines the trained weights: the spec without what-to-evaluate fields, the method's
+    training domains (instead of the tasks) and the resolved config without its `sampling_settings`.
+
+    Args:
+        spec: `asdict(RunSpec)` (as stored in config.json).
+        method_config: The resolved config (as stored in config.json).
+        domains: The dataset's domains (to resolve the tasks).
+    """
+    from datasets import get_task
+    from methods import get_method
+
+    cls = get_method(spec["method"])
+    task = get_task(spec["tasks"][0], tuple(domains))
+    sampling = set(cls.sampling_settings)
+    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides", "tasks")}
+    d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target))
+    d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
+    """A finished, verified sibling run (same method, dataset, seed) with the same `fit_key` and final weights.
+
+    A setting missing from an older run's config.json did not exist when it ran: it takes today's constructor
+    default, which by this suite's convention reproduces the behaviour from before the setting was added.
+    """
+    from methods import get_method
+
+    for other in sorted(folder.parent.glob(folder.name.split("-")[0] + "-*")):
+        if other == folder or verify_done(other) or not (other / "checkpoints" / "final.ckpt").is_file():
+            continue
+        try:
+            cfg = json.loads((other / "config.json").read_text())
+            config = {**method_defaults(get_method(cfg["spec"]["method"])), **cfg["method_config"]}
+            if fit_key(cfg["spec"], config, domains) == key:
+                return other
+        except (KeyError, ValueError, TypeError, IndexError):  # a hand-edited config.json: not a donor
+            continue
+    return None
+
+
+def finished_specs(results_dir: Path, methods: list[str] | None = None) -> list[RunSpec]:
+    """The specs of the finished runs under `results_dir/runs` (from their config.json), optionally of some methods."""
+    specs = []
+    for cfg_path in sorted(Path(results_dir).glob("runs/*/*/*/config.json")):
+        if not (cfg_path.parent / "done").is_file():
+            continue
+        d = json.loads(cfg_path.read_text())["spec"]
+        d["tasks"] = tuple(d["tasks"])
+        d["overrides"] = tuple(tuple(kv) for kv in d["overrides"])
+        spec = RunSpec(**d)
+        if spec.folder(results_dir) != cfg_path.parent:
+            raise RunError(f"{cfg_path}: its spec hashes to {spec.run_id}, not to its folder; was it edited?")
+        if not methods or spec.method in methods:
+            specs.append(spec)
+    return specs
+
+
+def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[str, ...], **common) -> list[RunSpec]:
+    """Run specs: one per (method, seed, group of tasks that share training domains)."""
+    from datasets import get_task
+    from methods import METHODS, get_method
+
+    names = list(METHODS) if methods == ["all"] else methods
+    specs = []
+    for name in names:
+        cls = get_method(name)
+        groups: dict[tuple, list[str]] = {}
+        for t in tasks:
+            task = get_task(t, domains)
+            if not task.sources or task.target in task.sources:
+                raise RunError(f"task {t!r} translates {'+'.join(task.sources) or 'nothing'} to {task.target}: a "
+                               "task needs at least one source domain other than its target")
+            groups.setdefault(cls.training_domains(domains, task.sources, task.target), []).append(t)
+        for seed in seeds:
+            specs += [RunSpec(method=name, seed=seed, tasks=tuple(g), **common) for g in groups.values()]
+    return specs

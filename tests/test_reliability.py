@@ -1,0 +1,165 @@
+"""Drills: interruption, resume, concurrent invocations and bad values (skull-sim `micro`, tiny budgets)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import RunSpec, resolve_config
+from benchmark.records import RunError, read_records, verify_done
+from benchmark.run import RunContext, RunLock, run_one
+from benchmark.scorer import Scorer
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = (("base_channels", 8), ("channel_mults", [1, 2]))
+
+
+def _ctx(results):
+    return RunContext(results, Scorer(weights_dir=results / "w", cache_dir=results / "cache", frd=False), quiet=True)
+
+
+def _spec(micro, method="medshift", **kw):
+    return RunSpec(method, preset="micro", data_root=str(micro.root.parent.parent), max_steps=kw.pop("max_steps", 30),
+                   overrides=kw.pop("overrides", SMALL if method != "cyclegan" else ()), **kw)
+
+
+def _metrics(records):
+    keys = ("ssim_src", "ssim_gt", "psnr_gt", "nps_dist", "hist_w1")
+    return {(r["task"], r["source"], r["knob_value"]): tuple(r[k] for k in keys) for r in records}
+
+
+def test_final_weights_are_saved_before_evaluation_and_never_retrained(tmp_path, micro, monkeypatch):
+    """The old bug: last.ckpt held step 100 of 120, so a resume after a kill during evaluation retrained 100->120
+    with another random stream and the run ended `done` with records from two models."""
+    ctx = _ctx(tmp_path / "a")
+    spec = _spec(micro, max_steps=30)  # 30 is not a multiple of the checkpoint interval (25)
+    first = run_one(spec, ctx)
+    folder = spec.folder(ctx.results_dir)
+    final = folder / "checkpoints" / "final.ckpt"
+    import torch
+
+    assert torch.load(final, weights_only=True)["global_step"] == 30
+    info = json.loads((folder / "train.json").read_text())
+    assert info["segments"][0]["end_step"] == 30 and info["train_sec"] == first[0]["train_sec"]
+    # interrupted evaluation: the last records and `done` are gone; resuming must not train again
+    (folder / "done").unlink()
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first[:2]))
+    import benchmark.run as runner
+
+    monkeypatch.setattr(runner, "_fit", lambda *a, **k: pytest.fail("trained again after the final weights existed"))
+    again = run_one(spec, ctx)
+    assert _metrics(again) == _metrics(first)  # the same final weights, deterministic sampling
+    assert verify_done(folder) is None
+
+
+def test_done_that_does_not_vouch_for_its_records_is_evaluated_again(tmp_path, micro):
+    ctx = _ctx(tmp_path / "a")
+    spec = _spec(micro, "histmatch", max_steps=None, overrides=())
+    first = run_one(spec, ctx)
+    folder = spec.folder(ctx.results_dir)
+    (folder / "records.jsonl").unlink()  # `done` without records used to drop the method from the tables silently
+    assert "records.jsonl is missing" in verify_done(folder)
+    with pytest.warns(UserWarning, match="records.jsonl is missing"):
+        again = run_one(spec, ctx)
+    assert _metrics(again) == _metrics(first) and verify_done(folder) is None
+    (folder / "checkpoints" / "final.ckpt").unlink()
+    (folder / "done").write_text("{}")
+    with pytest.raises(RunError, match="final.ckpt is missing"):
+        with pytest.warns(UserWarning):
+            run_one(spec, ctx)
+
+
+def test_a_held_run_folder_names_its_holder_and_a_stale_lock_is_taken_over(tmp_path, micro):
+    ctx = _ctx(tmp_path / "a")
+    spec = _spec(micro, "identity", max_steps=None, overrides=())
+    folder = spec.folder(ctx.results_dir)
+    with RunLock(folder):
+        with pytest.raises(RunError, match=f"being run by pid {os.getpid()} on .*delete .*\\.lock"):
+            run_one(spec, ctx)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    (folder / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
+    (folder / f".records.jsonl.tmp-{dead.stdout.strip()}").write_text("half")  # a killed writer's leftover
+    assert len(run_one(spec, ctx)) == 2
+    assert not (folder / ".lock").exists() and not list(folder.glob(".*tmp-*"))
+
+
+def _cli(results, micro, *extra):
+    return [sys.executable, "-m", "benchmark", "run", "--method", "medshift", "--preset", "micro", "--quiet",
+            "--results-dir", str(results), "--data-root", str(micro.root.parent.parent), "--max-steps", "60",
+            "--set", "base_channels=8", "--set", "channel_mults=[1, 2]", "--no-frd", *extra]
+
+
+def _kill_when(cmd, ready, timeout=300):
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < timeout:
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.05)
+    proc.wait()
+    return False
+
+
+def test_sigkill_during_evaluation_then_resume_equals_an_uninterrupted_run(tmp_path, micro):
+    whole = tmp_path / "whole"
+    assert subprocess.run(_cli(whole, micro), cwd=ROOT, capture_output=True).returncode == 0
+    cut = tmp_path / "cut"
+
+    def one_record():
+        return any(len(p.read_text().splitlines()) >= 1 for p in cut.glob("runs/*/*/*/records.jsonl"))
+
+    assert _kill_when(_cli(cut, micro), one_record), "the run finished before it could be killed"
+    assert not list(cut.glob("runs/*/*/*/done"))
+    assert subprocess.run(_cli(cut, micro), cwd=ROOT, capture_output=True).returncode == 0
+    a, b = (read_records(next(r.glob("runs/*/*/*/records.jsonl"))) for r in (whole, cut))
+    ma, mb = _metrics(a), _metrics(b)
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert mb[k] == pytest.approx(ma[k], abs=1e-4), k  # one model; CPU floating-point noise at most
+    assert {r["resumed_from_steps"] == [] for r in b} == {True}
+
+
+def test_sigkill_during_training_resumes_and_says_so(tmp_path, micro):
+    cut = tmp_path / "cut"
+    assert _kill_when(_cli(cut, micro), lambda: bool(list(cut.glob("runs/*/*/*/checkpoints/last.ckpt"))))
+    assert subprocess.run(_cli(cut, micro), cwd=ROOT, capture_output=True).returncode == 0
+    folder = next(cut.glob("runs/*/*/*"))
+    info = json.loads((folder / "train.json").read_text())
+    recs = read_records(folder / "records.jsonl")
+    assert info["segments"][-1]["start_step"] > 0 and info["segments"][-1]["end_step"] == 60
+    assert {tuple(r["resumed_from_steps"]) for r in recs} == {(info["segments"][-1]["start_step"],)}
+    assert recs[0]["train_sec"] == pytest.approx(sum(s["sec"] for s in info["segments"]))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("guidance", "abc", "guidance takes a float"),
+    ("lr", "abc", "lr takes a float"),
+    ("base_channels", "abc", "base_channels takes a int"),
+    ("channel_mults", 5, "channel_mults takes a tuple"),
+    ("max_steps", 0, "at least 1"),
+])
+def test_bad_set_values_fail_before_any_work(key, value, message):
+    with pytest.raises(RunError, match=message):
+        resolve_config(RunSpec("medshift", overrides=((key, value),)))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-steps", "-5"], "--max-steps -5"),
+    (["--set", "guidance=abc"], "guidance takes a float"),
+    (["--task", "real_normal->real_normal"], "needs at least one source domain other than its target"),
+])
+def test_cli_rejects_bad_values_in_one_line(argv, message, capsys):
+    from benchmark.__main__ import main
+
+    assert main(["run", "--method", "medshift", "--dry-run", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
