@@ -1,10 +1,22 @@
 """Records -> tidy DataFrame -> summary tables (pure functions of the DataFrame).
 
 `summary(df)` averages each seed's records over the task's source domains, then reports, per
-(dataset, preset, task, method, knob value), the mean and the 95 % Student-t half-width over seeds.
-Ranks follow the MedShift paper's Table 1: realism rank by a Fréchet distance of features (FID, else the
-weight-free FRD) when it is available for every row, else by `nps_dist`; structure rank by `ssim_src`; average rank
-= their mean (lower is better). Arrows and the best-value bolding come from `metrics.METRICS`.
+(dataset, preset, task, method, knob value), the mean over seeds and a 95 % interval that includes test-set
+sampling: each record carries the replicates of a subject-level cluster bootstrap (`benchmark.scorer`, the same
+subject draws for every method); replicate b of a row is the mean over seeds of replicate b of each seed, with
+the seeds themselves drawn with replacement, and the interval is the 2.5-97.5 % percentile of these (`<m>_lo`,
+`<m>_hi`; `<m>_ci` is its half-width, shown as ±). Records without replicates (protocol 1) fall back to the
+Student-t interval over seeds.
+
+Ranks respect that uncertainty: a row's rank is 1 + the number of rows whose interval lies entirely on the
+better side of its own, so rows whose intervals overlap share a rank. Ranked are the translation methods only;
+reference rows (`identity`, "no translation", and `histmatch`) are shown unranked, as the MedShift paper gives
+"no translation" no rank. Realism rank by a Fréchet distance of features (FID, else the weight-free FRD) when every
+row has it, else `nps_dist`; structure rank by `ssim_src` (the paper's Table 1); fidelity rank by `ssim_gt`
+(skull-sim has exact pairs); average rank = mean of realism and structure ranks (lower is better).
+
+Records of one protocol version only (`benchmark.records.PROTOCOL_VERSION`), and one fit per (method, setting,
+seed, data): two records of the same point from different run folders are an error naming both.
 """
 from __future__ import annotations
 
@@ -21,6 +33,8 @@ TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "frd", "nps_dist", "hist_w1",
                  "ssim_src", "psnr_src", "lpips_src"]
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
+RANKS = {"realism_rank": None, "structure_rank": "ssim_src", "fidelity_rank": "ssim_gt"}  # None: realism_metric
+N_SEED_DRAWS_SEED = 0
 
 
 def base_method(name: str) -> str:
@@ -36,32 +50,90 @@ def split_variants(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def load_records(results_dir: Path) -> pd.DataFrame:
-    """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame."""
+    """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame.
+
+    Raises:
+        ValueError: records of two protocol versions, or two run folders recording the same point.
+    """
     results_dir = Path(results_dir)
     files = sorted(results_dir.glob("runs/**/records.jsonl")) or sorted(results_dir.glob("*.jsonl"))
-    rows = [r for f in files for r in read_records(f)]
+    rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
     if not rows:
         raise FileNotFoundError(f"no records under {results_dir} (run `python -m benchmark run` first)")
     df = pd.DataFrame(rows)
-    if "setting" in df:  # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
-        variant = df["setting"].fillna("").astype(str)
-        df["method"] = df["method"].where(variant == "", df["method"] + " (" + variant + ")")
+    df["protocol"] = df["protocol"].fillna(1).astype(int) if "protocol" in df else 1
+    if df["protocol"].nunique() > 1:
+        old, new = (df[df["protocol"] == v]["_file"].iloc[0] for v in (df["protocol"].min(), df["protocol"].max()))
+        raise ValueError(f"records of protocol versions {sorted(map(int, df['protocol'].unique()))} are mixed (e.g. "
+                         f"{Path(old).parent} and {Path(new).parent}); re-run the old ones or move them out of "
+                         f"{results_dir}")
+    if "setting" not in df:
+        df["setting"] = ""
+    df["setting"] = df["setting"].fillna("").astype(str)
     df["knob"] = df["knob"].fillna("")
     df["knob_value"] = df["knob_value"].astype(object).where(df["knob_value"].notna(), "")
+    point = ["dataset", "preset", "task", "method", "setting", "seed", "source", "knob_value"]
+    dup = df[df.duplicated(point, keep=False)]
+    if len(dup):
+        files = list(dict.fromkeys(dup.groupby(point, sort=False)["_file"].first().tolist()
+                                   + dup.groupby(point, sort=False)["_file"].last().tolist()))
+        r = dup.iloc[0]
+        raise ValueError(f"two fits record {r['method']} seed {r['seed']} {r['task']} {r['source']} "
+                         f"knob={r['knob_value']!r}: {Path(files[0]).parent} and {Path(files[-1]).parent}; one fit per "
+                         "(method, setting, seed, data): delete one of the folders")
+    # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
+    df["method"] = df["method"].where(df["setting"] == "", df["method"] + " (" + df["setting"] + ")")
     return df
 
 
+def _seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """(n_seeds, B) bootstrap replicates of `metric` per seed (means over sources), or None if any record lacks them."""
+    if "boot" not in g:
+        return None
+    per_seed = []
+    for _, s in g.groupby("seed", sort=True):
+        reps = [b.get(metric) if isinstance(b, dict) else None for b in s["boot"]]
+        if any(r is None for r in reps) or len({len(r) for r in reps}) != 1:
+            return None
+        per_seed.append(np.mean(np.asarray(reps, np.float64), axis=0))
+    return np.stack(per_seed)
+
+
+def combined_interval(replicates: np.ndarray, level: float = 0.95, seed: int = N_SEED_DRAWS_SEED):
+    """Percentile interval of the seed mean: replicate b draws the seeds with replacement and averages their b-th
+    subject-bootstrap replicates (test-set sampling and seed variation together).
+
+    Args:
+        replicates: (n_seeds, B).
+    """
+    n_seeds, n_boot = replicates.shape
+    pick = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
+    means = replicates[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    means = means[np.isfinite(means)]
+    if len(means) < 2:
+        return float("nan"), float("nan")
+    alpha = (1 - level) / 2
+    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, preset, task, method, knob value): `<m>` mean, `<m>_ci` half-width, ranks."""
+    """One row per (dataset, preset, task, method, knob value): `<m>` mean, `<m>_lo/_hi` interval, `<m>_ci`, ranks."""
     metrics = [m for m in TABLE_METRICS + EXTRA if m in df.columns]
     per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
     per_seed = per_seed.apply(pd.to_numeric, errors="coerce").reset_index()
+    records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}
     rows = []
     for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key), n_seeds=len(g))
         for m in metrics:
             mean, half = mean_ci_over_seeds(g[m].to_numpy())
             row[m], row[f"{m}_ci"] = mean, half
+            if m not in METRICS:  # cost columns: mean and seed spread only
+                continue
+            reps = _seed_replicates(records[key], m) if np.isfinite(mean) else None
+            lo, hi = combined_interval(reps) if reps is not None else (mean - half, mean + half)
+            row[f"{m}_lo"], row[f"{m}_hi"] = lo, hi
+            row[f"{m}_ci"] = (hi - lo) / 2 if reps is not None else half
         rows.append(row)
     return add_ranks(pd.DataFrame(rows))
 
@@ -71,19 +143,42 @@ def realism_metric(df: pd.DataFrame) -> str | None:
     return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all()), None)
 
 
+def is_reference(method: str) -> bool:
+    """Reference rows (no translation, histogram matching) are shown but not ranked (`reference_row` declaration)."""
+    from methods import METHODS
+
+    cls = METHODS.get(base_method(method))
+    return bool(cls is not None and cls.reference_row)
+
+
+def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better: bool) -> pd.Series:
+    """1 + the number of rows whose interval lies entirely on the better side of this row's interval."""
+    if lo.isna().all():
+        lo, hi = mean, mean
+    lo, hi = lo.fillna(mean), hi.fillna(mean)
+    better = [(lo > h).sum() if higher_is_better else (hi < low).sum() for low, h in zip(lo, hi)]
+    return pd.Series(1 + np.asarray(better, float), index=mean.index)
+
+
 def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
-    """Realism, structure and average rank within each (dataset, preset, task), lower is better."""
+    """Realism, structure and fidelity ranks (overlapping intervals share a rank) and the average of the first two,
+    within each (dataset, preset, task), over the translation methods; reference rows stay unranked."""
     out = out.copy()
-    for (_, _, _), part in out.groupby(["dataset", "preset", "task"], sort=False):
-        realism = realism_metric(part)
-        if realism is not None:
-            out.loc[part.index, "realism_rank"] = part[realism].rank(ascending=not METRICS[realism].higher_is_better,
-                                                                     method="min")
-            out.loc[part.index, "realism_by"] = realism
-        if "ssim_src" in part:
-            out.loc[part.index, "structure_rank"] = part["ssim_src"].rank(ascending=False, method="min")
-    if "realism_rank" in out and "structure_rank" in out:
-        out["avg_rank"] = (out["realism_rank"] + out["structure_rank"]) / 2
+    if out.empty:
+        return out
+    for col in list(RANKS) + ["avg_rank", "realism_by"]:
+        out[col] = np.nan if col != "realism_by" else None
+    ranked = out[~out["method"].map(is_reference)]
+    for _, part in ranked.groupby(["dataset", "preset", "task"], sort=False):
+        for col, metric in RANKS.items():
+            metric = metric or realism_metric(part)
+            if metric is None or metric not in part or part[metric].isna().any():
+                continue
+            lo, hi = (part.get(f"{metric}{s}", pd.Series(np.nan, index=part.index)) for s in ("_lo", "_hi"))
+            out.loc[part.index, col] = overlap_rank(part[metric], lo, hi, METRICS[metric].higher_is_better)
+            if col == "realism_rank":
+                out.loc[part.index, "realism_by"] = metric
+    out["avg_rank"] = (out["realism_rank"] + out["structure_rank"]) / 2
     return out
 
 
@@ -117,9 +212,9 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1:
                 cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
             row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
-        for m in ("realism_rank", "structure_rank", "avg_rank"):
+        for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank"):
             if m in table:
-                row[m.replace("_", " ")] = "" if pd.isna(r[m]) else f"{r[m]:g}"
+                row[m.replace("_", " ")] = ("ref." if is_reference(r["method"]) else "") if pd.isna(r[m]) else f"{r[m]:g}"
         for m in EXTRA:
             if m in table:
                 row[m] = _fmt(r[m], 0, m)
@@ -158,8 +253,10 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     def note(ranked: pd.DataFrame, scope: str = "") -> str:
         """The footer of one table, naming the metric *that* table was ranked by."""
         realism = ranked["realism_by"].dropna().unique() if "realism_by" in ranked else []
-        return (f"\n\nMean ± 95% CI over seeds;{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank "
-                "by SSIM to the source (MedShift Table 1 convention). n/a = unavailable (see the records' "
+        return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
+                f"seeds;{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank by SSIM to the source "
+                "(MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; rows whose intervals "
+                "overlap share a rank; ref. = reference row, not ranked. n/a = unavailable (see the records' "
                 "`unavailable`).\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))

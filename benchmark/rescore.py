@@ -25,6 +25,9 @@ def merge_rescored(old: dict, new: dict, added: list[str], sha: str) -> dict:
         for k in (m, f"{m}_lo", f"{m}_hi"):
             if k in new:
                 out[k] = new[k]
+    new_boot = new.get("boot") or {}
+    if any(m in new_boot for m in added):
+        out["boot"] = dict(old.get("boot") or {}, **{m: new_boot[m] for m in added if m in new_boot})
     unavailable = {k: v for k, v in (old.get("unavailable") or {}).items() if k not in added}
     unavailable.update({k: v for k, v in (new.get("unavailable") or {}).items() if k in added})
     out["unavailable"] = unavailable

@@ -36,6 +36,8 @@ class TranslationMethod(L.LightningModule):
     #: `optimizer.step()` calls per `training_step`. Lightning counts every optimizer step of manual
     #: optimisation in `global_step` (and so in `max_steps`); a budget counts iterations of the method's loop.
     optimizer_steps_per_iteration: ClassVar[int] = 1
+    #: A reference row of the tables (no translation, a classical baseline): shown, never ranked.
+    reference_row: ClassVar[bool] = False
     #: Whether training batches drop the incomplete last batch (False for one-pass statistics: every image counts).
     drop_last: ClassVar[bool] = True
 

@@ -76,8 +76,9 @@ def test_rescore_adds_the_new_metric_and_keeps_the_recorded_values(tmp_path, tin
     for old, new in zip(first, again):
         assert np.isfinite(new["frd"]) and "frd" not in new["unavailable"]
         assert new["rescored"]["metrics"] == ["frd"] and new["rescored"]["max_abs_diff"] == 0.0
-        assert {k: v for k, v in new.items() if k not in ("frd", "unavailable", "rescored", "_sha")} == \
-            {k: v for k, v in old.items() if k not in ("frd", "unavailable", "_sha")}
+        added = ("frd", "frd_lo", "frd_hi", "unavailable", "rescored", "boot", "_sha")
+        assert {k: v for k, v in new.items() if k not in added} == {k: v for k, v in old.items() if k not in added}
+        assert len(new["boot"]["frd"]) == 200 and {k: new["boot"][k] for k in old["boot"]} == old["boot"]
     assert read_records(spec.folder(results) / "records.jsonl") == again  # checksums rewritten
     by_src = {r["source"]: r["frd"] for r in again if r["knob_value"] == 1.0}
     assert by_src["syn_low"] != by_src["syn_high"]
@@ -87,10 +88,10 @@ def test_rescore_refuses_a_trained_run_without_its_checkpoint(tmp_path, tiny):
     results = tmp_path / "results"
     spec = RunSpec("histmatch", data_root=str(tiny.root.parent.parent))
     run_one(spec, RunContext(results, Scorer(weights_dir=tmp_path / "w", frd=False), quiet=True))
-    (spec.folder(results) / "checkpoints" / "last.ckpt").unlink()
+    (spec.folder(results) / "checkpoints" / "final.ckpt").unlink()
     ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", radiomics=MeanStdFeatures()), quiet=True,
                      rescore=True)
-    with pytest.raises(RunError, match="last.ckpt is missing"):
+    with pytest.raises(RunError, match="final.ckpt is missing"):
         run_one(spec, ctx)
 
 

@@ -217,3 +217,34 @@ def test_lpips_backbone_loaded_from_verified_file(tmp_path, monkeypatch):
     xs, ys = x.float() * 2 - 1, y.float() * 2 - 1
     d_same, d_diff = lp(xs, xs), lp(xs, ys)
     assert np.allclose(d_same, 0, atol=1e-6) and (d_diff > 0).all()
+
+
+def test_subject_bootstrap_plan_is_paired_and_clustered():
+    subjects = [f"s{i // 3}" for i in range(30)]  # 10 subjects, 3 images each
+    plan = M.subject_bootstrap(subjects, 50)
+    assert plan.shape == (50, 30) and (plan.sum(axis=1) == 30).all()  # as many subjects drawn as there are
+    # all images of a subject share its multiplicity: the cluster is the subject
+    assert (plan.reshape(50, 10, 3) == plan.reshape(50, 10, 3)[:, :, :1]).all()
+    assert np.array_equal(plan, M.subject_bootstrap(list(subjects), 50))  # same test set -> same replicates
+    assert not np.array_equal(plan, M.subject_bootstrap(subjects, 50, seed=1))
+
+
+def test_scorer_replicates_recompute_each_metric_on_the_resampled_subjects():
+    from benchmark.scorer import Scorer
+
+    g = torch.Generator().manual_seed(0)
+    x_hat, x_src, x_gt = (torch.rand(12, 1, 32, 32, generator=g) * 2 - 1 for _ in range(3))
+    subjects = [f"s{i // 2}" for i in range(12)]
+    scorer = Scorer(weights_dir="/nonexistent", frd=False, n_boot=40)
+    ref = scorer.reference(torch.rand(8, 1, 32, 32, generator=g) * 2 - 1, dict(test=1))
+    out = scorer.score(x_hat, x_src, x_gt, ref, subjects=subjects)
+    plan = M.subject_bootstrap(subjects, 40)
+    per_image = M.ssim(M.to_unit(x_hat), M.to_unit(x_gt)).numpy()
+    b = 7
+    rows = np.repeat(np.arange(12), plan[b])
+    assert out["boot"]["ssim_gt"][b] == pytest.approx(per_image[rows].mean(), abs=1e-6)
+    nps = M.nps_distance(M.radial_power_spectrum(M.to_unit(x_hat[rows])), ref.spectrum)
+    assert out["boot"]["nps_dist"][b] == pytest.approx(nps, abs=1e-6)
+    w1 = M.hist_w1(M.intensity_quantiles(M.to_unit(x_hat[rows])), ref.quantiles)
+    assert out["boot"]["hist_w1"][b] == pytest.approx(w1, abs=2 / M.HIST_BINS)  # histogram resolution
+    assert out["ssim_gt_lo"] <= out["ssim_gt"] <= out["ssim_gt_hi"] and out["n_subjects"] == 6
