@@ -16,7 +16,9 @@ def _add_run(sub) -> None:
     p.add_argument("--task", nargs="+", default=["sim2real"], help="task name(s), or 'src1+src2->tgt'")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
-    p.add_argument("--max-steps", type=int, default=None, help="training budget override")
+    p.add_argument("--max-steps", type=int, default=None, help="training iterations (bypasses the FLOP budget)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="training FLOPs per learned method (default: benchmark/configs/budgets.yaml for the preset)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method config override")
     p.add_argument("--curve", action="store_true", help="also sweep the dense knob grid (for figures)")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
@@ -58,7 +60,7 @@ def cmd_run(args) -> int:
         domains = load_dataset(args.dataset, preset=args.preset, data_root=args.data_root,
                                config=args.dataset_config).domains
     specs = plan(args.method, args.seeds, args.task, domains, dataset=args.dataset, preset=args.preset,
-                 data_seed=args.data_seed, max_steps=args.max_steps, overrides=parse_set(args.set),
+                 data_seed=args.data_seed, max_steps=args.max_steps, budget=args.budget, overrides=parse_set(args.set),
                  curve=args.curve, accelerator=args.accelerator, precision=args.precision,
                  dataset_config=args.dataset_config, data_root=args.data_root)
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),

@@ -67,17 +67,20 @@ def load_records(results_dir: Path) -> pd.DataFrame:
         raise ValueError(f"records of protocol versions {sorted(map(int, df['protocol'].unique()))} are mixed (e.g. "
                          f"{Path(old).parent} and {Path(new).parent}); re-run the old ones or move them out of "
                          f"{results_dir}")
-    if "setting" not in df:
-        df["setting"] = ""
+    for col, default in (("setting", ""), ("split", "test")):
+        if col not in df:
+            df[col] = default
+    df["split"] = df["split"].fillna("test")
+    df["step"] = df["step"].astype(object) if "step" in df else None
     df["setting"] = df["setting"].fillna("").astype(str)
     df["knob"] = df["knob"].fillna("")
     df["knob_value"] = df["knob_value"].astype(object).where(df["knob_value"].notna(), "")
-    point = ["dataset", "preset", "task", "method", "setting", "seed", "source", "knob_value"]
-    dup = df[df.duplicated(point, keep=False)]
+    point = ["dataset", "preset", "task", "method", "setting", "seed", "source", "knob_value", "split", "step"]
+    key = df[[c for c in point if c in df]].map(str).agg("|".join, axis=1)
+    dup = df[key.duplicated(keep=False)]
     if len(dup):
-        files = list(dict.fromkeys(dup.groupby(point, sort=False)["_file"].first().tolist()
-                                   + dup.groupby(point, sort=False)["_file"].last().tolist()))
         r = dup.iloc[0]
+        files = list(dict.fromkeys(df[key == key[dup.index[0]]]["_file"]))
         raise ValueError(f"two fits record {r['method']} seed {r['seed']} {r['task']} {r['source']} "
                          f"knob={r['knob_value']!r}: {Path(files[0]).parent} and {Path(files[-1]).parent}; one fit per "
                          "(method, setting, seed, data): delete one of the folders")
@@ -116,8 +119,15 @@ def combined_interval(replicates: np.ndarray, level: float = 0.95, seed: int = N
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
+def test_records(df: pd.DataFrame) -> pd.DataFrame:
+    """The test records (validation records are the learning curves and the knob choice)."""
+    return df[df["split"] == "test"] if "split" in df else df
+
+
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, preset, task, method, knob value): `<m>` mean, `<m>_lo/_hi` interval, `<m>_ci`, ranks."""
+    """One row per (dataset, preset, task, method, knob value) of the test records: `<m>` mean, `<m>_lo/_hi`
+    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of seeds x sources whose validation chose it)."""
+    df = test_records(df)
     metrics = [m for m in TABLE_METRICS + EXTRA if m in df.columns]
     per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
     per_seed = per_seed.apply(pd.to_numeric, errors="coerce").reset_index()
@@ -125,6 +135,8 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key), n_seeds=len(g))
+        if "val_choice" in records[key]:
+            row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).mean())
         for m in metrics:
             mean, half = mean_ci_over_seeds(g[m].to_numpy())
             row[m], row[f"{m}_ci"] = mean, half
@@ -205,6 +217,8 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
         row = {"task": r["task"], "method": r["method"], "knob": knob}
         if "n_seeds" in table:
             row["seeds"] = f"{r['n_seeds']:g}"
+        if "val_choice" in table and table["val_choice"].notna().any():
+            row["val choice"] = "" if pd.isna(r["val_choice"]) else f"{r['val_choice']:.0%}"
         for m in shown:
             cell = _fmt(r[m], r.get(f"{m}_ci"), m)
             part = table[table["task"] == r["task"]][m]
@@ -214,7 +228,8 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
         for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank"):
             if m in table:
-                row[m.replace("_", " ")] = ("ref." if is_reference(r["method"]) else "") if pd.isna(r[m]) else f"{r[m]:g}"
+                unranked = "ref." if is_reference(r["method"]) else ""
+                row[m.replace("_", " ")] = unranked if pd.isna(r[m]) else f"{r[m]:g}"
         for m in EXTRA:
             if m in table:
                 row[m] = _fmt(r[m], 0, m)

@@ -37,6 +37,7 @@ class RunSpec:
     seed: int = 0
     data_seed: int = 0
     max_steps: int | None = None
+    budget: float | None = None
     overrides: tuple[tuple[str, object], ...] = ()
     curve: bool = False
     accelerator: str = "cpu"
@@ -109,6 +110,8 @@ def resolve_config(spec: RunSpec) -> dict:
     defaults = method_defaults(cls)
     if spec.max_steps is not None and spec.max_steps < 1:
         raise RunError(f"--max-steps {spec.max_steps}: a training budget is at least 1 step")
+    if spec.budget is not None and not spec.budget > 0:
+        raise RunError(f"--budget {spec.budget}: a FLOP budget is positive (e.g. 2.1e13)")
     for key, value in spec.overrides:
         if key not in cfg:
             raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
@@ -123,7 +126,8 @@ def resolve_config(spec: RunSpec) -> dict:
 def setting(spec: RunSpec) -> str:
     """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
     items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
-    return ",".join(items + ([f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []))
+    items += [f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []
+    return ",".join(items + ([f"budget={spec.budget:g}"] if spec.budget is not None else []))
 
 
 def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:

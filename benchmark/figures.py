@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import base_method, load_records, realism_metric, split_variants
+from .collect import base_method, load_records, realism_metric, split_variants, summary, test_records
 from .metrics import METRICS
 
 STYLE = {  # one place for each method's look
@@ -42,11 +42,12 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
 
     Values are means over source domains and over the seeds that have every point of the method's curve (a
     curve mixing 3-seed table points with 1-seed `--curve` points would zig-zag); the legend gives the count.
-    Knob values are written next to the points.
+    Knob values are written next to the points; error bars are the tables' 95 % intervals (test subjects and
+    seeds, `collect.summary`) where the records carry them.
     """
     import matplotlib.pyplot as plt
 
-    part = common_seeds(df[df["task"] == task])
+    part = common_seeds(test_records(df[df["task"] == task]))
     y = y or realism_metric(part) or "nps_dist"  # the tables' metric (FID, else FRD, else nps_dist)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.2, 4.0))
@@ -65,12 +66,59 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
                 ax.annotate(f"{r['knob_value']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
                             fontsize=7, color=style.get("color"))
         ax.plot(g[x], g[y], linestyle="none", markersize=7 if knobbed else 9, **style)
+        if {"dataset", "preset"} <= set(part):
+            _error_bars(ax, part[part["method"] == method], x, y, style.get("color"))
     ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  (structure)")
     ax.set_ylabel(f"{METRICS[y].label} {METRICS[y].arrow}  (realism)")
     ax.set_title(f"{part['dataset'].iloc[0]}/{part['preset'].iloc[0]} {task}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return ax.figure
+
+
+def _error_bars(ax, records: pd.DataFrame, x: str, y: str, color) -> None:
+    try:
+        table = summary(records)
+    except (KeyError, ValueError):
+        return
+    cols = [f"{m}_{e}" for m in (x, y) for e in ("lo", "hi")]
+    if not set(cols) <= set(table) or table[cols].isna().all().all():
+        return
+    ax.errorbar(table[x], table[y], xerr=[table[x] - table[f"{x}_lo"], table[f"{x}_hi"] - table[x]],
+                yerr=[table[y] - table[f"{y}_lo"], table[f"{y}_hi"] - table[y]], fmt="none", ecolor=color,
+                alpha=0.5, elinewidth=1, capsize=2)
+
+
+def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ssim_gt", "nps_dist")):
+    """Validation metrics against training FLOPs for every learned method (mean over seeds; the checkpoint each seed
+    selected on validation is ringed). Returns None when the records hold no learning curve."""
+    import matplotlib.pyplot as plt
+
+    curve = df[(df["task"] == task) & (df["split"] == "val")] if "split" in df else df.iloc[:0]
+    curve = curve[curve["step"].map(lambda v: isinstance(v, int))] if len(curve) else curve
+    if curve.empty or "flops" not in curve:
+        return None
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8))
+    selected = test_records(df[df["task"] == task]).groupby(["method", "seed"])["selected_step"].first() \
+        if "selected_step" in df else pd.Series(dtype=float)
+    for ax, metric in zip(axes, metrics):
+        for method, g in curve.groupby("method", sort=False):
+            style = method_style(method)
+            mean = g.groupby("step")[[metric, "flops"]].mean().sort_index()
+            ax.plot(mean["flops"], mean[metric], "-", marker=style.get("marker"), color=style.get("color"),
+                    markersize=4, label=f"{style['label']}, {g['seed'].nunique()} seed(s)")
+            for (m, _), step in selected.items():
+                if m == method and step in mean.index:
+                    ax.plot(mean.loc[step, "flops"], mean.loc[step, metric], "o", mfc="none", ms=10,
+                            color=style.get("color"))
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(f"{METRICS[metric].label} {METRICS[metric].arrow} (validation)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{curve['dataset'].iloc[0]}/{curve['preset'].iloc[0]} {task}: learning curves (ringed: selected)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
@@ -93,6 +141,12 @@ def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
             axes[1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
             fig.tight_layout()
             path = out_dir / f"tradeoff-{task}{suffix}.png"
+            fig.savefig(path, dpi=120)
+            plt.close(fig)
+            paths.append(path)
+        fig = learning_curves(split_variants(df[df["task"] == task])[0], task)
+        if fig is not None:
+            path = out_dir / f"learning-{task}.png"
             fig.savefig(path, dpi=120)
             plt.close(fig)
             paths.append(path)

@@ -2,13 +2,19 @@
 
 A `RunSpec` names one fit. Its folder `results/runs/<method>/<dataset>-<preset>/seed<k>-<hash>/` holds
 `config.json` (resolved config, seed, split hash, git sha, package versions; written before training),
-`checkpoints/last.ckpt` (the resume point during training), `checkpoints/final.ckpt` and `train.json` (the
-weights every evaluation uses and how long they took to train, written before the first evaluation),
-`records.jsonl` (rewritten atomically after every evaluation) and finally `done` (`benchmark.records`).
+`checkpoints/last.ckpt` (the resume point during training), `checkpoints/step<k>.ckpt` (the learning-curve
+points), `checkpoints/final.ckpt` and `selected.ckpt` (the last weights and the ones chosen on validation, which
+every test record uses) and `train.json` (budget, steps, time, the selected step), all written before the first
+test evaluation; `records.jsonl` (rewritten atomically after every evaluation: validation records with `split =
+"val"`, then the test records) and finally `done` (`benchmark.records`).
+
+Protocol (`benchmark.validation`, `benchmark.budget`): every learned method trains for the preset's FLOP budget;
+learning curves, the checkpoint and the headline knob value are chosen on the validation split; the test split
+is read once, at the end, with the selected weights.
 
 Guarantees:
-* Every record of a run comes from the one set of final weights: an interrupted evaluation resumes from
-  `final.ckpt` and never trains again; `rescore` translates from it too.
+* Every test record of a run comes from the one set of selected weights: an interrupted evaluation resumes from
+  `selected.ckpt` and never trains again; `rescore` translates from it too.
 * `train_sec` is the sum of the training segments (`train.json`); a record of a run whose training was
   interrupted and resumed says so (`resumed_from_steps`).
 * A run folder is held by one process at a time (`.lock` with pid and host; a lock whose process is gone
@@ -39,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from . import validation as V
+from .budget import flops_per_iteration, iterations_for, preset_budget
 from .config import RunSpec, find_donor, fit_key, resolve_config, setting
 from .records import (PROTOCOL_VERSION, RECORD_KEYS, RunError, atomic_write, clean_stale_temporaries, pid_alive,
                       read_records, seal, verify_done, write_done, write_records)
@@ -60,6 +68,19 @@ class RunContext:
     progress: object | None = None
     quiet: bool = False
     rescore: bool = False
+    _val_scorer: object | None = None
+
+    @property
+    def val_scorer(self):
+        """The validation scorer: the same metrics without FRD (its radiomics would dominate the curves' cost)."""
+        if self._val_scorer is None:
+            from .scorer import Scorer
+
+            sc = self.scorer
+            self._val_scorer = Scorer(weights_dir=sc.weights_dir, cache_dir=sc.cache_dir, frd=False, n_boot=50,
+                                      feature_extractor=sc.feature_extractor, lpips_model=sc.lpips_model,
+                                      clip_model=sc.clip_model, clip_dir=sc.clip_dir)
+        return self._val_scorer
 
 
 def load_data(spec: RunSpec, ctx: RunContext, progress=None):
@@ -139,35 +160,69 @@ class RunLock:
 
 # --------------------------------------------------------------------------------------------- fitting
 def _build(spec: RunSpec, dataset, config: dict):
+    """The method, seeded by the run seed (the same initial weights whenever the run is built)."""
+    import lightning as L
+
     from datasets import get_task
     from methods import get_method
 
+    torch.manual_seed(spec.seed)
+    L.seed_everything(spec.seed, verbose=False)
     task = get_task(spec.tasks[0], dataset.domains)
     return get_method(spec.method)(domains=dataset.domains, sources=task.sources, target=task.target,
                                    image_size=dataset.size, **config)
 
 
-def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> dict:
-    """Train (resuming from `checkpoints/last.ckpt` if present); returns this segment {start_step, end_step, sec}."""
+def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext):
+    from datasets import get_task
+    from datasets.datamodule import TranslationDataModule
+
+    task = get_task(spec.tasks[0], dataset.domains)
+    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
+    return TranslationDataModule(dataset, domains, batch_size=int(method.hparams.get("batch_size", 16)),
+                                 seed=spec.seed, pairing=type(method).pairing, target=task.target,
+                                 cache_dir=ctx.results_dir / "cache", drop_last=type(method).drop_last)
+
+
+def budget_plan(spec: RunSpec, config: dict, dataset, ctx: RunContext, folder: Path) -> dict:
+    """{budget, flops_per_iteration, max_steps} for a learned method under the preset's FLOP budget, else {}.
+
+    `--max-steps` or `--set max_steps=` bypass the budget (recorded as a setting). A run's plan is measured once
+    and kept in its config.json, so a resumed run trains for exactly the same number of iterations.
+    """
+    overridden = spec.max_steps is not None or any(k == "max_steps" for k, _ in spec.overrides)
+    budget = spec.budget if spec.budget is not None else preset_budget(spec.dataset, spec.preset)
+    if "max_steps" not in config or overridden or budget is None:
+        return {}
+    cfg_path = folder / "config.json"
+    if cfg_path.is_file():
+        old = json.loads(cfg_path.read_text()).get("budget") or {}
+        if old.get("budget") == budget and old.get("flops_per_iteration"):
+            return old
+    method = _build(spec, dataset, config)
+    flops = flops_per_iteration(method, _datamodule(spec, method, dataset, ctx))
+    return dict(budget=budget, flops_per_iteration=flops, max_steps=iterations_for(budget, flops))
+
+
+def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=None) -> dict:
+    """Train (resuming from `checkpoints/last.ckpt` if present); returns this segment {start_step, end_step, sec}.
+
+    Args:
+        curve: Optional `LearningCurve` callback (saves and scores the learning-curve points).
+    """
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
 
-    from datasets import get_task
-    from datasets.datamodule import TranslationDataModule
-
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import: Lightning sets INFO when imported
         logging.getLogger(name).setLevel(logging.WARNING)  # device/tip banners; warnings still reach the user
-    task = get_task(spec.tasks[0], dataset.domains)
-    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
-    dm = TranslationDataModule(dataset, domains, batch_size=int(method.hparams.get("batch_size", 16)), seed=spec.seed,
-                               pairing=type(method).pairing, target=task.target, cache_dir=ctx.results_dir / "cache",
-                               drop_last=type(method).drop_last)
+    dm = _datamodule(spec, method, dataset, ctx)
     settings = method.trainer_settings(spec.max_steps)
     steps = settings.get("max_steps", -1)
     ckpt_dir = folder / "checkpoints"
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=max(25, steps // 10) if steps and steps > 0 else None)]
+    callbacks += [curve.hook] if curve is not None else []
     interactive = sys.stdout.isatty() and not ctx.quiet
     if interactive:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -190,38 +245,102 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext) -> dict:
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
-    sec = time.perf_counter() - t0
-    final_tmp = ckpt_dir / f".final.ckpt.tmp-{os.getpid()}"
+    sec = time.perf_counter() - t0 - (curve.eval_sec if curve is not None else 0.0)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    _save_weights(trainer, ckpt_dir / "final.ckpt")
+    per_iter = type(method).optimizer_steps_per_iteration
+    return dict(start_step=start_step // per_iter, end_step=int(trainer.global_step) // per_iter, sec=sec)
+
+
+def _save_weights(trainer, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        trainer.save_checkpoint(final_tmp, weights_only=True)
-        final_tmp.replace(ckpt_dir / "final.ckpt")
+        trainer.save_checkpoint(tmp, weights_only=True)
+        tmp.replace(path)
     finally:
-        final_tmp.unlink(missing_ok=True)
-    return dict(start_step=start_step, end_step=int(trainer.global_step), sec=sec)
+        tmp.unlink(missing_ok=True)
 
 
-def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, donor: Path | None) -> dict:
-    """Bring `method` to the run's final weights and return `train.json` ({train_sec, segments, fit_from}).
+def _copy(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
 
-    Order of preference: the run's own `final.ckpt` (never trained again); a donor's `final.ckpt` (copied);
-    otherwise train (resuming `last.ckpt`), write `final.ckpt`, then `train.json`.
+
+def _load_weights(method, path: Path) -> None:
+    method.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+
+
+class LearningCurve:
+    """Lightning callback: at each of `steps` (iterations) save the weights and score them on validation."""
+
+    def __init__(self, steps: list[int], score, per_iteration: int):
+        from lightning.pytorch.callbacks import Callback
+
+        outer = self
+        self.steps, self.score, self.per_iteration, self.eval_sec = set(steps), score, per_iteration, 0.0
+
+        class _Hook(Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                it = trainer.global_step // outer.per_iteration
+                if it in outer.steps and trainer.global_step % outer.per_iteration == 0:
+                    t0 = time.perf_counter()
+                    _save_weights(trainer, Path(outer.ckpt_dir) / f"step{it}.ckpt")
+                    was_training = pl_module.training
+                    pl_module.eval()
+                    outer.score(pl_module, it)
+                    pl_module.train(was_training)
+                    outer.eval_sec += time.perf_counter() - t0
+
+        self.hook = _Hook()
+
+
+def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, donor: Path | None,
+                  plan: dict, evaluator) -> dict:
+    """Bring `method` to the run's selected weights and return `train.json`.
+
+    Order of preference: the run's own `selected.ckpt` (never trained again); a donor's weights (copied, with
+    its train.json: a `--set` sampling variant uses the checkpoint its headline fit selected); otherwise train
+    (resuming `last.ckpt`) with the learning curve, write `final.ckpt`, select on validation, write
+    `selected.ckpt` and `train.json`.
     """
-    final, info_path = folder / "checkpoints" / "final.ckpt", folder / "train.json"
-    if not final.is_file() and donor is not None:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".final.ckpt.tmp-{os.getpid()}")
-        shutil.copyfile(donor / "checkpoints" / "final.ckpt", tmp)
-        tmp.replace(final)
+    ckpt_dir, info_path = folder / "checkpoints", folder / "train.json"
+    selected = ckpt_dir / "selected.ckpt"
+    if not selected.is_file() and donor is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        _copy(donor / "checkpoints" / "final.ckpt", ckpt_dir / "final.ckpt")
+        _copy(donor / "checkpoints" / "selected.ckpt", selected)
         info = json.loads((donor / "train.json").read_text())
         atomic_write(info_path, json.dumps(dict(info, fit_from=donor.name)))
-    if final.is_file() and info_path.is_file():
-        state = torch.load(final, map_location="cpu", weights_only=True)["state_dict"]
-        method.load_state_dict(state)
+    if selected.is_file() and info_path.is_file():
+        _load_weights(method, selected)
         return json.loads(info_path.read_text())
-    segments = json.loads(info_path.read_text())["segments"] if info_path.is_file() else []
-    segments.append(_fit(spec, method, dataset, folder, ctx))
-    info = dict(train_sec=sum(s["sec"] for s in segments), segments=segments, fit_from=None)
+    info = json.loads(info_path.read_text()) if info_path.is_file() else dict(segments=[], fit_from=None)
+    iterations = int(method.hparams.get("max_steps", 0) or 0) if method.trainer_settings(spec.max_steps).get(
+        "max_steps") else 0
+    steps = V.curve_steps(iterations) if iterations > 0 else []
+    curve = None
+    if steps:
+        curve = LearningCurve(steps, evaluator.curve_point, type(method).optimizer_steps_per_iteration)
+        curve.ckpt_dir = ckpt_dir
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
+    chosen = evaluator.curve_records()
+    step = V.best(chosen, "step") if chosen else None
+    # a curve checkpoint is written by a callback hook, which Lightning runs before the module's own
+    # on_train_batch_end (the EMA update of that iteration): load it from disk, exactly what validation scored
+    _copy(ckpt_dir / (f"step{step}.ckpt" if step is not None else "final.ckpt"), selected)
+    _load_weights(method, selected)
+    per_iter_flops = plan.get("flops_per_iteration")
+    iters = info["segments"][-1]["end_step"]
+    info.update(train_sec=sum(s["sec"] for s in info["segments"]), train_steps=iters, selected_step=step,
+                budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
+                train_flops=per_iter_flops * iters if per_iter_flops else None,
+                images_seen=iters * int(method.hparams.get("batch_size", 0) or 0) if iters else 0,
+                selection_metric=V.selection_metric(chosen) if chosen else None)
     atomic_write(info_path, json.dumps(info))
     return info
 
@@ -229,7 +348,8 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
 # --------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def _translate(method, x: torch.Tensor, source: str, target: str, knob,
-               batch_size: int = 64) -> tuple[torch.Tensor, float]:
+               batch_size: int = 16) -> tuple[torch.Tensor, float]:
+    """Translate in batches of 16 (measured: a 64-px U-Net on 2 cores runs 2x faster per image than at 64)."""
     device = method.device
     t0 = time.perf_counter()
     out = [method.translate(x[i:i + batch_size].to(device), source, target, knob).float().cpu()
@@ -237,20 +357,6 @@ def _translate(method, x: torch.Tensor, source: str, target: str, knob,
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out), (time.perf_counter() - t0) / max(len(x), 1)
-
-
-def evaluations(spec: RunSpec, method, dataset) -> list[tuple[str, str, str, object]]:
-    """(task, source, target, knob value) points to evaluate."""
-    from datasets import get_task
-
-    grid = tuple(method.knob_grid)
-    if spec.curve and method.knob_curve:
-        grid = tuple(dict.fromkeys(grid + tuple(method.knob_curve)))
-    points = []
-    for t in spec.tasks:
-        task = get_task(t, dataset.domains)
-        points += [(t, src, task.target, k) for src in task.sources for k in grid]
-    return points
 
 
 def _reference_images(dataset, target: str) -> torch.Tensor:
@@ -261,19 +367,37 @@ def _reference_images(dataset, target: str) -> torch.Tensor:
                        "the dataset needs more subjects (datasets/splits.py)") from exc
 
 
+def point_key(rec: dict) -> tuple:
+    return (rec.get("split", "test"), rec.get("step"), rec["task"], rec["source"], rec["knob_value"])
+
+
 class Evaluator:
-    """Translates and scores points of one run, loading each source set and real reference once."""
+    """Scores points of one run: the learning curve (validation subset), the knob choice (validation) and the
+    test evaluations; loads each image set and real reference once and writes every record as it is made."""
 
-    def __init__(self, spec: RunSpec, method, dataset, ctx: RunContext, train: dict):
-        self.spec, self.method, self.dataset, self.ctx, self.train = spec, method, dataset, ctx, train
-        self.inputs, self.references = {}, {}
+    def __init__(self, spec: RunSpec, method, dataset, ctx: RunContext, records: list[dict], path: Path):
+        from datasets import get_task
+
+        self.spec, self.method, self.dataset, self.ctx = spec, method, dataset, ctx
+        self.records, self.path = records, path
+        self.tasks = {t: get_task(t, dataset.domains) for t in spec.tasks}
+        self.sets, self.references = {}, {}
         self.sha, self.setting = git_sha(), setting(spec)
+        self.train: dict = {}
 
-    def _inputs(self, source: str, target: str):
-        if (source, target) not in self.inputs:
-            x_src, rows = self.dataset.images(source, "test")
-            self.inputs[(source, target)] = (x_src, *self.dataset.counterparts(rows, target), list(rows["subject"]))
-        return self.inputs[(source, target)]
+    # ------------------------------------------------------------------ data
+    def _set(self, split: str, task_name: str, source: str, subset: bool = False):
+        key = (split, task_name, source, subset)
+        if key not in self.sets:
+            task = self.tasks[task_name]
+            rows = V.task_rows(self.dataset, source, task.sources, split)
+            if subset:
+                rows = V.curve_rows(rows)
+            if rows.empty:
+                raise RunError(f"{self.dataset.name}: no {source} images in the {split!r} split")
+            x_src = self.dataset.load(rows)
+            self.sets[key] = (x_src, *self.dataset.counterparts(rows, task.target), list(rows["subject"]))
+        return self.sets[key]
 
     def _reference(self, target: str):
         if target not in self.references:
@@ -282,29 +406,94 @@ class Evaluator:
                 dataset=d.name, config=d.config, split=d.split_hash, part="ref", domain=target))
         return self.references[target]
 
-    def record(self, task_name: str, source: str, target: str, knob) -> dict:
-        x_src, x_gt, gt_reason, subjects = self._inputs(source, target)
-        x_hat, sec = _translate(self.method, x_src, source, target, knob)
-        scores = self.ctx.scorer.score(x_hat, x_src, x_gt, self._reference(target), gt_reason, subjects=subjects)
-        spec, method = self.spec, self.method
+    # ------------------------------------------------------------------ records
+    def _record(self, method, split: str, task_name: str, source: str, knob, step=None, subset=False) -> dict:
+        x_src, x_gt, gt_reason, subjects = self._set(split, task_name, source, subset)
+        target = self.tasks[task_name].target
+        x_hat, sec = _translate(method, x_src, source, target, knob)
+        scorer = self.ctx.scorer if split == "test" else self.ctx.val_scorer
+        scores = scorer.score(x_hat, x_src, x_gt, self._reference(target), gt_reason, subjects=subjects)
+        spec = self.spec
         rec = {k: None for k in RECORD_KEYS}
         rec.update({k: v for k, v in scores.items() if k != "unavailable"})
-        resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
         rec.update(method=spec.method, setting=self.setting, dataset=spec.dataset, preset=spec.preset,
                    task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
-                   knob_value=knob, nfe=method.nfe(knob), sec_per_image=sec, train_sec=self.train["train_sec"],
-                   n_params=method.n_params, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                   knob_value=knob, nfe=method.nfe(knob), sec_per_image=sec, n_params=method.n_params,
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=self.dataset.split_hash,
-                   git_sha=self.sha, protocol=PROTOCOL_VERSION, fit_from=self.train.get("fit_from"),
-                   resumed_from_steps=resumed)
-        return seal(rec)
+                   git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step)
+        return rec
+
+    def _add(self, rec: dict, replace: bool = False) -> dict:
+        rec = seal(rec)
+        keys = [point_key(r) for r in self.records]
+        if replace and point_key(rec) in keys:
+            self.records[keys.index(point_key(rec))] = rec
+        else:
+            self.records.append(rec)
+        write_records(self.path, self.records)
+        return rec
+
+    def curve_points(self) -> list[tuple]:
+        """(task, source, knob) of the learning curve: each task's first source at its cheapest table knob value."""
+        knob = min(self.method.knob_grid, key=lambda k: self.method.nfe(k))
+        return [(t, task.sources[0], knob) for t, task in self.tasks.items()]
+
+    def curve_point(self, method, step: int) -> None:
+        for task_name, source, knob in self.curve_points():
+            if ("val", step, task_name, source, knob) not in {point_key(r) for r in self.records}:
+                rec = self._record(method, "val", task_name, source, knob, step=step, subset=True)
+                self._add(dict(rec, flops=step * (self.train.get("flops_per_iteration") or 0) or None))
+
+    def curve_records(self) -> list[dict]:
+        return [r for r in self.records if r.get("split") == "val" and isinstance(r.get("step"), int)]
+
+    def choose_knobs(self, bar=None) -> dict:
+        """Score every table knob value on the whole validation set; {task: the best value}."""
+        choice = {}
+        for task_name, task in self.tasks.items():
+            recs = []
+            for source in task.sources:
+                for knob in self.method.knob_grid:
+                    key = ("val", "selected", task_name, source, knob)
+                    done = [r for r in self.records if point_key(r) == key]
+                    recs.append(done[0] if done else self._add(
+                        self._record(self.method, "val", task_name, source, knob, step="selected")))
+            choice[task_name] = V.best(recs, "knob_value")
+        return choice
+
+    def test_record(self, task_name: str, source: str, knob, val_choice: bool, replace_stale=None) -> dict:
+        rec = self._record(self.method, "test", task_name, source, knob)
+        resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
+        info = self.train
+        rec.update(train_sec=info.get("train_sec"), train_steps=info.get("train_steps"),
+                   train_flops=info.get("train_flops"), images_seen=info.get("images_seen"),
+                   selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
+                   resumed_from_steps=resumed, val_choice=val_choice)
+        if replace_stale is not None:
+            return rec
+        return self._add(rec)
+
+
+def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]:
+    """(task, source, knob value) test points: the table grid, plus the dense curve with `--curve`."""
+    from datasets import get_task
+
+    grid = tuple(method.knob_grid)
+    if spec.curve and method.knob_curve:
+        grid = tuple(dict.fromkeys(grid + tuple(method.knob_curve)))
+    points = []
+    for t in spec.tasks:
+        task = get_task(t, dataset.domains)
+        points += [(t, src, k) for src in task.sources for k in grid]
+    return points
 
 
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
-    """Fit, translate, score and record one spec; returns its records (existing ones if already done).
+    """Fit, choose on validation, translate, score and record one spec; returns its records.
 
-    With `ctx.rescore`, a finished run whose records lack metrics the scorer can now compute is translated
-    again from its final weights and those metrics are added (`benchmark.rescore`).
+    With `ctx.rescore`, a finished run whose test records lack metrics the scorer can now compute is translated
+    again from its selected weights and those metrics are added (`benchmark.rescore`).
     """
     folder = spec.folder(ctx.results_dir)
     with RunLock(folder):
@@ -318,53 +507,53 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     records = read_records(records_path)
     problem = verify_done(folder)
     if (folder / "done").is_file() and problem:
-        warnings.warn(f"{folder}: {problem}; evaluating its missing records again from its final weights",
+        warnings.warn(f"{folder}: {problem}; evaluating its missing records again from its selected weights",
                       stacklevel=2)
         (folder / "done").unlink()
     finished = problem is None
-    stale = {(r["task"], r["source"], r["knob_value"]): stale_metrics(r, ctx.scorer.unavailable)
-             for r in records} if ctx.rescore else {}
+    tests = [r for r in records if r.get("split", "test") == "test"]
+    stale = {point_key(r): stale_metrics(r, ctx.scorer.unavailable) for r in tests} if ctx.rescore else {}
     stale = {k: v for k, v in stale.items() if v}
     dataset = load_data(spec, ctx)
     config = resolve_config(spec)
-    final = folder / "checkpoints" / "final.ckpt"
-    torch.manual_seed(spec.seed)
-    import lightning as L
-
-    L.seed_everything(spec.seed, verbose=False)
+    selected = folder / "checkpoints" / "selected.ckpt"
+    plan = budget_plan(spec, config, dataset, ctx, folder)
+    config = dict(config, **({"max_steps": plan["max_steps"]} if plan else {}))
     method = _build(spec, dataset, config)
-    points = evaluations(spec, method, dataset)
-    have = {(r["task"], r["source"], r["knob_value"]) for r in records} - set(stale)
-    todo = [p for p in points if (p[0], p[1], p[3]) not in have or (p[0], p[1], p[3]) in stale]
+    have = {point_key(r) for r in tests} - set(stale)
+    todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in have]
     if finished and not todo:
         return records
-    if records and not final.is_file():
-        raise RunError(f"cannot evaluate {folder} again: checkpoints/final.ckpt is missing, and training again would "
-                       "not reproduce the recorded values; delete the run folder and run it again instead")
+    if records and not selected.is_file() and (tests or finished):
+        raise RunError(f"cannot evaluate {folder} again: checkpoints/selected.ckpt is missing, and training again "
+                       "would not reproduce the recorded values; delete the run folder and run it again instead")
     key = fit_key(asdict(spec), config, dataset.domains)
-    donor = None if final.is_file() or (folder / "train.json").is_file() else find_donor(folder, key, dataset.domains)
+    donor = None if selected.is_file() or (folder / "train.json").is_file() else find_donor(folder, key,
+                                                                                          dataset.domains)
     if not (folder / "config.json").is_file() or not finished:  # a re-scored run keeps the config.json of its fit
         atomic_write(folder / "config.json", json.dumps(dict(
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
             knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key, protocol=PROTOCOL_VERSION,
-            fit_from=donor.name if donor else None), indent=2, default=str))
-    train = final_weights(spec, method, dataset, folder, ctx, donor)
+            budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))
+    evaluator = Evaluator(spec, method, dataset, ctx, records, records_path)
+    evaluator.train = dict(plan)
+    evaluator.train = final_weights(spec, method, dataset, folder, ctx, donor, plan, evaluator)
     method.eval()
-    evaluator = Evaluator(spec, method, dataset, ctx, train)
+    choice = evaluator.choose_knobs()
     bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None
-    for task_name, source, target, knob in todo:
-        rec = evaluator.record(task_name, source, target, knob)
-        point = (task_name, source, knob)
+    for task_name, source, knob in todo:
+        point = ("test", None, task_name, source, knob)
         if point in stale:
-            i = next(j for j, r in enumerate(records) if (r["task"], r["source"], r["knob_value"]) == point)
+            rec = evaluator.test_record(task_name, source, knob, knob == choice[task_name], replace_stale=True)
+            i = [point_key(r) for r in records].index(point)
             records[i] = rec = merge_rescored(records[i], rec, stale[point], evaluator.sha)
+            write_records(records_path, records)
             if rec["rescored"]["max_abs_diff"] > 1e-6:
                 warnings.warn(f"re-scoring {folder.name} {point}: translating again changed recorded metrics by up "
                               f"to {rec['rescored']['max_abs_diff']:.3g}; the recorded values are kept", stacklevel=1)
         else:
-            records.append(rec)
-        write_records(records_path, records)
+            evaluator.test_record(task_name, source, knob, knob == choice[task_name])
         if bar is not None:
             ctx.progress.advance(bar)
     write_done(folder, records)

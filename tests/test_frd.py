@@ -88,10 +88,10 @@ def test_rescore_refuses_a_trained_run_without_its_checkpoint(tmp_path, tiny):
     results = tmp_path / "results"
     spec = RunSpec("histmatch", data_root=str(tiny.root.parent.parent))
     run_one(spec, RunContext(results, Scorer(weights_dir=tmp_path / "w", frd=False), quiet=True))
-    (spec.folder(results) / "checkpoints" / "final.ckpt").unlink()
+    (spec.folder(results) / "checkpoints" / "selected.ckpt").unlink()
     ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", radiomics=MeanStdFeatures()), quiet=True,
                      rescore=True)
-    with pytest.raises(RunError, match="final.ckpt is missing"):
+    with pytest.raises(RunError, match="selected.ckpt is missing"):
         run_one(spec, ctx)
 
 

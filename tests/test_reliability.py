@@ -29,7 +29,12 @@ def _spec(micro, method="medshift", **kw):
 
 def _metrics(records):
     keys = ("ssim_src", "ssim_gt", "psnr_gt", "nps_dist", "hist_w1")
-    return {(r["task"], r["source"], r["knob_value"]): tuple(r[k] for k in keys) for r in records}
+    return {(r["split"], r["step"], r["task"], r["source"], r["knob_value"]): tuple(r[k] for k in keys)
+            for r in records}
+
+
+def _tests(records):
+    return [r for r in records if r["split"] == "test"]
 
 
 def test_final_weights_are_saved_before_evaluation_and_never_retrained(tmp_path, micro, monkeypatch):
@@ -44,10 +49,12 @@ def test_final_weights_are_saved_before_evaluation_and_never_retrained(tmp_path,
 
     assert torch.load(final, weights_only=True)["global_step"] == 30
     info = json.loads((folder / "train.json").read_text())
-    assert info["segments"][0]["end_step"] == 30 and info["train_sec"] == first[0]["train_sec"]
+    assert info["segments"][0]["end_step"] == 30 and info["train_sec"] == _tests(first)[0]["train_sec"]
     # interrupted evaluation: the last records and `done` are gone; resuming must not train again
     (folder / "done").unlink()
-    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first[:2]))
+    kept = first[:-2]
+    assert kept[-1]["split"] == "test"
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
     import benchmark.run as runner
 
     monkeypatch.setattr(runner, "_fit", lambda *a, **k: pytest.fail("trained again after the final weights existed"))
@@ -66,9 +73,9 @@ def test_done_that_does_not_vouch_for_its_records_is_evaluated_again(tmp_path, m
     with pytest.warns(UserWarning, match="records.jsonl is missing"):
         again = run_one(spec, ctx)
     assert _metrics(again) == _metrics(first) and verify_done(folder) is None
-    (folder / "checkpoints" / "final.ckpt").unlink()
+    (folder / "checkpoints" / "selected.ckpt").unlink()
     (folder / "done").write_text("{}")
-    with pytest.raises(RunError, match="final.ckpt is missing"):
+    with pytest.raises(RunError, match="selected.ckpt is missing"):
         with pytest.warns(UserWarning):
             run_one(spec, ctx)
 
@@ -85,7 +92,7 @@ def test_a_held_run_folder_names_its_holder_and_a_stale_lock_is_taken_over(tmp_p
 
     (folder / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
     (folder / f".records.jsonl.tmp-{dead.stdout.strip()}").write_text("half")  # a killed writer's leftover
-    assert len(run_one(spec, ctx)) == 2
+    assert len(_tests(run_one(spec, ctx))) == 2
     assert not (folder / ".lock").exists() and not list(folder.glob(".*tmp-*"))
 
 
@@ -125,7 +132,7 @@ def test_sigkill_during_evaluation_then_resume_equals_an_uninterrupted_run(tmp_p
     assert ma.keys() == mb.keys()
     for k in ma:
         assert mb[k] == pytest.approx(ma[k], abs=1e-4), k  # one model; CPU floating-point noise at most
-    assert {r["resumed_from_steps"] == [] for r in b} == {True}
+    assert {r["resumed_from_steps"] == [] for r in _tests(b)} == {True}
 
 
 def test_sigkill_during_training_resumes_and_says_so(tmp_path, micro):
@@ -134,7 +141,7 @@ def test_sigkill_during_training_resumes_and_says_so(tmp_path, micro):
     assert subprocess.run(_cli(cut, micro), cwd=ROOT, capture_output=True).returncode == 0
     folder = next(cut.glob("runs/*/*/*"))
     info = json.loads((folder / "train.json").read_text())
-    recs = read_records(folder / "records.jsonl")
+    recs = _tests(read_records(folder / "records.jsonl"))
     assert info["segments"][-1]["start_step"] > 0 and info["segments"][-1]["end_step"] == 60
     assert {tuple(r["resumed_from_steps"]) for r in recs} == {(info["segments"][-1]["start_step"],)}
     assert recs[0]["train_sec"] == pytest.approx(sum(s["sec"] for s in info["segments"]))

@@ -1,0 +1,115 @@
+"""The protocol: equal FLOP budgets, choices on validation, the test split read once at the end."""
+import json
+
+import torch
+from torch import nn
+
+from benchmark.budget import flops_per_iteration, iterations_for, preset_budget
+from benchmark.config import RunSpec
+from benchmark.run import RunContext, run_one
+from benchmark.scorer import Scorer
+from benchmark.validation import curve_steps, task_rows
+from methods.base import TranslationMethod
+
+
+class TwoConvs(TranslationMethod):
+    """Two 1x1 convolutions (1 -> 4 -> 1 channels): FLOPs in closed form."""
+
+    def __init__(self, domains=(), sources=(), target="", image_size=32, max_steps=1, batch_size=4):
+        super().__init__(domains, sources, target, image_size)
+        self.save_hyperparameters()
+        self.a, self.b = nn.Conv2d(1, 4, 1, bias=False), nn.Conv2d(4, 1, 1, bias=False)
+
+    def training_step(self, batch, batch_idx):
+        return self.b(self.a(batch["image"])).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_flop_counter_semantics_pinned_by_closed_form(micro):
+    """FlopCounterMode counts 2 FLOPs per multiply-add; backward computes the weight gradients of both convolutions
+    and the input gradient of the second only (the data needs none): (4 + 4) + (4 + 4 + 4) MACs per pixel."""
+    from datasets.datamodule import TranslationDataModule
+
+    m = TwoConvs(micro.domains, ("syn_low",), "real_normal", micro.size)
+    dm = TranslationDataModule(micro, ("syn_low",), batch_size=4)
+    pixels = 4 * micro.size * micro.size
+    assert flops_per_iteration(m, dm) == 2 * (8 + 12) * pixels
+    assert iterations_for(1e6, 300_000) == 3 and iterations_for(1.0, 10) == 1
+
+
+def test_every_learned_method_gets_the_same_budget(micro):
+    from datasets.datamodule import TranslationDataModule
+    from methods import get_method
+
+    budget = preset_budget("skull-sim", "micro")
+    assert budget == 3.0e11 and preset_budget("skull-sim", "tiny") == 2.1e13
+    iters = {}
+    for name in ("medshift", "cyclegan"):
+        from benchmark.config import resolve_config
+
+        cls = get_method(name)
+        cfg = resolve_config(RunSpec(name, preset="micro"))
+        m = cls(micro.domains, ("syn_low", "syn_high"), "real_normal", micro.size, **cfg)
+        doms = cls.training_domains(micro.domains, ("syn_low", "syn_high"), "real_normal")
+        dm = TranslationDataModule(micro, doms, batch_size=cfg["batch_size"], pairing=cls.pairing,
+                                   target="real_normal")
+        flops = flops_per_iteration(m, dm)
+        iters[name] = (iterations_for(budget, flops), flops)
+    for steps, flops in iters.values():
+        assert budget - flops < steps * flops <= budget  # the same compute, to within one iteration
+
+
+def test_curve_steps_and_alternating_sources(micro):
+    assert curve_steps(600) == [75, 150, 225, 300, 375, 450, 525, 600] and curve_steps(3) == [1, 2, 3]
+    a = task_rows(micro, "syn_low", ("syn_low", "syn_high"), "test")
+    b = task_rows(micro, "syn_high", ("syn_low", "syn_high"), "test")
+    assert not set(a["subject"]) & set(b["subject"])  # each subject translated from one source
+    assert set(a["scene"]) | set(b["scene"]) == set(micro.rows("syn_low", "test")["scene"])
+    assert len(task_rows(micro, "real_low", ("real_low",), "test")) == len(micro.rows("real_low", "test"))
+
+
+def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path, micro, monkeypatch):
+    from datasets.base import XrayDataset
+
+    loaded = []
+    real_load = XrayDataset.load
+
+    def spy(self, rows):
+        if len(rows):
+            loaded.append(tuple(sorted(set(rows["split"]))))
+        return real_load(self, rows)
+
+    monkeypatch.setattr(XrayDataset, "load", spy)
+    results = tmp_path / "r"
+    ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", frd=False), quiet=True)
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent))
+    records = run_one(spec, ctx)
+    folder = spec.folder(results)
+    cfg = json.loads((folder / "config.json").read_text())
+    info = json.loads((folder / "train.json").read_text())
+    plan = cfg["budget"]
+    assert plan["budget"] == 3.0e11 and cfg["method_config"]["max_steps"] == plan["max_steps"] == info["train_steps"]
+    assert info["train_flops"] == plan["max_steps"] * plan["flops_per_iteration"] <= 3.0e11
+    curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
+    assert [r["step"] for r in curve] == curve_steps(plan["max_steps"])  # 8 points, one source, the cheapest knob
+    assert {r["knob_value"] for r in curve} == {0.6} and all(r["flops"] for r in curve)
+    best = max(curve, key=lambda r: r["ssim_gt"])["step"]
+    assert info["selected_step"] == best and info["selection_metric"] == "ssim_gt"
+    sel = torch.load(folder / "checkpoints/selected.ckpt", weights_only=True)["state_dict"]
+    step = torch.load(folder / f"checkpoints/step{best}.ckpt", weights_only=True)["state_dict"]
+    assert all(torch.equal(sel[k], step[k]) for k in sel)
+    tests = [r for r in records if r["split"] == "test"]
+    assert {r["selected_step"] for r in tests} == {best} and {r["train_flops"] for r in tests} == {info["train_flops"]}
+    for source in ("syn_low", "syn_high"):  # exactly one knob value per source is the validation choice
+        chosen = [r["knob_value"] for r in tests if r["source"] == source and r["val_choice"]]
+        assert len(chosen) == 1
+    val_knobs = [r for r in records if r["step"] == "selected"]
+    top = max({r["knob_value"] for r in val_knobs},
+              key=lambda k: sum(r["ssim_gt"] for r in val_knobs if r["knob_value"] == k))
+    assert {r["knob_value"] for r in tests if r["val_choice"]} == {top}
+    # the test split is read once per (task, source) and only after every training and validation read
+    first_test = loaded.index(("test",))
+    assert set(loaded[first_test:]) == {("test",)} and loaded.count(("test",)) == 2 * 2  # sources x (images, pairs)
+    assert ("test",) not in loaded[:first_test]
