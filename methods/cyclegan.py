@@ -7,8 +7,8 @@ squares GAN, cycle consistency lambda = 10 both ways, identity 0.5 * lambda, a 5
 discriminator, Adam 2e-4 with betas (0.5, 0.999), learning rate constant for the first half of the
 iterations then linearly decayed to 0, batch 1. `max_steps` counts iterations (one generator and one
 discriminator update; Lightning's `global_step` counts both, `optimizer_steps_per_iteration`). Manual
-optimisation: one generator step, then one step of both discriminators (Lightning's GAN pattern). A and B images are drawn independently
-(`pairing = "unpaired"`), so skull-sim's aligned pairs are never seen together.
+optimisation: one generator step, then one step of both discriminators (Lightning's GAN pattern). A and B
+images are drawn independently (`pairing = "unpaired"`), so skull-sim's aligned pairs are never seen together.
 
 No structure-realism knob: CycleGAN is one point on every curve. `translate` maps A -> B, and B -> A
 when asked for the reverse direction.
