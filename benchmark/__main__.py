@@ -138,7 +138,7 @@ def cmd_rescore(args) -> int:
     import torch
 
     from benchmark.config import finished_specs
-    from benchmark.records import read_records
+    from benchmark.records import read_records, of_split
     from benchmark.rescore import stale_metrics
     from benchmark.run import RunContext, run_one
     from benchmark.scorer import Scorer
@@ -152,7 +152,7 @@ def cmd_rescore(args) -> int:
     ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
                                               clip_dir=args.clip_dir), quiet=True, rescore=True)
     for spec in specs:
-        records = read_records(spec.folder(args.results_dir) / "records.jsonl")
+        records = of_split(read_records(spec.folder(args.results_dir) / "records.jsonl"))
         before = sum(bool(stale_metrics(r, ctx.scorer.unavailable)) for r in records)
         run_one(spec, ctx)
         print(f"{spec.folder(args.results_dir)}: {before} record(s) re-scored", flush=True)
@@ -163,9 +163,14 @@ def cmd_rescore(args) -> int:
 
 def cmd_collect(args) -> int:
     from benchmark.collect import formatted, load_records, summary, write_tables
+    from benchmark.validity import valid_realism_metrics
 
-    table = summary(load_records(args.results_dir))
-    paths = write_tables(table, args.out or args.results_dir / "tables")
+    df = load_records(args.results_dir)
+    out_dir = args.out or args.results_dir / "tables"
+    valid = {(d, p): valid_realism_metrics(out_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
+             .itertuples(index=False)}
+    table = summary(df, {k: v for k, v in valid.items() if v is not None})
+    paths = write_tables(table, out_dir)
     print(formatted(table).to_markdown(index=False))
     print("written: " + ", ".join(map(str, paths)))
     return 0
@@ -176,6 +181,29 @@ def cmd_figures(args) -> int:
 
     for p in write_figures(args.results_dir, args.out or args.results_dir / "figures"):
         print(f"written: {p}")
+    return 0
+
+
+def cmd_validity(args) -> int:
+    """Degrade real images in controlled steps; report which realism metrics grow with every degradation."""
+    import torch
+
+    from benchmark.config import RunSpec
+    from benchmark.run import RunContext, load_data
+    from benchmark.scorer import Scorer
+    from benchmark.validity import metric_validity, write_report
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(os.cpu_count() or 1, 16))))
+    _check_writable(args.results_dir)
+    scorer = Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache", frd=not args.no_frd)
+    ctx = RunContext(args.results_dir, scorer, quiet=True)
+    dataset = load_data(RunSpec("identity", dataset=args.dataset, preset=args.preset, data_root=args.data_root,
+                                dataset_config=args.dataset_config), ctx)
+    result = metric_validity(dataset, scorer, args.domain, native_frd=not args.no_frd)
+    for p in write_report(result, f"{args.dataset}/{args.preset}", args.results_dir / "tables"):
+        print(f"written: {p}")
+    for m, ok in result["passed"].items():
+        print(f"{m}: {'passes' if ok else 'fails'}")
     return 0
 
 
@@ -208,6 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     f = sub.add_parser("figures", help="summary -> results/figures/*.png")
     f.add_argument("--results-dir", type=Path, default=Path("results"))
     f.add_argument("--out", type=Path, default=None)
+    v = sub.add_parser("validity", help="which realism metrics grow with controlled degradations of real images")
+    v.add_argument("--dataset", default="skull-sim")
+    v.add_argument("--preset", default="tiny")
+    v.add_argument("--domain", default="real_normal")
+    v.add_argument("--results-dir", type=Path, default=Path("results"))
+    v.add_argument("--weights-dir", type=Path, default=None)
+    v.add_argument("--data-root", default=None)
+    v.add_argument("--dataset-config", default=None)
+    v.add_argument("--no-frd", action="store_true")
     pf = sub.add_parser("perf", help="throughput of the scorer and of each method's translate")
     pf.add_argument("--methods", nargs="+", default=["identity", "histmatch"])
     pf.add_argument("--n-images", type=int, default=256)
@@ -220,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
-                "perf": cmd_perf, "weights": cmd_weights}[args.command](args)
+                "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity}[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunError, WeightsUnavailable) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)

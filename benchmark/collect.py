@@ -124,9 +124,14 @@ def test_records(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"] if "split" in df else df
 
 
-def summary(df: pd.DataFrame) -> pd.DataFrame:
+def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, preset, task, method, knob value) of the test records: `<m>` mean, `<m>_lo/_hi`
-    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of seeds x sources whose validation chose it)."""
+    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of seeds x sources whose validation chose it).
+
+    Args:
+        valid_realism: {(dataset, preset): realism metrics that passed `benchmark.validity`}; realism is ranked
+            only by those where the check was run.
+    """
     df = test_records(df)
     metrics = [m for m in TABLE_METRICS + EXTRA if m in df.columns]
     per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
@@ -147,12 +152,16 @@ def summary(df: pd.DataFrame) -> pd.DataFrame:
             row[f"{m}_lo"], row[f"{m}_hi"] = lo, hi
             row[f"{m}_ci"] = (hi - lo) / 2 if reps is not None else half
         rows.append(row)
-    return add_ranks(pd.DataFrame(rows))
+    out = pd.DataFrame(rows)
+    out.attrs["valid_realism"] = valid_realism or {}
+    return add_ranks(out)
 
 
-def realism_metric(df: pd.DataFrame) -> str | None:
-    """The realism metric to rank and plot by: the first of REALISM_RANK_ORDER that every row has."""
-    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all()), None)
+def realism_metric(df: pd.DataFrame, valid: list[str] | None = None) -> str | None:
+    """The realism metric to rank and plot by: the first of REALISM_RANK_ORDER that every row has (and, given the
+    metric-validity results `valid`, that passed them)."""
+    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all() and (valid is None or m in valid)),
+                None)
 
 
 def is_reference(method: str) -> bool:
@@ -181,9 +190,10 @@ def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
     for col in list(RANKS) + ["avg_rank", "realism_by"]:
         out[col] = np.nan if col != "realism_by" else None
     ranked = out[~out["method"].map(is_reference)]
-    for _, part in ranked.groupby(["dataset", "preset", "task"], sort=False):
+    validity = out.attrs.get("valid_realism", {})
+    for (dataset, preset, _), part in ranked.groupby(["dataset", "preset", "task"], sort=False):
         for col, metric in RANKS.items():
-            metric = metric or realism_metric(part)
+            metric = metric or realism_metric(part, validity.get((dataset, preset)))
             if metric is None or metric not in part or part[metric].isna().any():
                 continue
             lo, hi = (part.get(f"{metric}{s}", pd.Series(np.nan, index=part.index)) for s in ("_lo", "_hi"))
@@ -252,12 +262,18 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
         return row["knob_value"] in grid
 
     configured, with_variants = split_variants(table[table.apply(on_grid, axis=1)])
+
+    def ranked(part: pd.DataFrame) -> pd.DataFrame:
+        part = part.reset_index(drop=True)
+        part.attrs["valid_realism"] = table.attrs.get("valid_realism", {})
+        return add_ranks(part)
+
     if not variants:
-        return add_ranks(configured.reset_index(drop=True))
+        return ranked(configured)
     order = with_variants.assign(_base=with_variants["method"].map(base_method))
     order = order.assign(_variant=order["method"] != order["_base"])
     order = order.sort_values(["task", "_base", "_variant", "method"], kind="stable")
-    return add_ranks(order.drop(columns=["_base", "_variant"]).reset_index(drop=True))
+    return ranked(order.drop(columns=["_base", "_variant"]))
 
 
 def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:

@@ -101,6 +101,11 @@ def read_records(path: Path) -> list[dict]:
     return records
 
 
+def of_split(records: list[dict], split: str = "test") -> list[dict]:
+    """The records of one split (test records may predate the field; validation records carry `split = "val"`)."""
+    return [r for r in records if r.get("split", "test") == split]
+
+
 def records_text(records: list[dict]) -> str:
     return "".join(json.dumps(r, default=str) + "\n" for r in records)
 

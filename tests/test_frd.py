@@ -6,7 +6,7 @@ import pytest
 
 from benchmark.radiomics import frd_from_features, quantize16
 from benchmark.config import RunSpec
-from benchmark.records import RunError, read_records
+from benchmark.records import RunError, read_records, of_split
 from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 
@@ -67,20 +67,20 @@ def test_rescore_adds_the_new_metric_and_keeps_the_recorded_values(tmp_path, tin
     old_scorer = Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", frd=False)
     old_ctx = RunContext(results, old_scorer, quiet=True)
     first = run_one(spec, old_ctx)
-    assert all(r["frd"] is None and "--no-frd" in r["unavailable"]["frd"] for r in first)
+    assert all(r["frd"] is None and "--no-frd" in r["unavailable"]["frd"] for r in of_split(first))
     new_scorer = Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", radiomics=MeanStdFeatures())
     assert run_one(spec, RunContext(results, new_scorer, quiet=True)) == first  # without rescore: untouched
     config = (spec.folder(results) / "config.json").read_text()
     again = run_one(spec, RunContext(results, new_scorer, quiet=True, rescore=True))
     assert len(again) == len(first) and (spec.folder(results) / "config.json").read_text() == config
-    for old, new in zip(first, again):
+    for old, new in zip(of_split(first), of_split(again)):
         assert np.isfinite(new["frd"]) and "frd" not in new["unavailable"]
         assert new["rescored"]["metrics"] == ["frd"] and new["rescored"]["max_abs_diff"] == 0.0
         added = ("frd", "frd_lo", "frd_hi", "unavailable", "rescored", "boot", "_sha")
         assert {k: v for k, v in new.items() if k not in added} == {k: v for k, v in old.items() if k not in added}
         assert len(new["boot"]["frd"]) == 200 and {k: new["boot"][k] for k in old["boot"]} == old["boot"]
     assert read_records(spec.folder(results) / "records.jsonl") == again  # checksums rewritten
-    by_src = {r["source"]: r["frd"] for r in again if r["knob_value"] == 1.0}
+    by_src = {r["source"]: r["frd"] for r in of_split(again) if r["knob_value"] == 1.0}
     assert by_src["syn_low"] != by_src["syn_high"]
 
 
@@ -106,6 +106,6 @@ def test_rescore_cli_reports_runs(tmp_path, tiny, capsys, monkeypatch):
     monkeypatch.setattr("benchmark.scorer.RadiomicsFeatures", MeanStdFeatures)
     assert main(["rescore", "--results-dir", str(results), "--weights-dir", str(tmp_path / "w")]) == 0
     assert "2 record(s) re-scored" in capsys.readouterr().out
-    assert all(r["frd"] is not None for r in read_records(spec.folder(results) / "records.jsonl"))
+    assert all(r["frd"] is not None for r in of_split(read_records(spec.folder(results) / "records.jsonl")))
     cfg = json.loads((spec.folder(results) / "config.json").read_text())
     assert cfg["spec"]["method"] == "identity"

@@ -5,7 +5,7 @@ import pytest
 
 from benchmark.__main__ import main
 from benchmark.config import RunSpec, resolve_config
-from benchmark.records import RECORD_KEYS, RunError, read_records
+from benchmark.records import RECORD_KEYS, RunError, read_records, of_split
 from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 
@@ -17,16 +17,18 @@ def ctx(tmp_path, data_root):
 
 
 def test_identity_and_histmatch_records(ctx, tiny):
-    recs = run_one(RunSpec("identity", data_root=str(tiny.root.parent.parent)), ctx)  # the real protocol: tiny
+    recs = of_split(run_one(RunSpec("identity", data_root=str(tiny.root.parent.parent)), ctx))  # protocol: tiny
     assert len(recs) == 2  # two sources, one point
     r = recs[0]
     assert set(RECORD_KEYS) <= set(r) and r["knob"] is None and r["knob_value"] is None
-    assert r["ssim_src"] == pytest.approx(1.0) and r["n_images"] == 180 and r["nfe"] == 0
-    assert r["n_subjects"] == 30 and r["n_real"] == 18 * 6 and r["protocol"] == 2  # realism vs the ref split
+    assert r["ssim_src"] == pytest.approx(1.0) and r["nfe"] == 0
+    # sim2real translates each of the 180 test scenes once, the sources alternating by subject
+    assert [x["n_images"] for x in recs] == [90, 90] and [x["n_subjects"] for x in recs] == [15, 15]
+    assert r["n_real"] == 18 * 6 and r["protocol"] == 2  # realism vs the ref split
     assert len(r["boot"]["ssim_gt"]) == 200 and r["ssim_gt_lo"] < r["ssim_gt"] < r["ssim_gt_hi"]
     assert r["fid"] is None and "make weights" in r["unavailable"]["fid"]
     assert r["ssim_gt"] < 0.9  # the domain gap is real
-    hm = run_one(RunSpec("histmatch", data_root=str(tiny.root.parent.parent)), ctx)
+    hm = of_split(run_one(RunSpec("histmatch", data_root=str(tiny.root.parent.parent)), ctx))
     assert [x["knob_value"] for x in hm] == [1.0, 0.5, 1.0, 0.5]
     by_src = {x["source"]: x for x in hm if x["knob_value"] == 1.0}
     for rec in recs:
@@ -120,9 +122,9 @@ def test_sampling_only_change_reuses_the_fit(ctx, micro):
 
     base = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
                    overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
-    first = run_one(base, ctx)
+    first = of_split(run_one(base, ctx))
     swept = replace(base, overrides=base.overrides + (("guidance", 1.0),))
-    second = run_one(swept, ctx)
+    second = of_split(run_one(swept, ctx))
     cfg = json.loads((swept.folder(ctx.results_dir) / "config.json").read_text())
     domains = micro.domains
     assert cfg["fit_from"] == base.folder(ctx.results_dir).name and cfg["fit_key"] == fit_key(

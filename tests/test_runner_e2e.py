@@ -17,6 +17,7 @@ def test_make_benchmark_identity(tmp_path, data_root):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     records = [json.loads(line) for f in tmp_path.glob("runs/identity/*/*/records.jsonl") for line in f.open()]
+    records = [r for r in records if r["split"] == "test"]
     assert len(records) == 2 and all(r["ssim_src"] == 1.0 for r in records)
     assert (tmp_path / "runs/identity").exists() and list(tmp_path.glob("runs/identity/*/*/done"))
     table = pd.read_csv(tmp_path / "tables/summary.csv")
