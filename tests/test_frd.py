@@ -109,3 +109,12 @@ def test_rescore_cli_reports_runs(tmp_path, tiny, capsys, monkeypatch):
     assert all(r["frd"] is not None for r in of_split(read_records(spec.folder(results) / "records.jsonl")))
     cfg = json.loads((spec.folder(results) / "config.json").read_text())
     assert cfg["spec"]["method"] == "identity"
+
+
+def test_parallel_extraction_equals_serial(tiny):
+    pytest.importorskip("frd_score")
+    from benchmark.radiomics import RadiomicsFeatures
+
+    x = tiny.images("real_normal", "test")[0][:RadiomicsFeatures.PARALLEL_MIN + 2]
+    serial, parallel = RadiomicsFeatures(workers=1), RadiomicsFeatures(workers=2)
+    np.testing.assert_array_equal(parallel(x), serial(x))
