@@ -11,7 +11,7 @@ ARGS    ?=
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup frd benchmark test test-slow data preview collect rescore figures regress weights perf clean
+.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures regress weights perf clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,8 +34,12 @@ benchmark: $(VENV)/.installed  ## train + score METHOD (name|all) on DATASET/PRE
 	$(PY) -m benchmark run --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) --results-dir $(RESULTS) $(ARGS)
 	$(PY) -m benchmark collect --results-dir $(RESULTS)
 
-test: $(VENV)/.installed  ## fast CPU test suite (what CI runs)
+test: $(VENV)/.installed  ## lint, then the fast CPU test suite (what CI runs)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed  ## ruff: pyflakes, pycodestyle, import order, bugbear
+	$(PY) -m ruff check .
 
 test-slow: $(VENV)/.installed  ## the slow tests kept out of CI
 	$(PY) -m pytest -q -m slow

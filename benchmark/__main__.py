@@ -138,7 +138,7 @@ def cmd_rescore(args) -> int:
     import torch
 
     from benchmark.config import finished_specs
-    from benchmark.records import read_records, of_split
+    from benchmark.records import of_split, read_records
     from benchmark.rescore import stale_metrics
     from benchmark.run import RunContext, run_one
     from benchmark.scorer import Scorer

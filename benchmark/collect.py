@@ -139,7 +139,7 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
     records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}
     rows = []
     for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
-        row = dict(zip(GROUP, key), n_seeds=len(g))
+        row = dict(zip(GROUP, key, strict=True), n_seeds=len(g))
         if "val_choice" in records[key]:
             row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).mean())
         for m in metrics:
@@ -177,7 +177,7 @@ def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better
     if lo.isna().all():
         lo, hi = mean, mean
     lo, hi = lo.fillna(mean), hi.fillna(mean)
-    better = [(lo > h).sum() if higher_is_better else (hi < low).sum() for low, h in zip(lo, hi)]
+    better = [(lo > h).sum() if higher_is_better else (hi < low).sum() for low, h in zip(lo, hi, strict=True)]
     return pd.Series(1 + np.asarray(better, float), index=mean.index)
 
 
@@ -222,7 +222,7 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     """Human table: arrows in headers, mean ± CI, best value per task in bold."""
     shown = [m for m in TABLE_METRICS if m in table and table[m].notna().any()]
     rows = []
-    for idx, r in table.iterrows():
+    for _, r in table.iterrows():
         knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "–"
         row = {"task": r["task"], "method": r["method"], "knob": knob}
         if "n_seeds" in table:

@@ -101,7 +101,7 @@ def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ss
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.0 * len(metrics), 3.8))
     selected = test_records(df[df["task"] == task]).groupby(["method", "seed"])["selected_step"].first() \
         if "selected_step" in df else pd.Series(dtype=float)
-    for ax, metric in zip(axes, metrics):
+    for ax, metric in zip(axes, metrics, strict=True):
         for method, g in curve.groupby("method", sort=False):
             style = method_style(method)
             mean = g.groupby("step")[[metric, "flops"]].mean().sort_index()
@@ -132,7 +132,7 @@ def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
     paths = []
     for task in df["task"].unique():
         # the methods as configured; then the methods that have --set variants on this task, with those variants
-        for suffix, part in zip(("", "-variants"), split_variants(df[df["task"] == task])):
+        for suffix, part in zip(("", "-variants"), split_variants(df[df["task"] == task]), strict=True):
             if part.empty:
                 continue
             fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))

@@ -41,6 +41,7 @@ def main(args) -> int:
             method.counts.fill_(1.0)  # histmatch: uniform histograms stand in for fitted ones
         knob = method.knob_grid[0]
         m = min(n, 16)
-        sec = _time(lambda: method.translate(x_src[:m], "syn_low", "real_normal", knob), repeat=1)
+        sec = _time(lambda method=method, m=m, knob=knob: method.translate(x_src[:m], "syn_low", "real_normal", knob),
+                    repeat=1)
         print(f"{m / sec:10.1f}  {name}.translate (default config, knob {knob}, nfe {method.nfe(knob)})", flush=True)
     return 0

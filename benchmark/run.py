@@ -48,8 +48,19 @@ import torch
 from . import validation as V
 from .budget import flops_per_iteration, iterations_for, preset_budget
 from .config import RunSpec, find_donor, fit_key, resolve_config, setting
-from .records import (PROTOCOL_VERSION, RECORD_KEYS, RunError, atomic_write, clean_stale_temporaries, pid_alive,
-                      read_records, seal, verify_done, write_done, write_records)
+from .records import (
+    PROTOCOL_VERSION,
+    RECORD_KEYS,
+    RunError,
+    atomic_write,
+    clean_stale_temporaries,
+    pid_alive,
+    read_records,
+    seal,
+    verify_done,
+    write_done,
+    write_records,
+)
 from .rescore import merge_rescored, stale_metrics
 
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
@@ -148,7 +159,7 @@ class RunLock:
                     continue
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
                 raise RunError(f"{self.path.parent} is being run by pid {owner.get('pid')} on {owner.get('host')} "
-                               f"(since {since}); wait for it, or delete {self.path} if that process is gone")
+                               f"(since {since}); wait for it, or delete {self.path} if that process is gone") from None
             with os.fdopen(fd, "w") as f:
                 f.write(me)
             return self

@@ -55,6 +55,13 @@ def degrade(x: torch.Tensor, kind: str, strength: int, seed: int = 0) -> torch.T
 DEGRADATIONS = ("noise", "blur", "gamma")
 
 
+def rising(values) -> bool:
+    """Strictly increasing."""
+    from itertools import pairwise
+
+    return all(b > a for a, b in pairwise(values))
+
+
 def native_radiomics():
     """FRD's radiomic features without the 2 mm resampling (for the sensitivity comparison only)."""
     from .radiomics import RadiomicsFeatures
@@ -86,7 +93,7 @@ def metric_validity(dataset, scorer, domain: str, native_frd: bool = False) -> d
             if native is not None:
                 values.setdefault("frd_native", {}).setdefault(kind, []).append(
                     frd_from_features(native_ref, native(x)))
-    passed = {m: all(all(b > a for a, b in zip(v, v[1:])) for v in per.values()) for m, per in values.items()}
+    passed = {m: all(rising(v) for v in per.values()) for m, per in values.items()}
     return dict(values=values, passed=passed, n_images=len(x_real), n_reference=ref.n, domain=domain)
 
 

@@ -154,7 +154,7 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
     out = np.zeros((len(MATERIALS), n_rays))
     for lo in range(0, n_rays, chunk):
         d = flat[lo:lo + chunk]
-        t0, t1 = zip(*(chord_intervals(source, d, p) for p in prims))
+        t0, t1 = zip(*(chord_intervals(source, d, p) for p in prims), strict=True)
         t0, t1 = np.stack(t0, 1), np.stack(t1, 1)  # (r, K)
         hit = (t1 > t0).any(axis=0)  # cull primitives no ray of this block meets (painting order kept)
         t0, t1, block_material = t0[:, hit], t1[:, hit], material_of[hit]

@@ -40,10 +40,10 @@ import torch.nn.functional as F
 
 from .base import TranslationMethod
 from .components.autoencoder import FirstStage, cached_autoencoder, load_pretrained, make_autoencoder
-from .components.ema import EMA
-from .components.schedules import warmup_cosine
 from .components.coupling import couple
+from .components.ema import EMA
 from .components.paths import make_path
+from .components.schedules import warmup_cosine
 from .components.solvers import SOLVER_EVALS, integrate, n_steps
 from .components.unet import make_unet
 

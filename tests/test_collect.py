@@ -103,7 +103,7 @@ def test_mixed_protocols_and_two_fits_of_one_point_are_refused(tmp_path):
 def test_markdown_has_arrows_bold_best_and_single_points(table):
     md = formatted(table)
     assert "FID ↓" in md.columns and "SSIM (src) ↑" in md.columns
-    fid = dict(zip(md["method"] + md["knob"], md["FID ↓"]))
+    fid = dict(zip(md["method"] + md["knob"], md["FID ↓"], strict=True))
     assert fid["cyclegan–"].startswith("**152.0") and not fid["identity–"].startswith("**")
     assert set(md[md["method"] == "cyclegan"]["knob"]) == {"–"}  # no knob: one point
 

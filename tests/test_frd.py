@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from benchmark.radiomics import frd_from_features, quantize16
 from benchmark.config import RunSpec
-from benchmark.records import RunError, read_records, of_split
+from benchmark.radiomics import frd_from_features, quantize16
+from benchmark.records import RunError, of_split, read_records
 from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 
@@ -73,7 +73,7 @@ def test_rescore_adds_the_new_metric_and_keeps_the_recorded_values(tmp_path, tin
     config = (spec.folder(results) / "config.json").read_text()
     again = run_one(spec, RunContext(results, new_scorer, quiet=True, rescore=True))
     assert len(again) == len(first) and (spec.folder(results) / "config.json").read_text() == config
-    for old, new in zip(of_split(first), of_split(again)):
+    for old, new in zip(of_split(first), of_split(again), strict=True):
         assert np.isfinite(new["frd"]) and "frd" not in new["unavailable"]
         assert new["rescored"]["metrics"] == ["frd"] and new["rescored"]["max_abs_diff"] == 0.0
         added = ("frd", "frd_lo", "frd_hi", "unavailable", "rescored", "boot", "_sha")

@@ -5,7 +5,7 @@ import pytest
 
 from benchmark.__main__ import main
 from benchmark.config import RunSpec, resolve_config
-from benchmark.records import RECORD_KEYS, RunError, read_records, of_split
+from benchmark.records import RECORD_KEYS, RunError, of_split, read_records
 from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 

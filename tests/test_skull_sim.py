@@ -71,7 +71,7 @@ def test_generation_is_deterministic(tmp_path, tiny):
     for r in rows:
         assert r["checksum"] == ref.loc[r["id"], "checksum"], r["id"]
     rows_other_seed = render_subject((tmp_path, 1, 4, "tiny", False))
-    assert any(a["checksum"] != b["checksum"] for a, b in zip(rows, rows_other_seed))
+    assert any(a["checksum"] != b["checksum"] for a, b in zip(rows, rows_other_seed, strict=True))
 
 
 def test_png_is_16_bit_not_squashed(tiny):

@@ -21,7 +21,7 @@ class EMA(nn.Module):
         self.num_updates += 1
         n = float(self.num_updates)
         d = min(self.decay, (1 + n) / (10 + n))
-        for p_ema, p in zip(self.shadow.parameters(), model.parameters()):
+        for p_ema, p in zip(self.shadow.parameters(), model.parameters(), strict=True):
             p_ema.lerp_(p.detach(), 1 - d)
-        for b_ema, b in zip(self.shadow.buffers(), model.buffers()):
+        for b_ema, b in zip(self.shadow.buffers(), model.buffers(), strict=True):
             b_ema.copy_(b)

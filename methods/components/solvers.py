@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Callable
 
 import torch
@@ -33,7 +34,7 @@ def integrate(velocity: Callable[[torch.Tensor, float], torch.Tensor], x: torch.
         raise ValueError(f"unknown solver {method!r}; available: {', '.join(SOLVER_EVALS)}")
     n = n_steps(t_start, t_end, step_size)
     ts = torch.linspace(t_start, t_end, n + 1, dtype=torch.float64).tolist()
-    for t0, t1 in zip(ts[:-1], ts[1:]):
+    for t0, t1 in pairwise(ts):
         h = t1 - t0
         # 1. slope at the start of the step
         d0 = velocity(x, t0)

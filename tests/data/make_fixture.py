@@ -24,7 +24,7 @@ def main() -> None:
     lines = []
     for (method, knob, value), seeds in VALUES.items():
         for seed, per_source in enumerate(seeds):
-            for source, (ssim_src, ssim_gt, nps, w1, fid) in zip(("syn_low", "syn_high"), per_source):
+            for source, (ssim_src, ssim_gt, nps, w1, fid) in zip(("syn_low", "syn_high"), per_source, strict=True):
                 rec = {k: None for k in RECORD_KEYS}
                 rec.update(method=method, dataset="skull-sim", preset="tiny", task="sim2real", seed=seed, source=source,
                            target="real_normal", knob=knob, knob_value=value, n_images=36, ssim_src=ssim_src,
