@@ -8,22 +8,18 @@ import pandas as pd
 from .collect import base_method, load_records, realism_metric, split_variants, summary, test_records
 from .metrics import METRICS
 
-STYLE = {  # one place for each method's look
-    "identity": dict(color="black", marker="s", label="no translation"),
-    "histmatch": dict(color="tab:gray", marker="D", label="histogram matching"),
-    "medshift": dict(color="tab:red", marker="o", label="MedShift (τ)"),
-    "cyclegan": dict(color="tab:blue", marker="^", label="CycleGAN"),
-    "sdedit": dict(color="tab:green", marker="v", label="SDEdit (strength)"),
-    "contourdiff": dict(color="tab:purple", marker="P", label="ContourDiff"),
-}
 VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def method_style(method: str, n_variant: int = 0) -> dict:
-    """A method's look; a variant "medshift (guidance=3.0)" keeps its method's marker in its own colour."""
-    if method in STYLE:
-        return dict(STYLE[method])
-    base = STYLE.get(base_method(method), dict(marker="o"))
+    """A method's look (its declared `style`); a variant "medshift (guidance=3.0)" keeps its method's marker in its
+    own colour."""
+    from methods import METHODS
+
+    cls = METHODS.get(base_method(method))
+    base = {"marker": "o", "label": method, **(cls.style if cls is not None else {})}
+    if cls is not None and method == base_method(method):
+        return base
     return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
 
 
@@ -57,7 +53,7 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
     for method, g in means.groupby("method", sort=False):
         style = method_style(method, variants)
         style["label"] += f", {n_seeds[method]} seed{'s' if n_seeds[method] > 1 else ''}"
-        variants += method not in STYLE
+        variants += method != base_method(method)
         knobbed = g["knob"].iloc[0] != ""
         if knobbed:
             g = g.sort_values(x)

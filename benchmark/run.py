@@ -190,9 +190,21 @@ def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext):
 
     task = get_task(spec.tasks[0], dataset.domains)
     domains = type(method).training_domains(dataset.domains, task.sources, task.target)
-    return TranslationDataModule(dataset, domains, batch_size=int(method.hparams.get("batch_size", 16)),
-                                 seed=spec.seed, pairing=type(method).pairing, target=task.target,
-                                 cache_dir=ctx.results_dir / "cache", drop_last=type(method).drop_last)
+    return TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, seed=spec.seed,
+                                 pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last)
+
+
+def prepare(spec: RunSpec, method, dataset, ctx: RunContext) -> None:
+    """Hand the method what it may derive from the training data before a fit (`TranslationMethod.prepare_fit`)."""
+    from datasets import get_task
+    from methods import FitData
+
+    task = get_task(spec.tasks[0], dataset.domains)
+    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
+    method.prepare_fit(FitData(train_images=lambda: dataset.load(dataset.rows(domains, "train")),
+                               cache_dir=ctx.results_dir / "cache",
+                               identity=dict(dataset=dataset.name, config=dataset.config, split=dataset.split_hash,
+                                             domains=list(domains))))
 
 
 def budget_plan(spec: RunSpec, config: dict, dataset, ctx: RunContext, folder: Path) -> dict:
@@ -211,6 +223,7 @@ def budget_plan(spec: RunSpec, config: dict, dataset, ctx: RunContext, folder: P
         if old.get("budget") == budget and old.get("flops_per_iteration"):
             return old
     method = _build(spec, dataset, config)
+    prepare(spec, method, dataset, ctx)
     flops = flops_per_iteration(method, _datamodule(spec, method, dataset, ctx))
     return dict(budget=budget, flops_per_iteration=flops, max_steps=iterations_for(budget, flops))
 
@@ -330,8 +343,9 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         _load_weights(method, selected)
         return json.loads(info_path.read_text())
     info = json.loads(info_path.read_text()) if info_path.is_file() else dict(segments=[], fit_from=None)
-    iterations = int(method.hparams.get("max_steps", 0) or 0) if method.trainer_settings(spec.max_steps).get(
-        "max_steps") else 0
+    prepare(spec, method, dataset, ctx)
+    per_iteration = type(method).optimizer_steps_per_iteration
+    iterations = method.trainer_settings(spec.max_steps).get("max_steps", 0) // per_iteration
     steps = V.curve_steps(iterations) if iterations > 0 else []
     curve = None
     if steps:
@@ -350,7 +364,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
     info.update(train_sec=sum(s["sec"] for s in info["segments"]), train_steps=iters, selected_step=step,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
                 train_flops=per_iter_flops * iters if per_iter_flops else None,
-                images_seen=iters * int(method.hparams.get("batch_size", 0) or 0) if iters else 0,
+                images_seen=iters * method.train_batch_size,
                 selection_metric=V.selection_metric(chosen) if chosen else None)
     atomic_write(info_path, json.dumps(info))
     return info

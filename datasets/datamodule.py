@@ -1,8 +1,6 @@
 """The LightningDataModule that serves training batches to every method."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -56,13 +54,11 @@ class TranslationDataModule(L.LightningDataModule):
         pairing: "mixed" or "unpaired" (a method's declared `pairing`).
         target: The task's target domain (side B) for "unpaired".
         drop_last: Drop the incomplete last batch (a method's declared `drop_last`; False for one-pass statistics).
-        cache_dir: Where methods cache what they derive from the data (MedShift's suite autoencoder); the
-            runner passes `<results-dir>/cache`. None: `$XRAYBENCH_CACHE`, else `results/cache`.
     """
 
     def __init__(self, dataset: XrayDataset, domains: tuple[str, ...], batch_size: int = 16,
                  split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None,
-                 cache_dir: Path | None = None, drop_last: bool = True):
+                 drop_last: bool = True):
         super().__init__()
         if pairing not in ("mixed", "unpaired"):
             raise ValueError(f"unknown pairing {pairing!r}; use mixed or unpaired")
@@ -70,7 +66,7 @@ class TranslationDataModule(L.LightningDataModule):
             raise ValueError(f"unpaired batches need the target domain among {domains}, got {target!r}")
         self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
         self.split, self.seed = split, seed
-        self.pairing, self.target, self.cache_dir, self.drop_last = pairing, target, cache_dir, drop_last
+        self.pairing, self.target, self.drop_last = pairing, target, drop_last
         self._train: Dataset | None = None
 
     def _images(self, domains: tuple[str, ...]) -> _Images:
@@ -93,11 +89,3 @@ class TranslationDataModule(L.LightningDataModule):
         g = torch.Generator().manual_seed(self.seed)
         return DataLoader(self._train, batch_size=self.batch_size, shuffle=True,
                           drop_last=self.drop_last and len(self._train) > self.batch_size, generator=g, num_workers=0)
-
-    def train_images(self) -> torch.Tensor:
-        """Every training image served (all training domains), (N, 1, H, W) in [-1, 1]."""
-        return self.dataset.load(self.dataset.rows(self.domains, self.split))
-
-    def domain_images(self, domain: str, split: str | None = None) -> torch.Tensor:
-        """All images of one domain in a split (default: the training split)."""
-        return self.dataset.images(domain, split or self.split)[0]

@@ -1,7 +1,7 @@
 """Registry of translation methods: name -> `TranslationMethod` subclass (keys equal file names)."""
 from __future__ import annotations
 
-from .base import TranslationMethod
+from .base import FitData, TranslationMethod
 from .contourdiff import ContourDiff
 from .cyclegan import CycleGAN
 from .histmatch import HistMatch
@@ -25,4 +25,4 @@ def get_method(name: str) -> type[TranslationMethod]:
     return METHODS[name]
 
 
-__all__ = ["METHODS", "TranslationMethod", "get_method"]
+__all__ = ["METHODS", "FitData", "TranslationMethod", "get_method"]

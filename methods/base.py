@@ -1,26 +1,53 @@
 """`TranslationMethod`: the one interface between the benchmark and every method.
 
-The runner calls only Lightning's fit hooks and `translate`, reads the declared knob, and never asks
-which method it holds. Methods never compute benchmark metrics.
+The runner reads only what this class declares, calls `prepare_fit`, Lightning's fit hooks and `translate`,
+and never asks which method it holds. Methods never compute benchmark metrics and never reach into the
+Trainer's datamodule. `methods/template.py` is a complete minimal method to copy.
 
-Contract for a subclass:
-* constructor: typed keyword arguments with defaults (its config), first the four the runner fills
-  in from the data - `domains` (the dataset's domain names; domain index = position), `sources`,
-  `target` (the task) and `image_size` - then `save_hyperparameters()`;
-* `knob_name` / `knob_grid` (table values, first = headline) / `knob_curve` (dense values for
-  curves) as class attributes; `knob_name = None` means a single point; `pairing` (batch layout);
+The whole contract of a subclass:
+* constructor: typed keyword arguments with defaults (its config; `--set` values are checked against
+  these types), first the four the runner fills in from the data - `domains` (the dataset's domain
+  names; domain index = position), `sources`, `target` (the task) and `image_size` - then
+  `save_hyperparameters()`. A learned method has `max_steps` (iterations of its own loop; the runner
+  sets it from the preset's FLOP budget) and `batch_size` settings;
+* class attributes: `knob_name` / `knob_grid` (table values; the first is the default knob value) /
+  `knob_curve` (dense values for curves), `knob_name = None` for a single point; `pairing` (batch
+  layout); `sampling_settings` (config keys that only change translation: a run differing from a
+  finished one only in these re-uses its fit); `optimizer_steps_per_iteration` (for Lightning's step
+  count); `drop_last`; `reference_row` (shown unranked); `style` (colour, marker, label in figures);
+  `smoke_settings` (the smallest config that exercises its code paths, used by the contract test);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
-* Lightning's `training_step` / `configure_optimizers`; `trainer_settings()` for its training budget;
+* `train_batch_size` and `trainer_settings(max_steps)`: its batch size and training length (defaults
+  read the `batch_size` / `max_steps` settings and fail loudly without them);
+* `prepare_fit(data: FitData)`: anything it must derive from the training data before fitting
+  (MedShift's suite autoencoder); the runner calls it before every fit;
+* Lightning's `training_step` / `configure_optimizers`;
 * `translate(images, source, target, knob_value)` and `nfe(knob_value)` (network evaluations per image);
-* `sampling_settings`: config keys that only change translation, not training (the runner reuses a
-  finished fit when a run differs from it only in these).
+  `knob(knob_value)` maps None to the default knob value.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ClassVar
 
 import lightning as L
 import torch
+
+
+@dataclass(frozen=True)
+class FitData:
+    """What a method may need from the data before fitting, handed over by the runner.
+
+    Attributes:
+        train_images: Returns every training image of the method's training domains, (N, 1, H, W) in [-1, 1].
+        cache_dir: Where to cache what the method derives from the data (the runner's `<results>/cache`).
+        identity: What identifies that data (dataset, config, split hash, domains): a cache key.
+    """
+
+    train_images: Callable[[], torch.Tensor]
+    cache_dir: Path
+    identity: dict
 
 
 class TranslationMethod(L.LightningModule):
@@ -40,6 +67,10 @@ class TranslationMethod(L.LightningModule):
     reference_row: ClassVar[bool] = False
     #: Whether training batches drop the incomplete last batch (False for one-pass statistics: every image counts).
     drop_last: ClassVar[bool] = True
+    #: How figures draw it: {"color", "marker", "label"} (matplotlib names).
+    style: ClassVar[dict] = {"marker": "o"}
+    #: The smallest settings that still exercise every code path (the contract test fits with these).
+    smoke_settings: ClassVar[dict] = {}
 
     def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
         super().__init__()
@@ -51,14 +82,26 @@ class TranslationMethod(L.LightningModule):
         """Domains whose training images the method sees (default: the task's)."""
         return tuple(sources) + (target,)
 
+    @property
+    def train_batch_size(self) -> int:
+        """Training batch size: the `batch_size` setting (a method without one overrides this)."""
+        if "batch_size" not in self.hparams:
+            raise TypeError(f"{type(self).__name__} has no batch_size setting; add one or override train_batch_size")
+        return int(self.hparams["batch_size"])
+
     def trainer_settings(self, max_steps: int | None = None) -> dict:
         """Keyword arguments for `lightning.Trainer` that bound this method's training.
 
         Args:
             max_steps: Training iterations (`training_step` calls); None: the method's `max_steps` setting.
         """
-        steps = max_steps if max_steps is not None else int(self.hparams.get("max_steps", 0))
+        if max_steps is None and "max_steps" not in self.hparams:
+            raise TypeError(f"{type(self).__name__} has no max_steps setting; add one or override trainer_settings")
+        steps = max_steps if max_steps is not None else int(self.hparams["max_steps"])
         return {"max_steps": steps * self.optimizer_steps_per_iteration}
+
+    def prepare_fit(self, data: FitData) -> None:
+        """Derive what the method needs from the training data before fitting (default: nothing)."""
 
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         """Translate images of domain `source` to domain `target`.
@@ -91,6 +134,10 @@ class TranslationMethod(L.LightningModule):
 
     def labels(self, domain: str, n: int) -> torch.Tensor:
         return torch.full((n,), self.domain_index(domain), dtype=torch.long, device=self.device)
+
+    def knob(self, knob_value=None):
+        """`knob_value`, or the default knob value (the first of `knob_grid`) when None."""
+        return self.knob_grid[0] if knob_value is None else knob_value
 
     def check_knob(self, knob_value) -> None:
         if self.knob_name is None and knob_value is not None:

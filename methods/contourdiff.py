@@ -36,6 +36,9 @@ class ContourDiff(TranslationMethod):
     knob_grid = (1.0, 0.5)
     knob_curve = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
     sampling_settings = ("sampler", "num_inference_steps")
+    style = dict(color="tab:purple", marker="P", label="ContourDiff")
+    smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
+                          warmup_steps=1)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -72,13 +75,13 @@ class ContourDiff(TranslationMethod):
         return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.hparams.max_steps)}
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=1.0) -> torch.Tensor:
+    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         if target != self.target:
             raise KeyError(f"ContourDiff's DDPM was trained on {self.target!r}, not {target!r}")
-        level = 1.0 if knob_value is None else float(knob_value)
+        level = float(self.knob(knob_value))
         generator = torch.Generator().manual_seed(int(self.sample_seed))
         eps = self._eps(self.ema.shadow, contour_map(images))
         return self.core.denoise_from(eps, images.float(), level, generator)
 
-    def nfe(self, knob_value=1.0) -> int:
-        return self.core.nfe(1.0 if knob_value is None else float(knob_value))
+    def nfe(self, knob_value=None) -> int:
+        return self.core.nfe(float(self.knob(knob_value)))

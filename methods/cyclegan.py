@@ -28,6 +28,8 @@ class CycleGAN(TranslationMethod):
 
     pairing = "unpaired"
     optimizer_steps_per_iteration = 2  # generators, then discriminators: max_steps iterations = 2 * max_steps steps
+    style = dict(color="tab:blue", marker="^", label="CycleGAN")
+    smoke_settings = dict(ngf=8, ndf=8, n_blocks=1, max_steps=3)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, ngf: int = 64, ndf: int = 64, n_blocks: int | None = None,

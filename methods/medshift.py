@@ -38,7 +38,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import TranslationMethod
+from .base import FitData, TranslationMethod
 from .components.autoencoder import FirstStage, cached_autoencoder, load_pretrained, make_autoencoder
 from .components.coupling import couple
 from .components.ema import EMA
@@ -55,6 +55,9 @@ class MedShift(TranslationMethod):
     knob_grid = (0.6, 0.45, 0.3)
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
     sampling_settings = ("guidance", "solver", "step_size")
+    style = dict(color="tab:red", marker="o", label="MedShift (τ)")
+    smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, step_size=0.25, batch_size=4,
+                          warmup_steps=1)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -97,22 +100,21 @@ class MedShift(TranslationMethod):
         net = self.ema.shadow if use_ema else self.net
         return net(x_t, t * self.hparams.time_scale, class_labels=labels).sample
 
-    def on_fit_start(self) -> None:
+    def prepare_fit(self, data: FitData) -> None:
         """Latent mode with a suite autoencoder: train it on the training images (or take it from the cache)."""
         if self.first_stage is None or bool(self.first_stage_ready):
             return
-        dm = self.trainer.datamodule
         hp = self.hparams
         settings = dict(channels=list(hp.ae_channels), latent_channels=hp.ae_latent_channels, steps=hp.ae_steps)
-        identity = dict(dataset=dm.dataset.name, config=dm.dataset.config, split=dm.dataset.split_hash,
-                        domains=list(dm.domains))
-        ae, _ = cached_autoencoder(settings, identity, dm.train_images(), dm.cache_dir)
+        ae, _ = cached_autoencoder(settings, data.identity, data.train_images(), data.cache_dir)
         self.first_stage.ae.load_state_dict(ae.state_dict())
         self.first_stage.scale.fill_(float(ae.config.scaling_factor))
         self.first_stage_ready.fill_(True)
 
     def training_step(self, batch, batch_idx):
         x_1, labels = batch["image"], batch["domain"]
+        if self.first_stage is not None and not bool(self.first_stage_ready):
+            raise RuntimeError("MedShift latent mode: call prepare_fit (the runner does) before training")
         if self.first_stage is not None:
             x_1 = self.first_stage.encode(x_1, sample=True)
         drop = torch.rand(labels.shape, device=labels.device) < self.hparams.p_uncond
@@ -149,9 +151,9 @@ class MedShift(TranslationMethod):
         return v_null + guidance * (v_cond - v_null)
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=0.6,
+    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None,
                   guidance: float | None = None) -> torch.Tensor:
-        tau = 0.6 if knob_value is None else float(knob_value)
+        tau = float(self.knob(knob_value))
         if not 0.0 <= tau <= 1.0:
             raise ValueError(f"tau must be in [0, 1], got {tau}")
         if tau == 1.0:
@@ -168,8 +170,8 @@ class MedShift(TranslationMethod):
             x_hat = self.first_stage.decode(x_hat)
         return x_hat.clamp(-1.0, 1.0)
 
-    def nfe(self, knob_value=0.6, guidance: float | None = None) -> int:
-        tau = 0.6 if knob_value is None else float(knob_value)
+    def nfe(self, knob_value=None, guidance: float | None = None) -> int:
+        tau = float(self.knob(knob_value))
         w = self.hparams.guidance if guidance is None else guidance
         branches = 1 if w in (0.0, 1.0) else 2
         return 2 * n_steps(1.0, tau, self.hparams.step_size) * SOLVER_EVALS[self.hparams.solver] * branches

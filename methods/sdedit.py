@@ -34,6 +34,9 @@ class SDEdit(TranslationMethod):
     knob_grid = (0.1, 0.2, 0.3)
     knob_curve = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
     sampling_settings = ("sampler", "num_inference_steps", "repeats")
+    style = dict(color="tab:green", marker="v", label="SDEdit (strength)")
+    smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
+                          warmup_steps=1)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -69,15 +72,15 @@ class SDEdit(TranslationMethod):
         return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.hparams.max_steps)}
 
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=0.1) -> torch.Tensor:
+    def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         if target != self.target:
             raise KeyError(f"SDEdit's DDPM was trained on {self.target!r}, not {target!r}")
-        strength = 0.1 if knob_value is None else float(knob_value)
+        strength = float(self.knob(knob_value))
         generator = torch.Generator().manual_seed(int(self.sample_seed))
         x = images.float()
         for _ in range(self.hparams.repeats):
             x = self.core.denoise_from(self._eps(self.ema.shadow), x, strength, generator)
         return x
 
-    def nfe(self, knob_value=0.1) -> int:
-        return self.core.nfe(0.1 if knob_value is None else float(knob_value)) * self.hparams.repeats
+    def nfe(self, knob_value=None) -> int:
+        return self.core.nfe(float(self.knob(knob_value))) * self.hparams.repeats

@@ -242,7 +242,11 @@ def _fit_latent(tiny, tmp_path, **kw):
                space="latent", ae_channels=(8, 16), ae_latent_channels=2, ae_steps=3)
     cfg.update(kw)
     m = MedShift(tiny.domains, DOMAINS[:2], "real_normal", tiny.size, **cfg)
-    dm = TranslationDataModule(tiny, tiny.domains, batch_size=4, cache_dir=tmp_path)
+    from methods import FitData
+
+    m.prepare_fit(FitData(train_images=lambda: tiny.load(tiny.rows(tiny.domains, "train")), cache_dir=tmp_path,
+                          identity=dict(dataset=tiny.name, split=tiny.split_hash)))
+    dm = TranslationDataModule(tiny, tiny.domains, batch_size=4)
     trainer = L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(m, datamodule=dm)
@@ -250,7 +254,7 @@ def _fit_latent(tiny, tmp_path, **kw):
 
 
 def test_latent_mode_trains_caches_and_reuses_the_autoencoder(tiny, tmp_path, monkeypatch):
-    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path / "env"))  # the data module's cache_dir (the runner's) wins
+    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path / "env"))  # the runner's cache_dir (FitData) wins
     m, trainer = _fit_latent(tiny, tmp_path)
     cached = list((tmp_path / "autoencoders").iterdir())
     assert not (tmp_path / "env").exists()

@@ -6,24 +6,14 @@ import torch
 from datasets.datamodule import TranslationDataModule
 from methods import METHODS, TranslationMethod, get_method
 
-#: Smallest settings that still exercise each method's code paths.
-TINY = {
-    "medshift": dict(base_channels=8, channel_mults=(1, 2), max_steps=3, step_size=0.25, batch_size=4,
-                     warmup_steps=1),
-    "cyclegan": dict(ngf=8, ndf=8, n_blocks=1, max_steps=3),
-    "sdedit": dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
-                   warmup_steps=1),
-    "contourdiff": dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
-                        warmup_steps=1),
-}
-
 
 def _fit(name, tiny, precision="32-true", **extra):
+    """Fit with the method's declared `smoke_settings`, through the same declarations the runner reads."""
     cls = get_method(name)
     method = cls(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal", image_size=tiny.size,
-                 **{**TINY.get(name, {}), **extra})
+                 **{**cls.smoke_settings, **extra})
     doms = cls.training_domains(tiny.domains, ("syn_low", "syn_high"), "real_normal")
-    dm = TranslationDataModule(tiny, doms, batch_size=int(method.hparams.get("batch_size", 8)), pairing=cls.pairing,
+    dm = TranslationDataModule(tiny, doms, batch_size=method.train_batch_size, pairing=cls.pairing,
                                target="real_normal", drop_last=cls.drop_last)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, precision=precision, **method.trainer_settings())
@@ -52,13 +42,13 @@ def test_method_contract(name, tiny, tmp_path):
     assert restored.n_params == method.n_params
 
 
-@pytest.mark.parametrize("name", [n for n in METHODS if n in TINY])
+@pytest.mark.parametrize("name", [n for n, cls in METHODS.items() if cls.smoke_settings])
 def test_bf16_mixed_training(name, tiny):
     """`--precision bf16-mixed` (what a GPU run uses) trains unchanged: Lightning's CPU autocast runs the
     same code path, so dtype mistakes in a training step show up here without a GPU."""
     torch.manual_seed(0)
     before = get_method(name)(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal",
-                              image_size=tiny.size, **TINY[name]).state_dict()
+                              image_size=tiny.size, **get_method(name).smoke_settings).state_dict()
     torch.manual_seed(0)  # the same initial weights
     method, _ = _fit(name, tiny, precision="bf16-mixed")
     params = dict(method.named_parameters())
@@ -67,6 +57,32 @@ def test_bf16_mixed_training(name, tiny):
     assert changed and len(changed) > len(params) // 2  # the optimiser stepped (not NaN-skipped)
     y = method.translate(tiny.images("syn_low", "test")[0][:2], "syn_low", "real_normal", method.knob_grid[0])
     assert y.dtype == torch.float32 and torch.isfinite(y).all()
+
+
+def test_every_method_declares_what_the_runner_reads():
+    from benchmark.config import method_defaults
+
+    for name, cls in METHODS.items():
+        assert set(cls.sampling_settings) <= set(method_defaults(cls)), name
+        assert {"color", "marker", "label"} <= set(cls.style), name
+        m = cls(domains=("a", "b"), sources=("a",), target="b", image_size=16, **cls.smoke_settings)
+        assert m.train_batch_size >= 1 and "max_steps" in m.trainer_settings() or "max_epochs" in m.trainer_settings()
+        assert m.knob(None) == cls.knob_grid[0]
+        if cls.knob_name is not None:  # learned and analytic methods with a knob
+            assert m.nfe(None) == m.nfe(cls.knob_grid[0])
+
+
+def test_a_method_without_its_budget_settings_fails_loudly():
+    class Forgetful(TranslationMethod):
+        def __init__(self, domains=(), sources=(), target="", image_size=16):
+            super().__init__(domains, sources, target, image_size)
+            self.save_hyperparameters()
+
+    m = Forgetful()
+    with pytest.raises(TypeError, match="no batch_size setting"):
+        _ = m.train_batch_size
+    with pytest.raises(TypeError, match="no max_steps setting"):
+        m.trainer_settings()
 
 
 def test_registry_error_lists_names():
