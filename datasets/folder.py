@@ -48,13 +48,15 @@ def scan_folder(config: str | Path | dict, root: str | Path | None = None, skip_
     Args:
         config: Config dict, YAML path or name of a bundled config.
         root: Data root (overrides `config["root"]`).
-        skip_bad: Leave out unreadable files (listed in `dataset.config["skipped"]`) instead of failing.
+        skip_bad: Leave out unreadable files (listed in `dataset.config["skipped"]`) instead of failing; the
+            config's `skip_bad: true` does the same (the way to ask for it from the command line).
 
     Raises:
         FileNotFoundError: Root or a domain folder is missing.
         BadImageError: A file cannot be used (names the file), or sizes differ with no `size` configured.
     """
     cfg = load_config(config)
+    skip_bad = skip_bad or bool(cfg.get("skip_bad", False))
     root = Path(root or cfg.get("root") or "")
     if not str(root) or not root.is_dir():
         raise FileNotFoundError(f"data root {str(root)!r} is not a folder; pass --data-root or set 'root' in the "

@@ -109,6 +109,7 @@ def test_bad_files_are_named(tmp_path, kind):
     ds = scan_folder(CFG, tmp_path, skip_bad=True)
     assert len(ds.config["skipped"]) == 1 and bad.name in ds.config["skipped"][0]
     assert len(ds.manifest) == 4
+    assert len(scan_folder(dict(CFG, skip_bad=True), tmp_path).manifest) == 4  # the YAML key, as the CLI passes it
 
 
 def test_missing_and_empty_domain_folders(tmp_path):
