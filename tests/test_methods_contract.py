@@ -85,6 +85,23 @@ def test_a_method_without_its_budget_settings_fails_loudly():
         m.trainer_settings()
 
 
+def test_the_template_method_meets_the_contract(tiny, tmp_path):
+    """`methods/template.py` (what a newcomer copies) fits through the runner's declarations and learns its map."""
+    import methods
+    from methods.template import AffineIntensity
+
+    methods.METHODS["affine-template"] = AffineIntensity
+    try:
+        method, trainer = _fit("affine-template", tiny, max_steps=60, lr=0.05)
+    finally:
+        del methods.METHODS["affine-template"]
+    x = tiny.images("syn_low", "train")[0]
+    real = tiny.images("real_normal", "train")[0]
+    y = method.translate(x, "syn_low", "real_normal")
+    assert abs(y.mean() - real.mean()) < abs(x.mean() - real.mean())  # moved towards the target's moments
+    assert torch.equal(method.translate(x, "syn_low", "real_normal", 0.0), x)
+
+
 def test_registry_error_lists_names():
     with pytest.raises(KeyError, match="available: identity, histmatch"):
         get_method("nope")
