@@ -37,9 +37,9 @@ def cmd_run(args) -> int:
     import torch
 
     from benchmark.config import parse_set, plan, resolve_config
-    from benchmark.run import RunContext
+    from benchmark.run import RunContext, data_key
     from benchmark.scorer import Scorer
-    from datasets import DATASETS
+    from datasets import dataset_domains
     from methods import METHODS
 
     # every core unless the user pinned a count (OMP_NUM_THREADS), e.g. to run two benchmarks side by side
@@ -47,18 +47,8 @@ def cmd_run(args) -> int:
     for m in args.method:
         if m != "all" and m not in METHODS:
             raise KeyError(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
-    if args.dataset not in DATASETS:
-        raise KeyError(f"unknown dataset {args.dataset!r}; available: {', '.join(DATASETS)}")
-    if args.dataset == "skull-sim":
-        from datasets.skull_sim import DOMAINS, get_preset
-
-        get_preset(args.preset)
-        domains = DOMAINS
-    else:
-        from datasets import load_dataset
-
-        domains = load_dataset(args.dataset, preset=args.preset, data_root=args.data_root,
-                               config=args.dataset_config).domains
+    domains, loaded = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed,
+                                      data_root=args.data_root, config=args.dataset_config)
     specs = plan(args.method, args.seeds, args.task, domains, dataset=args.dataset, preset=args.preset,
                  data_seed=args.data_seed, max_steps=args.max_steps, budget=args.budget, overrides=parse_set(args.set),
                  curve=args.curve, accelerator=args.accelerator, precision=args.precision,
@@ -77,6 +67,8 @@ def cmd_run(args) -> int:
         ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
                                                          clip_dir=args.clip_dir, frd=not args.no_frd),
                          progress=progress, quiet=args.quiet)
+        if loaded is not None:  # a folder dataset was scanned to learn its domains: not again
+            ctx.datasets[data_key(specs[0])] = loaded
         _prepare_data(specs[0], ctx, progress)
         overall = progress.add_task("runs", total=len(specs))
         records = []

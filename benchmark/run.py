@@ -94,6 +94,11 @@ class RunContext:
         return self._val_scorer
 
 
+def data_key(spec: RunSpec) -> tuple:
+    """What identifies a spec's loaded dataset within one invocation."""
+    return (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
+
+
 def load_data(spec: RunSpec, ctx: RunContext, progress=None):
     """The spec's dataset, loaded (and for skull-sim generated) once per invocation.
 
@@ -102,7 +107,7 @@ def load_data(spec: RunSpec, ctx: RunContext, progress=None):
     """
     from datasets import load_dataset
 
-    key = (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
+    key = data_key(spec)
     if key not in ctx.datasets:
         ctx.datasets[key] = load_dataset(spec.dataset, preset=spec.preset, seed=spec.data_seed,
                                          config=spec.dataset_config, data_root=spec.data_root, progress=progress)

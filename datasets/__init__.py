@@ -65,6 +65,27 @@ DATASETS: dict[str, Callable[..., XrayDataset]] = {
 }
 
 
+def _skull_sim_domains(preset: str = DEFAULT_PRESET, **_) -> tuple[str, ...]:
+    from .skull_sim import DOMAINS, get_preset
+
+    get_preset(preset)  # an unknown preset fails here, before any work
+    return DOMAINS
+
+
+#: Datasets whose domains are known without loading them (the rest are loaded once to learn theirs).
+DECLARED_DOMAINS: dict[str, Callable[..., tuple[str, ...]]] = {"skull-sim": _skull_sim_domains}
+
+
+def dataset_domains(name: str, **kwargs) -> tuple[tuple[str, ...], XrayDataset | None]:
+    """The domains of a registered dataset, cheaply: (domains, the loaded dataset if it had to be loaded)."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown dataset {name!r}; available: {', '.join(DATASETS)}")
+    if name in DECLARED_DOMAINS:
+        return DECLARED_DOMAINS[name](**kwargs), None
+    dataset = load_dataset(name, **kwargs)
+    return dataset.domains, dataset
+
+
 def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> XrayDataset:
     """Load (and for skull-sim, generate on first use) a registered dataset."""
     if name not in DATASETS:
@@ -72,5 +93,6 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> XrayDataset:
     return DATASETS[name](**kwargs)
 
 
-__all__ = ["DATASETS", "TASKS", "Task", "XrayDataset", "BadImageError", "get_task", "load_dataset",
+__all__ = ["DATASETS", "DECLARED_DOMAINS", "TASKS", "dataset_domains", "Task", "XrayDataset", "BadImageError",
+           "get_task", "load_dataset",
            "default_data_root"]

@@ -1,4 +1,5 @@
 """Loaders: real CR files from pydicom-data, folder datasets, and every kind of bad input."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,25 @@ def test_package_name_resolves_here():
     out = subprocess.run([sys.executable, "-c", "import datasets; print(datasets.__file__)"], cwd=root,
                          capture_output=True, text=True, check=True).stdout.strip()
     assert Path(out).resolve().is_relative_to(root)
+
+
+def test_a_folder_dataset_runs_end_to_end_and_is_scanned_once(tmp_path, monkeypatch):
+    """The CLI learns a folder dataset's domains by loading it, and hands that dataset to the runner."""
+    import yaml
+
+    import datasets.folder as folder
+    from benchmark.__main__ import main
+
+    _write_domain(tmp_path / "data", "A", n=12)
+    _write_domain(tmp_path / "data", "B", n=12, start=100)
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump(dict(CFG, root=str(tmp_path / "data"))))
+    calls = []
+    real = folder.scan_folder
+    monkeypatch.setattr(folder, "scan_folder", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert main(["run", "--method", "identity", "--dataset", "folder", "--dataset-config", str(cfg), "--task",
+                 "a->b", "--results-dir", str(tmp_path / "results"), "--quiet", "--no-frd"]) == 0
+    assert len(calls) == 1
+    recs = [json.loads(line) for f in (tmp_path / "results").glob("runs/*/*/*/records.jsonl") for line in f.open()]
+    test = [r for r in recs if r["split"] == "test"]
+    assert test and test[0]["ssim_gt"] is None and "pixel-aligned" in test[0]["unavailable"]["ssim_gt"]
