@@ -359,7 +359,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
     chosen = evaluator.curve_records()
-    step = V.best(chosen, "step") if chosen else None
+    step = V.best_checkpoint(chosen) if chosen else None
     # a curve checkpoint is written by a callback hook, which Lightning runs before the module's own
     # on_train_batch_end (the EMA update of that iteration): load it from disk, exactly what validation scored
     _copy(ckpt_dir / (f"step{step}.ckpt" if step is not None else "final.ckpt"), selected)
@@ -370,7 +370,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
                 train_flops=per_iter_flops * iters if per_iter_flops else None,
                 images_seen=iters * method.train_batch_size,
-                selection_metric=V.selection_metric(chosen) if chosen else None)
+                selection_metric=V.checkpoint_metric(chosen) if chosen else None)
     atomic_write(info_path, json.dumps(info))
     return info
 
@@ -489,7 +489,7 @@ class Evaluator:
                     done = [r for r in self.records if point_key(r) == key]
                     recs.append(done[0] if done else self._add(
                         self._record(self.method, "val", task_name, source, knob, step="selected")))
-            choice[task_name] = V.best(recs, "knob_value")
+            choice[task_name] = V.best_knob(recs)
         return choice
 
     def test_record(self, task_name: str, source: str, knob, val_choice: bool, replace_stale=None) -> dict:

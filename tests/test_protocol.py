@@ -70,6 +70,19 @@ def test_curve_steps_and_alternating_sources(micro):
     assert len(task_rows(micro, "real_low", ("real_low",), "test")) == len(micro.rows("real_low", "test"))
 
 
+def test_selection_rules_by_hand():
+    from benchmark.validation import best_checkpoint, best_knob
+
+    curve = [dict(step=s, nps_dist=v) for s, v in ((75, 0.4), (150, 0.2), (225, 0.3), (300, 0.2))]
+    assert best_checkpoint(curve) == 300  # the best realism; a tie goes to the later step
+    knobs = [dict(knob_value=k, ssim_gt=g, nps_dist=0.1, ssim_src=0.5) for k, g in ((0.6, 0.80), (0.45, 0.85),
+                                                                                    (0.3, 0.84))]
+    assert best_knob(knobs) == 0.45  # fidelity where pairs exist
+    unpaired = [dict(knob_value=k, ssim_gt=None, nps_dist=n, ssim_src=s)
+                for k, n, s in ((0.6, 0.30, 0.70), (0.45, 0.20, 0.65), (0.3, 0.10, 0.50))]
+    assert best_knob(unpaired) == 0.6  # ranks (2 + 0, 1 + 1, 0 + 2): a tie, the first in grid order
+
+
 def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path, micro, monkeypatch):
     from datasets.base import XrayDataset
 
@@ -95,8 +108,8 @@ def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path,
     curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
     assert [r["step"] for r in curve] == curve_steps(plan["max_steps"])  # 8 points, one source, the cheapest knob
     assert {r["knob_value"] for r in curve} == {0.6} and all(r["flops"] for r in curve)
-    best = max(curve, key=lambda r: r["ssim_gt"])["step"]
-    assert info["selected_step"] == best and info["selection_metric"] == "ssim_gt"
+    best = min(curve, key=lambda r: (r["nps_dist"], -r["step"]))["step"]  # realism selects the checkpoint
+    assert info["selected_step"] == best and info["selection_metric"] == "nps_dist"
     sel = torch.load(folder / "checkpoints/selected.ckpt", weights_only=True)["state_dict"]
     step = torch.load(folder / f"checkpoints/step{best}.ckpt", weights_only=True)["state_dict"]
     assert all(torch.equal(sel[k], step[k]) for k in sel)
