@@ -29,8 +29,9 @@ from .metrics import METRICS, mean_ci_over_seeds
 from .records import atomic_write, read_records
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
-TABLE_METRICS = ["fid", "kid", "coverage", "cmmd", "frd", "nps_dist", "hist_w1", "ssim_gt", "psnr_gt", "lpips_gt",
-                 "ssim_src", "psnr_src", "lpips_src"]
+#: Table columns, from the declarations: realism, then fidelity, then structure, each in declaration order.
+TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec in METRICS.items()
+                 if spec.axis == axis and spec.in_table]
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
 RANKS = {"realism_rank": None, "structure_rank": "ssim_src", "fidelity_rank": "ssim_gt"}  # None: realism_metric

@@ -15,8 +15,9 @@ is read once, at the end, with the selected weights.
 Guarantees:
 * Every test record of a run comes from the one set of selected weights: an interrupted evaluation resumes from
   `selected.ckpt` and never trains again; `rescore` translates from it too.
-* `train_sec` is the sum of the training segments (`train.json`); a record of a run whose training was
-  interrupted and resumed says so (`resumed_from_steps`).
+* `train_sec` is the training time the final weights rest on: a clock saved in every checkpoint continues
+  across resumes (`train.json` lists the segments); a record of a run whose training was interrupted and
+  resumed says so (`resumed_from_steps`).
 * A run folder is held by one process at a time (`.lock` with pid and host; a lock whose process is gone
   is stale and taken over). A second invocation stops with a one-line error naming the holder.
 * `done` vouches for the records on disk (count and checksum); a run whose `done` does not match its
@@ -252,6 +253,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                                  every_n_train_steps=max(25, steps // 10) if steps and steps > 0 else None)]
     callbacks += [curve.hook] if curve is not None else []
+    clock = _train_clock(curve)
+    callbacks.append(clock)
     interactive = sys.stdout.isatty() and not ctx.quiet
     if interactive:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -278,7 +281,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     _save_weights(trainer, ckpt_dir / "final.ckpt")
     per_iter = type(method).optimizer_steps_per_iteration
-    return dict(start_step=start_step // per_iter, end_step=int(trainer.global_step) // per_iter, sec=sec)
+    return dict(start_step=start_step // per_iter, end_step=int(trainer.global_step) // per_iter, sec=sec,
+                total_sec=clock.elapsed)
 
 
 def _save_weights(trainer, path: Path) -> None:
@@ -301,6 +305,37 @@ def _copy(src: Path, dst: Path) -> None:
 
 def _load_weights(method, path: Path) -> None:
     method.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+
+
+def _train_clock(curve=None):
+    """A Lightning callback that measures training time into every checkpoint it is saved with, so a resumed fit
+    continues the clock of the checkpoint it resumes from (time lost after the last checkpoint of an
+    interrupted segment is not training that the final weights rest on). Learning-curve evaluations excluded."""
+    from lightning.pytorch.callbacks import Callback
+
+    class TrainClock(Callback):
+        def __init__(self):
+            self.elapsed, self._t0, self._eval0 = 0.0, None, 0.0
+
+        def _now(self) -> float:
+            if self._t0 is None:
+                return self.elapsed
+            evals = (curve.eval_sec if curve is not None else 0.0) - self._eval0
+            return self.elapsed + time.perf_counter() - self._t0 - evals
+
+        def on_train_start(self, trainer, pl_module):
+            self._t0, self._eval0 = time.perf_counter(), curve.eval_sec if curve is not None else 0.0
+
+        def on_train_end(self, trainer, pl_module):
+            self.elapsed, self._t0 = self._now(), None
+
+        def state_dict(self):
+            return {"elapsed": self._now()}
+
+        def load_state_dict(self, state_dict):
+            self.elapsed = float(state_dict["elapsed"])
+
+    return TrainClock()
 
 
 class LearningCurve:
@@ -366,7 +401,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
     _load_weights(method, selected)
     per_iter_flops = plan.get("flops_per_iteration")
     iters = info["segments"][-1]["end_step"]
-    info.update(train_sec=sum(s["sec"] for s in info["segments"]), train_steps=iters, selected_step=step,
+    info.update(train_sec=info["segments"][-1]["total_sec"], train_steps=iters, selected_step=step,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
                 train_flops=per_iter_flops * iters if per_iter_flops else None,
                 images_seen=iters * method.train_batch_size,

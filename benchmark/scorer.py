@@ -1,11 +1,11 @@
 """The one scorer every method goes through: features extracted once, real-set statistics cached.
 
-`Scorer.score(x_hat, x_src, x_gt, reference, subjects=...)` returns one flat dict of values (plus `n_images`,
-`unavailable`: {metric: reason}, and with the test images' subject ids a subject-level cluster bootstrap:
-`boot` = {metric: replicate values}, the same replicates for every method scored on the same test set, and
-their 95 % percentile interval `<metric>_lo/_hi`). Set-level metrics are recomputed on each replicate's images
-(spectra and histograms re-weighted, features re-sampled); FRD/FID/KID use the same plan. A metric whose weights
-are missing or refused is reported unavailable with the reason and the fix, never computed with a
+`Scorer.score(x_hat, x_src, x_gt, reference, subjects=...)` loops over the declarations of `metrics.METRICS`
+and returns one flat dict of values (plus `n_images`, `unavailable`: {metric: reason}, and with the test images'
+subject ids a subject-level cluster bootstrap: `boot` = {metric: replicate values}, the same replicates for
+every method scored on the same test set, and their 95 % percentile interval `<metric>_lo/_hi`). Set-level
+metrics are recomputed on each replicate's images (spectra and histograms re-weighted, features re-sampled).
+A metric whose weights are missing or refused is reported unavailable with the reason and the fix, never computed with a
 stand-in network under its name. Feature extractors other than the reference Inception (e.g. the
 random network used by the plumbing tests) write their results under `<prefix>fid` etc., never `fid`.
 """
@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .radiomics import RadiomicsFeatures, frd_from_features
+from .radiomics import RadiomicsFeatures
 from .weights import WeightsUnavailable, locate, sha256_of
 
 
@@ -122,23 +122,17 @@ class CLIPEmbeddings:
 
 @dataclass
 class Reference:
-    """Statistics of a real target set, computed once and cached on disk.
+    """Summaries of a real target set for every set metric the scorer can compute, computed once and cached.
 
     Attributes:
-        key: Cache key (dataset, split hash, split, domain, extractor and its weights hash).
+        key: Cache key (the set's identity, the extractors and their weights).
         n: Number of real images.
-        spectrum: log10 radial power spectrum.
-        quantiles: Intensity quantiles.
-        features: Extractor features (None when the extractor is unavailable).
+        summaries: {metric: what its `compute` needs of the reference features (`MetricSpec.summarize`)}.
     """
 
     key: str
     n: int
-    spectrum: np.ndarray
-    quantiles: np.ndarray
-    features: np.ndarray | None = None
-    clip: np.ndarray | None = None
-    radiomics: np.ndarray | None = None
+    summaries: dict
 
 
 @dataclass
@@ -171,44 +165,50 @@ class Scorer:
     extractor_calls: int = 0
 
     def __post_init__(self):
+        """Load every model a metric `needs`; a need that cannot be met makes its metrics unavailable (reason kept)."""
+        missing: dict[str, str] = {}
         if self.feature_extractor is not None and self.feature_extractor.prefix:
-            for m in ("fid", "kid", "precision", "recall", "density", "coverage"):
-                self.unavailable[m] = f"scored with {self.feature_extractor.name} instead of the reference Inception"
-        if self.feature_extractor is None:
-            try:
-                self.feature_extractor = InceptionFeatures(self.weights_dir)
-            except WeightsUnavailable as exc:
-                for m in ("fid", "kid", "precision", "recall", "density", "coverage"):
-                    self.unavailable[m] = str(exc)
-        if self.clip_model is None:
-            try:
-                self.clip_model = CLIPEmbeddings(self.clip_dir)
-            except WeightsUnavailable as exc:
-                self.unavailable["cmmd"] = str(exc)
+            missing["inception"] = f"scored with {self.feature_extractor.name} instead of the reference Inception"
+        loaders = {"feature_extractor": lambda: InceptionFeatures(self.weights_dir),
+                   "clip_model": lambda: CLIPEmbeddings(self.clip_dir),
+                   "radiomics": RadiomicsFeatures, "lpips_model": lambda: LPIPSAlex(self.weights_dir)}
+        needs = {"feature_extractor": "inception", "clip_model": "clip", "radiomics": "radiomics",
+                 "lpips_model": "alexnet"}
         if not self.frd:
             self.radiomics = None
-            self.unavailable["frd"] = "FRD switched off for this invocation (--no-frd)"
-        elif self.radiomics is None:
-            try:
-                self.radiomics = RadiomicsFeatures()
-            except WeightsUnavailable as exc:
-                self.unavailable["frd"] = str(exc)
-        if self.lpips_model is None:
-            try:
-                self.lpips_model = LPIPSAlex(self.weights_dir)
-            except WeightsUnavailable as exc:
-                for m in ("lpips_src", "lpips_gt"):
-                    self.unavailable[m] = str(exc)
+            missing["radiomics"] = "FRD switched off for this invocation (--no-frd)"
+        for attr, load in loaders.items():
+            if getattr(self, attr) is None and needs[attr] not in missing:
+                try:
+                    setattr(self, attr, load())
+                except WeightsUnavailable as exc:
+                    missing[needs[attr]] = str(exc)
+        for name, spec in M.METRICS.items():
+            if spec.needs in missing:
+                self.unavailable[name] = missing[spec.needs]
+
+    @property
+    def models(self) -> dict:
+        """What the metric declarations' `needs` refer to."""
+        return {"inception": self.feature_extractor, "clip": self.clip_model, "radiomics": self.radiomics,
+                "alexnet": self.lpips_model}
+
+    def _name(self, spec) -> str:
+        """The record column of a metric: a stand-in feature extractor's prefix keeps it from being reported as FID."""
+        prefix = getattr(self.feature_extractor, "prefix", "") if spec.needs == "inception" else ""
+        return f"{prefix}{spec.name}"
+
+    def _computable(self, spec) -> bool:
+        return self.models.get(spec.needs) is not None if spec.needs else True
 
     # ------------------------------------------------------------ reference (real target) statistics
-    def _features(self, x: torch.Tensor) -> np.ndarray | None:
-        if self.feature_extractor is None:
-            return None
-        self.extractor_calls += 1
-        return self.feature_extractor(x)
+    def _extract(self, name: str, x: torch.Tensor) -> np.ndarray:
+        if name == "inception":
+            self.extractor_calls += 1
+        return M.EXTRACTORS[name](x, self.models)
 
     def reference(self, images: torch.Tensor, identity: dict) -> Reference:
-        """Statistics of the real target set, from the disk cache when the same set was seen before.
+        """Summaries of the real target set for every computable set metric, from the disk cache when seen before.
 
         Args:
             images: (N, 1, H, W) in [-1, 1].
@@ -217,112 +217,82 @@ class Scorer:
         fx = self.feature_extractor
         ident = dict(identity, extractor=getattr(fx, "name", None), weights=getattr(fx, "weights_sha", None),
                      clip=str(self.clip_dir) if self.clip_model is not None else None,
-                     radiomics=getattr(self.radiomics, "name", None), v=2)
+                     radiomics=getattr(self.radiomics, "name", None), v=3)
         key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.cache_dir / f"ref-{key}.npz" if self.cache_dir else None
+        wanted = [s for s in M.METRICS.values() if not s.per_image and self._computable(s)]
         if path is not None and path.is_file():
             z = np.load(path)
-            return Reference(key, int(z["n"]), z["spectrum"], z["quantiles"],
-                             *(z[k] if k in z else None for k in ("features", "clip", "radiomics")))
-        x01 = M.to_unit(images)
-        ref = Reference(key, len(images), M.radial_power_spectrum(x01), M.intensity_quantiles(x01),
-                        self._features(images), self.clip_model(images) if self.clip_model is not None else None,
-                        self.radiomics(images) if self.radiomics is not None else None)
+            if all(s.name in z for s in wanted):
+                return Reference(key, int(z["n"]), {s.name: z[s.name] for s in wanted})
+        features: dict[str, np.ndarray] = {}
+        summaries = {}
+        for spec in wanted:
+            if spec.extractor not in features:
+                features[spec.extractor] = self._extract(spec.extractor, images)
+            summaries[spec.name] = np.asarray(spec.summarize(features[spec.extractor]))
+        ref = Reference(key, len(images), summaries)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            extra = {k: v for k, v in (("features", ref.features), ("clip", ref.clip), ("radiomics", ref.radiomics))
-                     if v is not None}
-            np.savez(tmp, n=ref.n, spectrum=ref.spectrum, quantiles=ref.quantiles, **extra)
+            tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npz")
+            np.savez(tmp, n=ref.n, **summaries)
             tmp.replace(path)
         return ref
 
     # ------------------------------------------------------------ scoring
-    def _per_image(self, out: dict, name: str, values: np.ndarray, plan: np.ndarray | None) -> None:
-        out[name] = float(np.mean(values))
-        if plan is not None:
-            self._replicates(out, name, (plan @ values) / plan.sum(axis=1))
-        else:
-            out[f"{name}_lo"], out[f"{name}_hi"] = M.bootstrap_ci(values, 1000)
-
-    @staticmethod
-    def _replicates(out: dict, name: str, values) -> None:
-        values = [float(v) for v in values]
+    def _interval(self, out: dict, name: str, replicates) -> None:
+        values = [float(v) for v in replicates]
         out.setdefault("boot", {})[name] = [round(v, 7) for v in values]
         out[f"{name}_lo"], out[f"{name}_hi"] = M.percentile_interval(values)
-
-    @staticmethod
-    def _resampled(plan: np.ndarray):
-        """Row indices of each replicate (images repeated by their multiplicity)."""
-        return [np.repeat(np.arange(plan.shape[1]), row) for row in plan]
 
     @torch.no_grad()
     def score(self, x_hat: torch.Tensor, x_src: torch.Tensor, x_gt: torch.Tensor | None, reference: Reference,
               gt_reason: str | None = None, subjects: list[str] | None = None) -> dict:
-        """All metrics for one (method, knob value, source, target) evaluation.
+        """Every computable metric of `METRICS` for one (method, knob value, source, target) evaluation.
 
         Args:
             x_hat: Translated images (N, 1, H, W) in [-1, 1].
             x_src: Their sources, same shape.
             x_gt: Aligned real counterparts, or None (then `gt_reason` says why).
-            reference: Real target-set statistics from `reference` (other subjects than x_hat's).
+            reference: Real target-set summaries from `reference` (other subjects than x_hat's).
             subjects: Subject id of each image: enables the subject-level bootstrap (`boot`).
 
         Returns:
-            Flat dict: metric values, `<metric>_lo/_hi`, `boot`, n_images, n_real, score_sec, unavailable.
+            Flat dict: metric values, `<metric>_lo/_hi`, `boot`, n_images, n_subjects, n_real, score_sec,
+            unavailable.
         """
         t0 = time.perf_counter()
         if not torch.isfinite(x_hat).all():
             raise ValueError("translated images contain NaN/Inf; the method produced invalid output")
         plan = M.subject_bootstrap(subjects, self.n_boot) if subjects is not None else None
-        rows = self._resampled(plan) if plan is not None else []
         out: dict = {"n_images": len(x_hat), "n_real": reference.n,
                      "n_subjects": len(set(subjects)) if subjects is not None else None}
         unavailable = dict(self.unavailable)
-        u_hat, u_src = M.to_unit(x_hat), M.to_unit(x_src)
-        self._per_image(out, "ssim_src", M.ssim(u_hat, u_src).numpy(), plan)
-        self._per_image(out, "psnr_src", M.psnr(u_hat, u_src).numpy(), plan)
-        if self.lpips_model is not None:
-            self._per_image(out, "lpips_src", self.lpips_model(x_hat, x_src), plan)
-        if x_gt is not None:
-            u_gt = M.to_unit(x_gt)
-            self._per_image(out, "ssim_gt", M.ssim(u_hat, u_gt).numpy(), plan)
-            self._per_image(out, "psnr_gt", M.psnr(u_hat, u_gt).numpy(), plan)
-            if self.lpips_model is not None:
-                self._per_image(out, "lpips_gt", self.lpips_model(x_hat, x_gt), plan)
-        else:
-            for m in ("ssim_gt", "psnr_gt", "lpips_gt"):
-                unavailable.setdefault(m, gt_reason or "no aligned ground truth")
-        power = M.radial_power(u_hat)
-        out["nps_dist"] = M.nps_distance(M.log_spectrum(power.mean(axis=0)), reference.spectrum)
-        out["hist_w1"] = M.hist_w1(M.intensity_quantiles(u_hat), reference.quantiles)
-        if plan is not None:
-            weights = plan / plan.sum(axis=1, keepdims=True)
-            self._replicates(out, "nps_dist", [M.nps_distance(M.log_spectrum(w @ power), reference.spectrum)
-                                               for w in weights])
-            counts = M.intensity_histograms(u_hat)
-            self._replicates(out, "hist_w1", [M.hist_w1(M.quantiles_from_histogram(w @ counts), reference.quantiles)
-                                              for w in weights])
-        if reference.features is not None and self.feature_extractor is not None:
-            p = self.feature_extractor.prefix
-            f_fake = self._features(x_hat)
-            out[f"{p}fid"] = M.fid_from_features(reference.features, f_fake)
-            out[f"{p}kid"], out[f"{p}kid_std"], out["kid_subset_size"] = M.kid_from_features(
-                reference.features, f_fake, self.kid_subset_size)
-            out.update({f"{p}{k}": v for k, v in M.prdc(reference.features, f_fake).items()})
-            if rows:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # the rank-deficiency warning, once per replicate
-                    self._replicates(out, f"{p}fid", [M.fid_from_features(reference.features, f_fake[i])
-                                                      for i in rows])
-                self._replicates(out, f"{p}kid", [M.mmd2_unbiased(reference.features, f_fake[i]) for i in rows])
-        if reference.clip is not None and self.clip_model is not None:
-            out["cmmd"] = M.cmmd(reference.clip, self.clip_model(x_hat))
-        if reference.radiomics is not None and self.radiomics is not None:
-            f_rad = self.radiomics(x_hat)
-            out["frd"] = frd_from_features(reference.radiomics, f_rad)
-            if rows:
-                self._replicates(out, "frd", [frd_from_features(reference.radiomics, f_rad[i]) for i in rows])
+        others = {"src": x_src, "gt": x_gt}
+        features: dict[str, np.ndarray] = {}
+        for spec in M.METRICS.values():
+            name = self._name(spec)
+            if not self._computable(spec):
+                continue
+            if spec.per_image:
+                if others[spec.compare] is None:
+                    unavailable.setdefault(spec.name, gt_reason or "no aligned ground truth")
+                    continue
+                values = np.asarray(spec.compute(x_hat, others[spec.compare], self.models), np.float64)
+                out[name] = float(values.mean())
+                if plan is not None:
+                    self._interval(out, name, (plan @ values) / plan.sum(axis=1))
+                else:
+                    out[f"{name}_lo"], out[f"{name}_hi"] = M.bootstrap_ci(values, 1000)
+                continue
+            if spec.name not in reference.summaries:
+                continue
+            if spec.extractor not in features:
+                features[spec.extractor] = self._extract(spec.extractor, x_hat)
+            summary = reference.summaries[spec.name]
+            out[name] = float(spec.compute(features[spec.extractor], summary))
+            if plan is not None:
+                self._interval(out, name, spec.compute(features[spec.extractor], summary, plan))
         out["unavailable"] = unavailable
         out["score_sec"] = time.perf_counter() - t0
         return out

@@ -144,7 +144,9 @@ def test_sigkill_during_training_resumes_and_says_so(tmp_path, micro):
     recs = _tests(read_records(folder / "records.jsonl"))
     assert info["segments"][-1]["start_step"] > 0 and info["segments"][-1]["end_step"] == 60
     assert {tuple(r["resumed_from_steps"]) for r in recs} == {(info["segments"][-1]["start_step"],)}
-    assert recs[0]["train_sec"] == pytest.approx(sum(s["sec"] for s in info["segments"]))
+    last = info["segments"][-1]
+    # the clock resumed from the checkpoint: the time before the kill (up to that checkpoint) is counted too
+    assert recs[0]["train_sec"] == last["total_sec"] > last["sec"] > 0
 
 
 @pytest.mark.parametrize("key, value, message", [
