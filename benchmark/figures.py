@@ -80,9 +80,12 @@ def _error_bars(ax, records: pd.DataFrame, x: str, y: str, color) -> None:
     cols = [f"{m}_{e}" for m in (x, y) for e in ("lo", "hi")]
     if not set(cols) <= set(table) or table[cols].isna().all().all():
         return
-    ax.errorbar(table[x], table[y], xerr=[table[x] - table[f"{x}_lo"], table[f"{x}_hi"] - table[x]],
-                yerr=[table[y] - table[f"{y}_lo"], table[f"{y}_hi"] - table[y]], fmt="none", ecolor=color,
-                alpha=0.5, elinewidth=1, capsize=2)
+    # a percentile interval of a biased set statistic (FRD) need not contain the mean: draw it as it is
+    def err(m):
+        return [(table[m] - table[f"{m}_lo"]).clip(lower=0), (table[f"{m}_hi"] - table[m]).clip(lower=0)]
+
+    ax.errorbar(table[x], table[y], xerr=err(x), yerr=err(y), fmt="none", ecolor=color, alpha=0.5, elinewidth=1,
+                capsize=2)
 
 
 def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ssim_gt", "nps_dist")):
