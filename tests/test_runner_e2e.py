@@ -49,7 +49,7 @@ def test_tradeoff_curve_draws_knob_methods_as_lines():
     no_fid = df.assign(fid=None, frd=df["fid"] / 20)
     assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("FRD")
     no_fid.loc[no_fid.index[0], "frd"] = None
-    assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("NPS")
+    assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("Spectrum dist")
 
 
 def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_figure(tmp_path):
