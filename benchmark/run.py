@@ -341,18 +341,19 @@ def _train_clock(curve=None):
 class LearningCurve:
     """Lightning callback: at each of `steps` (iterations) save the weights and score them on validation."""
 
-    def __init__(self, steps: list[int], score, per_iteration: int):
+    def __init__(self, steps: list[int], score, per_iteration: int, ckpt_dir: Path):
         from lightning.pytorch.callbacks import Callback
 
         outer = self
         self.steps, self.score, self.per_iteration, self.eval_sec = set(steps), score, per_iteration, 0.0
+        self.ckpt_dir = Path(ckpt_dir)
 
         class _Hook(Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 it = trainer.global_step // outer.per_iteration
                 if it in outer.steps and trainer.global_step % outer.per_iteration == 0:
                     t0 = time.perf_counter()
-                    _save_weights(trainer, Path(outer.ckpt_dir) / f"step{it}.ckpt")
+                    _save_weights(trainer, outer.ckpt_dir / f"step{it}.ckpt")
                     was_training = pl_module.training
                     pl_module.eval()
                     outer.score(pl_module, it)
@@ -389,8 +390,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
     steps = V.curve_steps(iterations) if iterations > 0 else []
     curve = None
     if steps:
-        curve = LearningCurve(steps, evaluator.curve_point, type(method).optimizer_steps_per_iteration)
-        curve.ckpt_dir = ckpt_dir
+        curve = LearningCurve(steps, evaluator.curve_point, per_iteration, ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
     chosen = evaluator.curve_records()
@@ -489,13 +489,10 @@ class Evaluator:
                    git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step)
         return rec
 
-    def _add(self, rec: dict, replace: bool = False) -> dict:
+    def add(self, rec: dict) -> dict:
+        """Seal `rec`, append it and rewrite records.jsonl (every record is on disk as soon as it is made)."""
         rec = seal(rec)
-        keys = [point_key(r) for r in self.records]
-        if replace and point_key(rec) in keys:
-            self.records[keys.index(point_key(rec))] = rec
-        else:
-            self.records.append(rec)
+        self.records.append(rec)
         write_records(self.path, self.records)
         return rec
 
@@ -508,7 +505,7 @@ class Evaluator:
         for task_name, source, knob in self.curve_points():
             if ("val", step, task_name, source, knob) not in {point_key(r) for r in self.records}:
                 rec = self._record(method, "val", task_name, source, knob, step=step, subset=True)
-                self._add(dict(rec, flops=step * (self.train.get("flops_per_iteration") or 0) or None))
+                self.add(dict(rec, flops=step * (self.train.get("flops_per_iteration") or 0) or None))
 
     def curve_records(self) -> list[dict]:
         return [r for r in self.records if r.get("split") == "val" and isinstance(r.get("step"), int)]
@@ -522,12 +519,13 @@ class Evaluator:
                 for knob in self.method.knob_grid:
                     key = ("val", "selected", task_name, source, knob)
                     done = [r for r in self.records if point_key(r) == key]
-                    recs.append(done[0] if done else self._add(
+                    recs.append(done[0] if done else self.add(
                         self._record(self.method, "val", task_name, source, knob, step="selected")))
             choice[task_name] = V.best_knob(recs)
         return choice
 
-    def test_record(self, task_name: str, source: str, knob, val_choice: bool, replace_stale=None) -> dict:
+    def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
+        """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""
         rec = self._record(self.method, "test", task_name, source, knob)
         resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
         info = self.train
@@ -535,9 +533,7 @@ class Evaluator:
                    train_flops=info.get("train_flops"), images_seen=info.get("images_seen"),
                    selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
                    resumed_from_steps=resumed, val_choice=val_choice)
-        if replace_stale is not None:
-            return rec
-        return self._add(rec)
+        return rec
 
 
 def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]:
@@ -610,7 +606,7 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     for task_name, source, knob in todo:
         point = ("test", None, task_name, source, knob)
         if point in stale:
-            rec = evaluator.test_record(task_name, source, knob, knob == choice[task_name], replace_stale=True)
+            rec = evaluator.test_record(task_name, source, knob, knob == choice[task_name])
             i = [point_key(r) for r in records].index(point)
             records[i] = rec = merge_rescored(records[i], rec, stale[point], evaluator.sha)
             write_records(records_path, records)
@@ -618,7 +614,7 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
                 warnings.warn(f"re-scoring {folder.name} {point}: translating again changed recorded metrics by up "
                               f"to {rec['rescored']['max_abs_diff']:.3g}; the recorded values are kept", stacklevel=1)
         else:
-            evaluator.test_record(task_name, source, knob, knob == choice[task_name])
+            evaluator.add(evaluator.test_record(task_name, source, knob, knob == choice[task_name]))
         if bar is not None:
             ctx.progress.advance(bar)
     write_done(folder, records)

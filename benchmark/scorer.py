@@ -147,7 +147,6 @@ class Scorer:
         clip_dir: Local CLIP folder for CMMD (optional; CMMD is unavailable without it).
         frd: Compute FRD when its optional packages are installed (False: recorded unavailable, e.g. for speed).
         radiomics: Override of the FRD feature extractor (tests).
-        kid_subset_size: KID subset size (clamped to N).
         n_boot: Subject-bootstrap replicates (per-image and set-level metrics).
     """
 
@@ -159,7 +158,6 @@ class Scorer:
     clip_model: object | None = None
     frd: bool = True
     radiomics: object | None = None
-    kid_subset_size: int = 1000
     n_boot: int = 200
     unavailable: dict = field(default_factory=dict)
     extractor_calls: int = 0
