@@ -66,8 +66,7 @@ from .rescore import merge_rescored, stale_metrics
 
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
-                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*",
-                  ".*dirpath has changed.*")
+                  ".*LeafSpec.*", ".*does not have many workers.*", ".*litlogger.*", ".*module\\(s\\) in eval mode.*")
 
 
 @dataclass
@@ -190,14 +189,17 @@ def _build(spec: RunSpec, dataset, config: dict):
                                    image_size=dataset.size, **config)
 
 
-def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext):
+def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int | None = None, start: int = 0):
+    """The training batches; a fit of `iterations` resumed at iteration `start` serves the uninterrupted fit's
+    batches from `start` on (`datasets.datamodule.BatchStream`)."""
     from datasets import get_task
     from datasets.datamodule import TranslationDataModule
 
     task = get_task(spec.tasks[0], dataset.domains)
     domains = type(method).training_domains(dataset.domains, task.sources, task.target)
     return TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, seed=spec.seed,
-                                 pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last)
+                                 pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last,
+                                 iterations=iterations, start=start)
 
 
 def prepare(spec: RunSpec, method, dataset, ctx: RunContext) -> None:
@@ -241,17 +243,28 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         curve: Optional `LearningCurve` callback (saves and scores the learning-curve points).
     """
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
+
+    from .resume import ResumePoint
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import: Lightning sets INFO when imported
         logging.getLogger(name).setLevel(logging.WARNING)  # device/tip banners; warnings still reach the user
-    dm = _datamodule(spec, method, dataset, ctx)
     settings = method.trainer_settings(spec.max_steps)
+    per_iter = type(method).optimizer_steps_per_iteration
     steps = settings.get("max_steps", -1)
+    iterations = steps // per_iter if steps and steps > 0 else None
     ckpt_dir = folder / "checkpoints"
-    callbacks = [ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                 every_n_train_steps=max(25, steps // 10) if steps and steps > 0 else None)]
+    last = ckpt_dir / "last.ckpt"
+    start_step = 0
+    if last.is_file():
+        try:  # validate before Lightning touches it: a clear error, and the file is left as it is
+            start_step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
+        except Exception as exc:  # torch raises pickle, zip and runtime errors here
+            raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
+                           "to train this run from scratch") from exc
+    dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    callbacks = [ResumePoint(last, every=max(25, iterations // 10) if iterations else 10**9, per_iteration=per_iter)]
     callbacks += [curve.hook] if curve is not None else []
     clock = _train_clock(curve)
     callbacks.append(clock)
@@ -262,25 +275,15 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(accelerator=spec.accelerator, devices=1, precision=spec.precision, callbacks=callbacks,
                         logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
-                        enable_model_summary=False, num_sanity_val_steps=0, deterministic=False,
-                        log_every_n_steps=10, **settings)
-    last = ckpt_dir / "last.ckpt"
-    start_step = 0
-    if last.is_file():
-        try:  # validate before Lightning touches it: a clear error, and the file is left as it is
-            start_step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
-        except Exception as exc:  # torch raises pickle, zip and runtime errors here
-            raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
-                           "to train this run from scratch") from exc
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        deterministic=False, log_every_n_steps=10, **settings)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
     sec = time.perf_counter() - t0 - (curve.eval_sec if curve is not None else 0.0)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     _save_weights(trainer, ckpt_dir / "final.ckpt")
-    per_iter = type(method).optimizer_steps_per_iteration
     return dict(start_step=start_step // per_iter, end_step=int(trainer.global_step) // per_iter, sec=sec,
                 total_sec=clock.elapsed)
 

@@ -1,9 +1,11 @@
 """The LightningDataModule that serves training batches to every method."""
 from __future__ import annotations
 
+import itertools
+
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import XrayDataset
 
@@ -20,20 +22,79 @@ class _Images(Dataset):
 
 
 class _Unpaired(Dataset):
-    """Item i: the i-th A image and a *random* B image (independent draws, so aligned pairs are broken)."""
+    """Item (i, j): the (i mod |A|)-th A image and the j-th B image; `BatchStream` draws j at random, independently
+    of i, so aligned pairs are broken."""
 
-    def __init__(self, a: _Images, b: _Images, seed: int):
+    def __init__(self, a: _Images, b: _Images):
         self.a, self.b = a, b
-        self.generator = torch.Generator().manual_seed(seed + 1)
 
     def __len__(self) -> int:
         return max(len(self.a), len(self.b))
 
-    def __getitem__(self, i: int) -> dict:
-        ia = i % len(self.a)
-        ib = int(torch.randint(0, len(self.b), (), generator=self.generator))
+    def __getitem__(self, item: tuple[int, int]) -> dict:
+        ia, ib = item[0] % len(self.a), item[1]
         return {"image_a": self.a.images[ia], "domain_a": self.a.domains[ia], "id_a": self.a.ids[ia],
                 "image_b": self.b.images[ib], "domain_b": self.b.domains[ib], "id_b": self.b.ids[ib]}
+
+
+class BatchStream(Sampler):
+    """The training batches of a run as one stream that can start at any batch (what makes a resumed fit see the
+    batches an uninterrupted one sees).
+
+    Epoch after epoch it serves what Lightning's fit loop takes from `DataLoader(shuffle=True,
+    generator=torch.Generator().manual_seed(seed), drop_last=drop_last)`: `len(loader)` batches per epoch, for
+    which the loader draws its base seed, then RandomSampler a permutation (and a trailing one when the epoch
+    ends in a partial batch), all from that generator. Tests pin the equality, through Lightning too.
+    With `n_b`, each index becomes a pair (i, j) with j drawn uniformly from range(n_b)
+    by a second generator seeded `seed + 1` (unpaired batches).
+
+    Args:
+        n: Items per epoch.
+        batch_size: Batch size.
+        drop_last: Drop each epoch's incomplete last batch.
+        seed: Seeds the order.
+        n_b: Size of side B for unpaired pairs, else None.
+        iterations: Batches of the whole fit; None: each `iter()` serves the next epoch.
+        start: First batch served (a resumed fit's iteration); only with `iterations`.
+    """
+
+    def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, n_b: int | None = None,
+                 iterations: int | None = None, start: int = 0):
+        if iterations is None and start:
+            raise ValueError("a BatchStream starts after batch 0 only with a fixed number of iterations")
+        self.n, self.batch_size, self.drop_last, self.seed, self.n_b = n, batch_size, drop_last, seed, n_b
+        self.iterations, self.start = iterations, start
+        self._epochs = None
+
+    def per_epoch(self) -> int:
+        return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
+
+    def _stream(self):
+        g = torch.Generator().manual_seed(self.seed)
+        g_b = torch.Generator().manual_seed(self.seed + 1) if self.n_b is not None else None
+        while True:
+            torch.empty((), dtype=torch.int64).random_(generator=g)  # the DataLoader's per-epoch base seed
+            order = torch.randperm(self.n, generator=g).tolist()
+            for k in range(self.per_epoch()):
+                batch = order[k * self.batch_size:(k + 1) * self.batch_size]
+                if g_b is not None:
+                    batch = [(i, int(torch.randint(0, self.n_b, (), generator=g_b))) for i in batch]
+                yield batch
+            if not self.drop_last and self.n % self.batch_size:
+                # a partial last batch is yielded only after RandomSampler is exhausted, which draws its trailing
+                # `randperm(n)[:0]`; otherwise Lightning stops at len(loader) batches, before that draw
+                torch.randperm(self.n, generator=g)
+
+    def __len__(self) -> int:
+        return self.iterations if self.iterations is not None else self.per_epoch()
+
+    def __iter__(self):
+        if self.iterations is not None:
+            yield from itertools.islice(self._stream(), self.start, self.iterations)
+            return
+        if self._epochs is None:
+            self._epochs = self._stream()
+        yield from itertools.islice(self._epochs, self.per_epoch())
 
 
 class TranslationDataModule(L.LightningDataModule):
@@ -54,11 +115,14 @@ class TranslationDataModule(L.LightningDataModule):
         pairing: "mixed" or "unpaired" (a method's declared `pairing`).
         target: The task's target domain (side B) for "unpaired".
         drop_last: Drop the incomplete last batch (a method's declared `drop_last`; False for one-pass statistics).
+        iterations: Batches of the whole fit (its `max_steps` iterations), or None (epochs until the trainer stops).
+        start: The first batch to serve: a fit resumed at iteration k serves batches k, k+1, ... of the stream
+            an uninterrupted fit serves (`BatchStream`).
     """
 
     def __init__(self, dataset: XrayDataset, domains: tuple[str, ...], batch_size: int = 16,
                  split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None,
-                 drop_last: bool = True):
+                 drop_last: bool = True, iterations: int | None = None, start: int = 0):
         super().__init__()
         if pairing not in ("mixed", "unpaired"):
             raise ValueError(f"unknown pairing {pairing!r}; use mixed or unpaired")
@@ -67,6 +131,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
         self.split, self.seed = split, seed
         self.pairing, self.target, self.drop_last = pairing, target, drop_last
+        self.iterations, self.start = iterations, start
         self._train: Dataset | None = None
 
     def _images(self, domains: tuple[str, ...]) -> _Images:
@@ -82,10 +147,13 @@ class TranslationDataModule(L.LightningDataModule):
                 self._train = self._images(self.domains)
             else:
                 side_a = tuple(d for d in self.domains if d != self.target)
-                self._train = _Unpaired(self._images(side_a), self._images((self.target,)), self.seed)
+                self._train = _Unpaired(self._images(side_a), self._images((self.target,)))
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        g = torch.Generator().manual_seed(self.seed)
-        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True,
-                          drop_last=self.drop_last and len(self._train) > self.batch_size, generator=g, num_workers=0)
+        n = len(self._train)
+        stream = BatchStream(n, self.batch_size, self.drop_last and n > self.batch_size, self.seed,
+                             n_b=len(self._train.b) if isinstance(self._train, _Unpaired) else None,
+                             iterations=self.iterations, start=self.start)
+        # the stream owns the order; this generator only keeps the loader's base-seed draw off torch's global one
+        return DataLoader(self._train, batch_sampler=stream, num_workers=0, generator=torch.Generator())

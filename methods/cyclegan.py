@@ -41,8 +41,18 @@ class CycleGAN(TranslationMethod):
         blocks = n_blocks if n_blocks is not None else (9 if image_size >= 256 else 6)
         self.g_ab, self.g_ba = (init_normal(ResnetGenerator(1, 1, ngf, blocks)) for _ in range(2))
         self.d_a, self.d_b = (init_normal(PatchDiscriminator(1, ndf, 3)) for _ in range(2))
-        # the pools draw from torch's global generator, which the runner seeds per run
+        # the pools draw from torch's global generator, which the runner seeds per run and every resume point saves
         self.pool_a, self.pool_b = ImagePool(pool_size), ImagePool(pool_size)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The pools' images are training state: a resumed fit continues with the history it had."""
+        checkpoint["image_pools"] = {"a": [t.cpu() for t in self.pool_a.images],
+                                     "b": [t.cpu() for t in self.pool_b.images]}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        pools = checkpoint.get("image_pools", {})
+        self.pool_a.images = [t.to(self.device) for t in pools.get("a", [])]
+        self.pool_b.images = [t.to(self.device) for t in pools.get("b", [])]
 
     # ------------------------------------------------------------------ training
     @staticmethod

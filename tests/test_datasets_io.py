@@ -150,6 +150,77 @@ def test_datamodule_batches_and_counterparts(tiny):
     assert set(rows["split"]) == {"test"}
 
 
+class _DrawsB(torch.utils.data.Dataset):
+    """The previous unpaired dataset: item i = (i, a B index drawn by its own generator per fetch)."""
+
+    def __init__(self, n, n_b, seed):
+        self.n, self.n_b, self.g = n, n_b, torch.Generator().manual_seed(seed + 1)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return (i, int(torch.randint(0, self.n_b, (), generator=self.g)))
+
+
+@pytest.mark.parametrize("n, batch_size, drop_last", [(37, 16, True), (37, 16, False), (32, 16, True), (5, 16, False)])
+@pytest.mark.parametrize("n_b", [None, 7])
+def test_batch_stream_serves_what_a_shuffled_dataloader_serves_epoch_after_epoch(n, batch_size, drop_last, n_b):
+    """Library semantics pinned: Lightning takes len(loader) batches per epoch; for them DataLoader draws a base
+    seed and RandomSampler a permutation (plus a trailing one before a partial last batch). The stream
+    reproduces that, so resumable training kept the numbers of earlier runs."""
+    import itertools
+
+    from datasets.datamodule import BatchStream
+
+    ref_ds = _DrawsB(n, n_b, 3) if n_b else list(range(n))
+    loader = torch.utils.data.DataLoader(ref_ds, batch_size=batch_size, shuffle=True, drop_last=drop_last,
+                                         generator=torch.Generator().manual_seed(3), collate_fn=list)
+    expected = [batch for _ in range(5) for batch in itertools.islice(loader, len(loader))]
+    stream = dict(n=n, batch_size=batch_size, drop_last=drop_last, seed=3, n_b=n_b)
+    per_epoch = BatchStream(**stream)
+    assert [list(map(tuple, b)) if n_b else b for _ in range(5) for b in per_epoch] == [
+        list(map(tuple, b)) if n_b else b for b in expected]
+    whole = list(BatchStream(**stream, iterations=len(expected)))
+    assert len(whole) == len(expected) and [b for b in BatchStream(**stream, iterations=len(expected), start=4)] \
+        == whole[4:]
+    with pytest.raises(ValueError, match="fixed number of iterations"):
+        BatchStream(**stream, start=2)
+
+
+@pytest.mark.parametrize("drop_last, n", [(True, 10), (False, 10), (False, 12)])
+def test_lightning_serves_a_shuffled_loader_as_the_batch_stream(drop_last, n):
+    """What a fit saw before the stream existed (Lightning iterating a shuffled DataLoader over 3+ epochs) is
+    what it sees now."""
+    import lightning as L
+
+    from datasets.datamodule import BatchStream
+
+    class Seen(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w, self.seen = torch.nn.Parameter(torch.zeros(1)), []
+
+        def training_step(self, batch, i):
+            self.seen.append([int(v) for v in batch])
+            return (self.w * 0).sum() + self.w.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def seen(loader, steps=11):
+        m = Seen()
+        L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                  enable_model_summary=False, accelerator="cpu").fit(m, loader)
+        return m.seen
+
+    data = list(range(n))
+    shuffled = torch.utils.data.DataLoader(data, batch_size=4, shuffle=True, drop_last=drop_last,
+                                           generator=torch.Generator().manual_seed(5))
+    stream = BatchStream(n, 4, drop_last, 5, iterations=11)
+    assert seen(torch.utils.data.DataLoader(data, batch_sampler=stream)) == seen(shuffled)
+
+
 def test_package_name_resolves_here():
     """Our `datasets` package wins over Hugging Face's when run from the repository root."""
     root = Path(__file__).resolve().parents[1]

@@ -1,0 +1,78 @@
+"""Resume points: what a fit killed at any moment needs to continue exactly as if it had not been killed.
+
+A resumed fit equals an uninterrupted one (to CPU floating-point noise) because every random stream it uses
+restarts where the uninterrupted fit would be:
+* the batches: `datasets.datamodule.BatchStream` serves batch k of one seeded stream, whatever the fit's start;
+* torch's, numpy's and Python's global generators (noise, timesteps, dropout, CycleGAN's image-pool draws):
+  saved with the checkpoint and restored before the first resumed step (`ResumePoint.state_dict`);
+* the model, its EMA copy, optimiser and scheduler states: Lightning's checkpoint; a method's other state
+  (CycleGAN's image pools) through its `on_save_checkpoint`/`on_load_checkpoint`.
+
+A resume point is saved at the *start* of an iteration (`on_train_batch_start`), when everything the previous
+iteration did is finished (the module's own `on_train_batch_end`, e.g. its EMA update, runs after the callbacks'
+and so after Lightning's `ModelCheckpoint` would have saved) and nothing of the next has drawn a random number.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+
+def rng_state() -> dict:
+    """The global generators' states as tensors and plain values (loadable with `torch.load(weights_only=True)`)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), gauss=float(gauss))}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class ResumePoint(Callback):
+    """Saves `path` (the full training state, written atomically next to its target) at the start of every
+    `every`-th iteration, and carries the global random generators' states in every checkpoint.
+
+    Args:
+        path: The resume checkpoint (`checkpoints/last.ckpt`).
+        every: Iterations between resume points.
+        per_iteration: Optimizer steps per iteration (Lightning's `global_step` counts steps).
+    """
+
+    def __init__(self, path: Path, every: int, per_iteration: int = 1):
+        self.path, self.every, self.per_iteration = Path(path), max(1, int(every)), per_iteration
+        self._skip = None  # the iteration a resumed fit started at: its resume point exists already
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._skip = trainer.global_step // self.per_iteration
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        it, rest = divmod(trainer.global_step, self.per_iteration)
+        if rest == 0 and it > 0 and it % self.every == 0 and it != self._skip:
+            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+            try:
+                trainer.save_checkpoint(tmp)
+                tmp.replace(self.path)
+            finally:
+                tmp.unlink(missing_ok=True)
+
+    def state_dict(self) -> dict:
+        return {"rng": rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        set_rng_state(state_dict["rng"])
