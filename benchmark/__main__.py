@@ -254,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except PermissionError as exc:
+        print(f"error: {exc.filename}: permission denied ({exc.strerror}); make it writable or pass --results-dir "
+              "/ --out elsewhere", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: every finished record is on disk; run the same command again to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ DATA_ARGS = ("domains", "sources", "target", "image_size")
 class RunSpec:
     """One fit of one method (frozen; its hash names the run folder).
 
-    `curve` (also evaluate the dense knob sweep) and `data_root` (where the data lives) do not change any
-    number, so they are not part of the run's identity: `--curve` on a finished run adds the missing points to
-    the same folder.
+    `curve` (also evaluate the dense knob sweep) does not change any number, so it is not part of the run's
+    identity: `--curve` on a finished run adds the missing points to the same folder. The data enter it through
+    `datasets.dataset_identity` (skull-sim's generator version, wherever its data root is; a folder dataset's
+    config content and data root); the files' fingerprint is recorded in config.json and checked on reuse.
     """
 
     method: str
@@ -46,10 +47,17 @@ class RunSpec:
     data_root: str | None = None
 
     @property
+    def data_identity(self) -> dict:
+        from datasets import dataset_identity
+
+        return dataset_identity(self.dataset, config=self.dataset_config, data_root=self.data_root)
+
+    @property
     def run_id(self) -> str:
         d = asdict(self)
         for k in ("data_root", "curve"):
             d.pop(k)
+        d["data"] = self.data_identity
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def folder(self, results_dir: Path) -> Path:
@@ -151,8 +159,9 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
-    """A finished, verified sibling run (same method, dataset, seed) with the same `fit_key` and final weights.
+def find_donor(folder: Path, key: str, domains: tuple[str, ...], fingerprint: str | None = None) -> Path | None:
+    """A finished, verified sibling run (same method, dataset, seed) with the same `fit_key`, the same data
+    fingerprint (`XrayDataset.fingerprint`) and final weights.
 
     A setting missing from an older run's config.json did not exist when it ran: it takes today's constructor
     default, which by this suite's convention reproduces the behaviour from before the setting was added.
@@ -164,6 +173,8 @@ def find_donor(folder: Path, key: str, domains: tuple[str, ...]) -> Path | None:
             continue
         try:
             cfg = json.loads((other / "config.json").read_text())
+            if cfg.get("data_fingerprint") != fingerprint:
+                continue
             config = {**method_defaults(get_method(cfg["spec"]["method"])), **cfg["method_config"]}
             if fit_key(cfg["spec"], config, domains) == key:
                 return other

@@ -52,6 +52,10 @@ def to_lpips(x: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- structure / fidelity
+#: Smallest image side every metric accepts (SSIM's 11-pixel Gaussian window); checked before any training.
+MIN_IMAGE_SIZE = 2 * int(3.5 * 1.5 + 0.5) + 1
+
+
 def _gaussian_window(sigma: float = 1.5, truncate: float = 3.5) -> torch.Tensor:
     radius = int(truncate * sigma + 0.5)  # as scipy.ndimage.gaussian_filter / skimage
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
@@ -235,6 +239,57 @@ def nps_distance(spec_a: np.ndarray, spec_b: np.ndarray) -> float:
     return float(np.mean(np.abs(spec_a[1:] - spec_b[1:])))
 
 
+NPS_TILE = 16  # pixels; a 72-px `tiny` image gives 16 tiles, of which the flattest quarter are used
+
+
+def flat_region_nps(x01: torch.Tensor, tile: int = NPS_TILE, keep: float = 0.25) -> np.ndarray:
+    """Per-image noise power spectra measured on flat regions, (N, tile // 2): the quantity IEC 62220-1 defines
+    on flat-field exposures, taken here from the flattest parts of anatomical images.
+
+    Each image is cut into non-overlapping `tile` x `tile` tiles; each tile is detrended (least-squares plane
+    removed, which takes slow anatomy and heel-effect gradients out). Tiles with clipped pixels (0 or 1: no
+    noise there) are left out; of the rest the `keep` fraction with the smallest detrended variance (at least
+    one) are the image's flat regions: there the variance is noise, elsewhere it is mostly edges. Their
+    periodograms |FFT|^2 / tile^2 are radially binned (unit rings up to Nyquist) and averaged: for white noise
+    of variance s^2 every bin above the lowest ring is s^2 (a test checks the closed form; the plane fit removes
+    DC and about a quarter of bin 1, and picking the flattest tiles lowers the level by a few percent - the same
+    for every set compared). Images with no usable tile give
+    NaN rows, which set statistics skip. This needs no masks, so skull-sim and folder data are measured alike.
+    """
+    x = x01.double()[:, 0]
+    n, h, w = x.shape
+    ty, tx = h // tile, w // tile
+    if ty * tx == 0:
+        raise ValueError(f"flat-region NPS needs images of at least {tile}x{tile} pixels, got {h}x{w}")
+    tiles = x[:, :ty * tile, :tx * tile].reshape(n, ty, tile, tx, tile).permute(0, 1, 3, 2, 4)
+    tiles = tiles.reshape(n, ty * tx, tile * tile)
+    yy, xx = torch.meshgrid(torch.arange(tile, dtype=torch.float64), torch.arange(tile, dtype=torch.float64),
+                            indexing="ij")
+    design = torch.stack([torch.ones(tile * tile, dtype=torch.float64), yy.reshape(-1), xx.reshape(-1)], 1)
+    fit = design @ torch.linalg.pinv(design)  # projection onto planes
+    resid = tiles - tiles @ fit.T
+    var = resid.var(dim=2)
+    clipped = ((tiles <= 0) | (tiles >= 1)).any(dim=2)
+    var = torch.where(clipped | (var <= 0), torch.full_like(var, float("inf")), var)
+    n_keep = max(1, int(round(keep * ty * tx)))
+    order = var.argsort(dim=1)[:, :n_keep]
+    usable = torch.gather(torch.isfinite(var), 1, order)
+    chosen = torch.gather(resid, 1, order[..., None].expand(-1, -1, tile * tile)).reshape(n, n_keep, tile, tile)
+    power = (torch.fft.fft2(chosen).abs() ** 2).reshape(n, n_keep, -1) / (tile * tile)
+    fy = torch.fft.fftfreq(tile, dtype=torch.float64)[:, None] * tile
+    fx = torch.fft.fftfreq(tile, dtype=torch.float64)[None, :] * tile
+    r = torch.sqrt(fx**2 + fy**2).round().long().reshape(-1)
+    n_bins = tile // 2
+    inside = r < n_bins
+    ones = torch.ones(int(inside.sum()), dtype=torch.float64)
+    counts = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, r[inside], ones)
+    sums = torch.zeros(n, n_keep, n_bins, dtype=torch.float64).index_add_(2, r[inside], power[..., inside])
+    per_tile = sums / counts
+    weight = usable.double()[..., None]
+    out = (per_tile * weight).sum(dim=1) / weight.sum(dim=1)
+    return out.numpy()  # 0/0 -> NaN for images without a usable tile
+
+
 QUANTILES = np.linspace(0.0, 1.0, 1001)
 
 
@@ -391,6 +446,22 @@ def _spectrum_distance(power, reference, plan=None):
     return np.array([nps_distance(log_spectrum(p), reference) for p in weights @ power])
 
 
+def _flat_nps_distance(power, reference, plan=None):
+    """`nps_distance` of set-mean flat-region NPS (images without a usable tile are skipped)."""
+    ok = np.isfinite(power).all(axis=1)
+    power = np.where(ok[:, None], power, 0.0)
+    if plan is None:
+        return nps_distance(log_spectrum(power.sum(axis=0) / max(ok.sum(), 1)), reference)
+    weights = plan * ok[None, :]
+    weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1)
+    return np.array([nps_distance(log_spectrum(p), reference) for p in weights @ power])
+
+
+def _flat_nps_summary(power):
+    ok = np.isfinite(power).all(axis=1)
+    return log_spectrum(power[ok].mean(axis=0))
+
+
 def _hist_w1(pixels, reference, plan=None):
     if plan is None:
         return hist_w1(np.quantile(pixels.ravel(), QUANTILES), reference)
@@ -405,6 +476,7 @@ def _prdc(key: str) -> Callable:
 #: Per-image feature extractors of the set metrics: (images in [-1, 1], models) -> (N, ...) array.
 EXTRACTORS: dict[str, Callable] = {
     "spectrum": lambda x, models: radial_power(to_unit(x)),
+    "flat_nps": lambda x, models: flat_region_nps(to_unit(x)),
     "pixels": lambda x, models: to_unit(x).reshape(len(x), -1).numpy(),
     "inception": lambda x, models: models["inception"](x),
     "clip": lambda x, models: models["clip"](x),
@@ -437,6 +509,8 @@ METRICS: dict[str, MetricSpec] = {
                    compute=_resampled(lambda real, fake: _frd(real, fake))),
         MetricSpec("nps_dist", "realism", False, None, "Spectrum dist", False, extractor="spectrum",
                    compute=_spectrum_distance, summarize=lambda power: log_spectrum(power.mean(axis=0))),
+        MetricSpec("nps_flat", "realism", False, None, "NPS dist (flat)", False, extractor="flat_nps",
+                   compute=_flat_nps_distance, summarize=_flat_nps_summary, in_table=False),
         MetricSpec("hist_w1", "realism", False, None, "Hist W1", False, extractor="pixels", compute=_hist_w1,
                    summarize=lambda pixels: np.quantile(pixels.ravel(), QUANTILES)),
     )

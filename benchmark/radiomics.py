@@ -42,7 +42,10 @@ _WORKER: RadiomicsFeatures | None = None
 
 
 def _worker_init(settings: dict) -> None:
+    import signal
+
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (one line, not one per worker)
     _WORKER = RadiomicsFeatures(workers=1)
     _WORKER.extractor.settings.update(settings)
 

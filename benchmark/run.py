@@ -553,6 +553,16 @@ def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]
     return points
 
 
+def check_data(dataset) -> None:
+    """What the data must satisfy for every metric, checked before any training (a clear error, not one after)."""
+    from .metrics import MIN_IMAGE_SIZE
+
+    if dataset.size < MIN_IMAGE_SIZE:
+        raise RunError(f"{dataset.name} ({dataset.root}): images are served at {dataset.size}x{dataset.size} px; the "
+                       f"metrics need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (SSIM's window): set 'size: 64' or "
+                       "larger in the dataset config")
+
+
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     """Fit, choose on validation, translate, score and record one spec; returns its records.
 
@@ -579,6 +589,13 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     stale = {point_key(r): stale_metrics(r, ctx.scorer.unavailable) for r in tests} if ctx.rescore else {}
     stale = {k: v for k, v in stale.items() if v}
     dataset = load_data(spec, ctx)
+    check_data(dataset)
+    fingerprint = dataset.fingerprint
+    if (folder / "config.json").is_file():
+        was = json.loads((folder / "config.json").read_text()).get("data_fingerprint", fingerprint)
+        if was != fingerprint:
+            raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {fingerprint[:12]}): files "
+                           f"under {dataset.root} changed since; delete that run folder to run it on today's data")
     config = resolve_config(spec)
     selected = folder / "checkpoints" / "selected.ckpt"
     plan = budget_plan(spec, config, dataset, ctx, folder)
@@ -593,10 +610,11 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
                        "would not reproduce the recorded values; delete the run folder and run it again instead")
     key = fit_key(asdict(spec), config, dataset.domains)
     donor = None if selected.is_file() or (folder / "train.json").is_file() else find_donor(folder, key,
-                                                                                          dataset.domains)
+                                                                                          dataset.domains, fingerprint)
     if not (folder / "config.json").is_file() or not finished:  # a re-scored run keeps the config.json of its fit
         atomic_write(folder / "config.json", json.dumps(dict(
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
+            data_identity=spec.data_identity, data_fingerprint=fingerprint,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
             knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key, protocol=PROTOCOL_VERSION,
             budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))

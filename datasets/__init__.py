@@ -7,6 +7,7 @@ first on `sys.path`, so `import datasets` resolves here even when HF `datasets` 
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Callable
@@ -86,6 +87,34 @@ def dataset_domains(name: str, **kwargs) -> tuple[tuple[str, ...], XrayDataset |
     return dataset.domains, dataset
 
 
+def _skull_sim_identity(**_) -> dict:
+    from .skull_sim import GENERATOR_VERSION
+
+    return {"generator_version": GENERATOR_VERSION}  # its cache folder is found by preset, seed and jitter
+
+
+def _folder_identity(config: str | None = None, data_root: str | None = None, **_) -> dict:
+    from .folder import CONFIG_DIR
+
+    out = {"data_root": str(Path(data_root).resolve()) if data_root else None, "config_sha256": None}
+    if config is not None:
+        path = Path(config) if Path(config).is_file() else CONFIG_DIR / f"{config}.yaml"
+        if path.is_file():
+            out["config_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+#: Datasets whose identity is not their folder config and data root.
+DECLARED_IDENTITY: dict[str, Callable[..., dict]] = {"skull-sim": _skull_sim_identity}
+
+
+def dataset_identity(name: str, **kwargs) -> dict:
+    """What a run's numbers depend on in its data that the dataset name, preset and seed do not say, known before
+    loading (it enters the run id): skull-sim's generator version; for folder datasets the content of the config
+    file and the resolved data root. What the files hold is checked after loading (`XrayDataset.fingerprint`)."""
+    return DECLARED_IDENTITY.get(name, _folder_identity)(**kwargs)
+
+
 def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> XrayDataset:
     """Load (and for skull-sim, generate on first use) a registered dataset."""
     if name not in DATASETS:
@@ -93,6 +122,5 @@ def load_dataset(name: str = DEFAULT_DATASET, **kwargs) -> XrayDataset:
     return DATASETS[name](**kwargs)
 
 
-__all__ = ["DATASETS", "DECLARED_DOMAINS", "TASKS", "dataset_domains", "Task", "XrayDataset", "BadImageError",
-           "get_task", "load_dataset",
-           "default_data_root"]
+__all__ = ["DATASETS", "DECLARED_DOMAINS", "DECLARED_IDENTITY", "TASKS", "dataset_domains", "dataset_identity", "Task",
+           "XrayDataset", "BadImageError", "get_task", "load_dataset", "default_data_root"]

@@ -7,6 +7,7 @@ they are pixel-exact pairs and the evaluation can fetch a test image's counterpa
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +83,15 @@ class XrayDataset:
         unknown = sorted(set(self.manifest["domain"]) - set(self.domains))
         if unknown:
             raise ValueError(f"manifest of {self.root} has unknown domain(s) {unknown}; known: {self.domains}")
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over every image's id, split, path and byte size (a run's config.json records it; a finished run
+        is not reused for data that changed since). An in-place edit that keeps a file's size is not detected."""
+        h = hashlib.sha256()
+        for rec in self.manifest.sort_values("id")[["id", "split", "path"]].itertuples(index=False):
+            h.update(f"{rec.id}\t{rec.split}\t{rec.path}\t{(self.root / rec.path).stat().st_size}\n".encode())
+        return h.hexdigest()
 
     @property
     def split_hash(self) -> str:

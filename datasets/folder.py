@@ -39,7 +39,28 @@ def load_config(config: str | Path | dict) -> dict:
         path = CONFIG_DIR / f"{config}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"dataset config {config!r} not found (looked for a file and in {CONFIG_DIR})")
-    return yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise ValueError(f"dataset config {path}: not valid YAML{where} ({problem}); fix that line") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"dataset config {path}: not UTF-8 text; save it as UTF-8") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"dataset config {path}: expected a mapping (name:, domains:, ...), got "
+                         f"{type(cfg).__name__}") from None
+    return cfg
+
+
+def _check_name(path: Path) -> None:
+    """Manifests, records and tables are UTF-8: a file name that is not is refused, naming it."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        raise BadImageError(f"{shown}: file name is not valid UTF-8; rename the file") from None
 
 
 def scan_folder(config: str | Path | dict, root: str | Path | None = None, skip_bad: bool = False) -> XrayDataset:
@@ -79,6 +100,7 @@ def scan_folder(config: str | Path | dict, root: str | Path | None = None, skip_
                                     f"{'/'.join(IMAGE_SUFFIXES)} files")
         for f in files:
             try:
+                _check_name(f)
                 shapes[f] = read_image(f).shape
             except BadImageError as exc:
                 if not skip_bad:

@@ -41,6 +41,8 @@ def _check_plane(arr: np.ndarray, path: Path) -> np.ndarray:
         raise BadImageError(f"{path}: empty image")
     if not np.isfinite(arr).all():
         raise BadImageError(f"{path}: contains NaN or Inf pixels")
+    if arr.min() == arr.max():
+        raise BadImageError(f"{path}: constant image (every pixel is {arr.flat[0]}); remove it or fix its export")
     return arr
 
 
@@ -96,7 +98,19 @@ def read_dicom(path: Path) -> np.ndarray:
     except Exception as exc:
         raise BadImageError(f"{path}: not a readable DICOM file ({exc})") from exc
     if "PixelData" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        sops = [ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta is not None else None]
+        if "Rows" in ds or any(sop is not None and "Image" in getattr(sop, "name", "") for sop in sops):
+            raise BadImageError(f"{path}: DICOM file is cut short: an image without its pixel data "
+                                f"({path.stat().st_size} bytes); copy the file again")
         raise BadImageError(f"{path}: DICOM file has no pixel data (e.g. a structured report or presentation state)")
+    syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
+    if syntax is not None and not syntax.is_compressed and {"Rows", "Columns", "BitsAllocated"} <= set(ds.dir()):
+        want = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1) * \
+            int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+        if len(ds.PixelData) < want:
+            raise BadImageError(f"{path}: DICOM file is cut short: its pixel data holds {len(ds.PixelData)} of "
+                                f"{want} bytes; copy the file again")
     try:
         arr = ds.pixel_array
     except Exception as exc:

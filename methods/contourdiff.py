@@ -23,10 +23,7 @@ import torch
 
 from .base import TranslationMethod
 from .components.contours import contour_map
-from .components.diffusion import DiffusionCore
-from .components.ema import EMA
-from .components.schedules import warmup_cosine
-from .components.unet import make_unet
+from .components.target_ddpm import TargetDDPM
 
 
 class ContourDiff(TranslationMethod):
@@ -47,41 +44,31 @@ class ContourDiff(TranslationMethod):
                  batch_size: int = 16, ema_decay: float = 0.999):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
-        self.net = make_unet(image_size, 2, 1, base_channels, tuple(channel_mults), layers_per_block, attention)
-        self.ema = EMA(self.net, ema_decay)
-        self.core = DiffusionCore(sampler=sampler, num_inference_steps=num_inference_steps)
-        # sampling noise seed: drawn from the run's seeded global RNG, stored so checkpoints reproduce it,
-        # and reused for every knob value so that a sweep differs only in the knob
-        self.register_buffer("sample_seed", torch.randint(0, 2**31 - 1, ()))
+        self.ddpm = TargetDDPM(image_size, 1, base_channels, channel_mults, layers_per_block, attention, sampler,
+                               num_inference_steps, ema_decay)
+        TargetDDPM.adopt_legacy_keys(self, "ddpm")
 
     @classmethod
     def training_domains(cls, domains, sources, target):
         return (target,)
 
-    def _eps(self, net, contour: torch.Tensor):
-        return lambda x_t, t: net(torch.cat([x_t, contour], dim=1), t).sample
-
     def training_step(self, batch, batch_idx):
         x_0 = batch["image"]
-        loss = self.core.loss(self._eps(self.net, contour_map(x_0)), x_0)
+        loss = self.ddpm.loss(x_0, contour_map(x_0))
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-        self.ema.update(self.net)
+        self.ddpm.update_ema()
 
     def configure_optimizers(self):
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr)
-        return {"optimizer": opt, "lr_scheduler": warmup_cosine(opt, self.hparams.warmup_steps, self.hparams.max_steps)}
+        return self.ddpm.optimizers(self.hparams.lr, self.hparams.warmup_steps, self.hparams.max_steps)
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         if target != self.target:
             raise KeyError(f"ContourDiff's DDPM was trained on {self.target!r}, not {target!r}")
-        level = float(self.knob(knob_value))
-        generator = torch.Generator().manual_seed(int(self.sample_seed))
-        eps = self._eps(self.ema.shadow, contour_map(images))
-        return self.core.denoise_from(eps, images.float(), level, generator)
+        return self.ddpm.denoise_from(images, float(self.knob(knob_value)), contour_map(images))
 
     def nfe(self, knob_value=None) -> int:
-        return self.core.nfe(float(self.knob(knob_value)))
+        return self.ddpm.nfe(float(self.knob(knob_value)))

@@ -117,3 +117,25 @@ def test_translation_stays_closer_to_source_at_low_knob(cls, knob_max):
     with pytest.raises(KeyError, match="trained on"):
         m.translate(x, "syn_low", "real_high", 0.5)
     assert cls.training_domains(DOMAINS, DOMAINS[:2], "real_normal") == ("real_normal",)
+
+
+@pytest.mark.parametrize("cls", [SDEdit, ContourDiff])
+def test_both_ddpm_methods_compose_one_target_ddpm_and_load_checkpoints_from_before_it(cls):
+    """SDEdit and ContourDiff share TargetDDPM (training, EMA, sampling); weights saved when the tensors sat on the
+    method itself (`net.*`, `ema.*`, `sample_seed`) still load, so finished runs can be re-scored."""
+    from methods.components.target_ddpm import TargetDDPM
+
+    kw = dict(domains=("a", "b"), sources=("a",), target="b", image_size=16, base_channels=8, channel_mults=(1, 2),
+              num_inference_steps=4)
+    torch.manual_seed(0)
+    a = cls(**kw)
+    assert isinstance(a.ddpm, TargetDDPM)
+    legacy = {k.removeprefix("ddpm."): v for k, v in a.state_dict().items()}
+    assert "sample_seed" in legacy and any(k.startswith("ema.shadow.") for k in legacy)
+    torch.manual_seed(1)
+    b = cls(**kw)
+    assert int(b.ddpm.sample_seed) != int(a.ddpm.sample_seed)
+    b.load_state_dict(legacy)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    knob = cls.knob_grid[0]
+    assert torch.equal(a.translate(x, "a", "b", knob), b.translate(x, "a", "b", knob))

@@ -248,3 +248,38 @@ def test_scorer_replicates_recompute_each_metric_on_the_resampled_subjects():
     w1 = M.hist_w1(M.intensity_quantiles(M.to_unit(x_hat[rows])), ref.summaries["hist_w1"])
     assert out["boot"]["hist_w1"][b] == pytest.approx(w1, abs=2 / M.HIST_BINS)  # histogram resolution
     assert out["ssim_gt_lo"] <= out["ssim_gt"] <= out["ssim_gt_hi"] and out["n_subjects"] == 6
+
+
+def test_flat_region_nps_is_the_noise_variance_on_flat_tiles_and_ignores_edges():
+    """White noise of variance s^2: every bin above the lowest ring is s^2 (periodogram closed form; the
+    flattest-quarter selection lowers it by a few percent, the plane fit also takes power out of bin 1). Edges
+    in part of the image do not enter, the whole-image spectrum does see them; doubling the noise quadruples
+    the NPS; blur removes its high frequencies."""
+    rng = np.random.default_rng(8)
+    sigma = 0.02
+    flat = np.full((16, 1, 72, 72), 0.4)
+    edges = flat.copy()
+    edges[:, :, 16:48, 16:48] += 0.3 * (np.arange(32)[None, :] % 6 < 3)  # bars in the middle tiles
+    noise = rng.normal(0, sigma, flat.shape)
+    nps_flat = M.flat_region_nps(torch.from_numpy(flat + noise)).mean(axis=0)
+    nps_edges = M.flat_region_nps(torch.from_numpy(edges + noise)).mean(axis=0)
+    assert nps_flat[0] < 1e-20  # detrending removes DC (and part of the lowest ring, bin 1)
+    np.testing.assert_allclose(nps_flat[2:], sigma**2, rtol=0.2)
+    np.testing.assert_allclose(nps_edges[1:], nps_flat[1:], rtol=0.2)  # other noise tiles, same level
+    whole = M.radial_power(torch.from_numpy(edges + noise)).mean(axis=0)
+    assert whole[1:8].mean() > 10 * M.radial_power(torch.from_numpy(flat + noise)).mean(axis=0)[1:8].mean()
+    double = M.flat_region_nps(torch.from_numpy(flat + 2 * noise)).mean(axis=0)
+    np.testing.assert_allclose(double[1:] / nps_flat[1:], 4.0, rtol=0.15)
+    blurred = M.flat_region_nps(torch.from_numpy(ndimage.gaussian_filter(flat + noise, (0, 0, 1, 1)))).mean(axis=0)
+    assert blurred[-1] < 0.05 * nps_flat[-1]
+    # the set metric: zero against itself, larger for noisier sets; clipped images give no usable tile (skipped)
+    spec = M.METRICS["nps_flat"]
+    ref = spec.summarize(M.flat_region_nps(torch.from_numpy(flat + noise)))
+    feats = M.flat_region_nps(torch.from_numpy(flat + noise))
+    assert spec.compute(feats, ref) == 0.0
+    assert spec.compute(M.flat_region_nps(torch.from_numpy(flat + 2 * noise)), ref) > 0.5  # log10(4) = 0.6
+    clipped = np.vstack([flat + noise, np.ones((2, 1, 72, 72))])
+    mixed = M.flat_region_nps(torch.from_numpy(clipped))
+    assert np.isnan(mixed[-2:]).all() and spec.compute(mixed, ref) == pytest.approx(0.0, abs=1e-12)
+    plan = M.subject_bootstrap([f"s{i}" for i in range(18)], n_boot=5)
+    assert np.isfinite(spec.compute(mixed, ref, plan)).all()

@@ -1,6 +1,7 @@
 """Drills: interruption, resume, concurrent invocations and bad values (skull-sim `micro`, tiny budgets)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,3 +192,118 @@ def test_cli_rejects_bad_values_in_one_line(argv, message, capsys):
     assert main(["run", "--method", "medshift", "--dry-run", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_run_is_identified_by_its_data(tmp_path, micro):
+    """The old bug: changing `size:` in a folder dataset's YAML reused the old results. Now the config's content
+    and the data root enter the run id, and files changed under a finished run stop it with one line."""
+    import numpy as np
+    import yaml
+
+    from datasets.io import write_png16
+
+    for dom, start in (("A", 0), ("B", 100)):
+        (tmp_path / "data" / dom).mkdir(parents=True)
+        for i in range(start, start + 12):
+            write_png16(tmp_path / "data" / dom / f"img{i:03d}.png", np.random.default_rng(i).uniform(0, 1, (32, 32)))
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "toy", "domains": {"a": "A", "b": "B"}, "root": str(tmp_path / "data")}))
+    spec = RunSpec("identity", dataset="folder", preset="", tasks=("a->b",), dataset_config=str(cfg))
+    before = spec.run_id
+    cfg.write_text(cfg.read_text() + "size: 32\n")
+    assert spec.run_id != before  # same path, other content: another run
+    moved = RunSpec("identity", dataset="folder", preset="", tasks=("a->b",), dataset_config=str(cfg),
+                    data_root=str(tmp_path))
+    assert moved.run_id != spec.run_id
+    # skull-sim's content is named by preset, seed and generator version, wherever its data root is
+    assert _spec(micro).run_id == RunSpec("medshift", preset="micro", data_root="/elsewhere", max_steps=30,
+                                          overrides=SMALL).run_id
+    ctx = _ctx(tmp_path / "res")
+    first = run_one(spec, ctx)
+    folder = spec.folder(ctx.results_dir)
+    assert json.loads((folder / "config.json").read_text())["data_fingerprint"]
+    assert run_one(spec, _ctx(tmp_path / "res")) == first  # unchanged data: finished, reused
+    replaced = np.random.default_rng(7).uniform(0, 1, (40, 40))
+    write_png16(tmp_path / "data" / "B" / "img100.png", replaced)  # a file replaced in place
+    with pytest.raises(RunError, match=r"was run on other data .* delete that run folder"):
+        run_one(spec, _ctx(tmp_path / "res"))
+
+
+def _bad_folder(tmp_path, kind):
+    """A two-domain folder dataset with one defect of `kind`; returns the config path."""
+    import numpy as np
+    import yaml
+
+    from datasets.io import write_dicom_dx, write_png16
+
+    size = 8 if kind == "too-small" else 32
+    for dom, start in (("A", 0), ("B", 100)):
+        (tmp_path / dom).mkdir(parents=True, exist_ok=True)
+        for i in range(start, start + 12):
+            write_png16(tmp_path / dom / f"img{i:03d}.png", np.random.default_rng(i).uniform(0, 1, (size, size)))
+    bad = tmp_path / "B"
+    if kind == "constant":
+        write_png16(bad / "img200.png", np.full((32, 32), 0.25))
+    elif kind == "non-utf8":
+        src = (bad / "img100.png").read_bytes()
+        with open(os.path.join(os.fsencode(bad), b"img\xff.png"), "wb") as f:
+            f.write(src)
+    elif kind == "cut-dicom":
+        write_dicom_dx(bad / "img300.dcm", bad / "img100.png", dict(id="x", subject="s", view="pa", domain="B",
+                                                                       kvp="70", dose="1"))
+        data = (bad / "img300.dcm").read_bytes()
+        (bad / "img300.dcm").write_bytes(data[:-100])
+    cfg = tmp_path / "toy.yaml"
+    text = yaml.safe_dump({"name": "toy", "domains": {"a": "A", "b": "B"}, "root": str(tmp_path)})
+    cfg.write_text(text + ("domains: {a: A\n" if kind == "bad-yaml" else ""))
+    return cfg
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("bad-yaml", r"toy.yaml: not valid YAML at line \d+, column \d+"),
+    ("constant", r"img200.png: constant image"),
+    ("non-utf8", r"img\ufffd.png: file name is not valid UTF-8; rename the file"),
+    ("cut-dicom", r"img300.dcm: DICOM file is cut short: its pixel data holds \d+ of 2048 bytes"),
+    ("too-small", r"served at 8x8 px; the metrics need at least 11x11"),
+])
+def test_bad_data_gets_one_line_before_any_training(tmp_path, kind, message, capsys, monkeypatch):
+    import benchmark.run as runner
+    from benchmark.__main__ import main
+
+    monkeypatch.setattr(runner, "_fit", lambda *a, **k: pytest.fail("trained on bad data"))
+    cfg = _bad_folder(tmp_path / "data", kind)
+    argv = ["run", "--method", "medshift", "--dataset", "folder", "--dataset-config", str(cfg), "--task", "a->b",
+            "--results-dir", str(tmp_path / "res"), "--max-steps", "2", "--quiet", "--no-frd"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and "\n" not in err, err
+
+
+def test_ctrl_c_during_evaluation_is_one_line(tmp_path, micro, capsys, monkeypatch):
+    import benchmark.run as runner
+    from benchmark.__main__ import main
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner.Evaluator, "test_record", interrupted)
+    argv = ["run", "--method", "identity", "--preset", "micro", "--data-root", str(micro.root.parent.parent),
+            "--results-dir", str(tmp_path), "--quiet", "--no-frd"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted: every finished record is on disk; run the same command again to resume"
+
+
+def test_collect_on_a_read_only_folder_is_one_line(tmp_path, micro, capsys, monkeypatch):
+    import benchmark.collect as collect
+    from benchmark.__main__ import main
+
+    run_one(_spec(micro, "identity", max_steps=None, overrides=()), _ctx(tmp_path))
+
+    def read_only(path, *a, **k):  # what writing into a read-only folder raises (chmod does not stop root)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(collect, "atomic_write", read_only)
+    assert main(["collect", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "permission denied" in err and "tables" in err and "\n" not in err, err
