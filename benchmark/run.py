@@ -228,11 +228,13 @@ def budget_plan(spec: RunSpec, config: dict, dataset, ctx: RunContext, folder: P
     cfg_path = folder / "config.json"
     if cfg_path.is_file():
         old = json.loads(cfg_path.read_text()).get("budget") or {}
-        if old.get("budget") == budget and old.get("flops_per_iteration"):
+        if old.get("budget") == budget and old.get("flops_per_iteration") is not None:
             return old
     method = _build(spec, dataset, config)
     prepare(spec, method, dataset, ctx)
     flops = flops_per_iteration(method, _datamodule(spec, method, dataset, ctx))
+    if flops == 0:  # no matrix/conv FLOPs: negligible compute, its own max_steps (`benchmark.budget`)
+        return dict(budget=budget, flops_per_iteration=0, max_steps=int(config["max_steps"]))
     return dict(budget=budget, flops_per_iteration=flops, max_steps=iterations_for(budget, flops))
 
 
@@ -406,7 +408,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
     iters = info["segments"][-1]["end_step"]
     info.update(train_sec=info["segments"][-1]["total_sec"], train_steps=iters, selected_step=step,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
-                train_flops=per_iter_flops * iters if per_iter_flops else None,
+                train_flops=per_iter_flops * iters if per_iter_flops is not None else None,
                 images_seen=iters * method.train_batch_size,
                 selection_metric=V.checkpoint_metric(chosen) if chosen else None)
     atomic_write(info_path, json.dumps(info))

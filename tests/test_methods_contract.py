@@ -102,6 +102,31 @@ def test_the_template_method_meets_the_contract(tiny, tmp_path):
     assert torch.equal(method.translate(x, "syn_low", "real_normal", 0.0), x)
 
 
+def test_the_template_runs_through_the_budgeted_runner(micro, tmp_path, monkeypatch):
+    """The old bug: the template (scalar parameters, no matrix FLOPs) stopped the runner with "measured no FLOPs";
+    it now trains its own max_steps under the preset's budget, and its plan says why."""
+    import json
+
+    import methods
+    from benchmark.config import RunSpec
+    from benchmark.run import RunContext, run_one
+    from benchmark.scorer import Scorer
+    from methods.template import AffineIntensity
+
+    monkeypatch.setitem(methods.METHODS, "template", AffineIntensity)
+    ctx = RunContext(tmp_path, Scorer(weights_dir=tmp_path / "w", cache_dir=tmp_path / "cache", frd=False),
+                     quiet=True)
+    spec = RunSpec("template", preset="micro", data_root=str(micro.root.parent.parent), overrides=(("max_steps", 7),))
+    records = [r for r in run_one(spec, ctx) if r["split"] == "test"]
+    cfg = json.loads((spec.folder(tmp_path) / "config.json").read_text())
+    assert cfg["budget"] is None and cfg["method_config"]["max_steps"] == 7  # --set max_steps bypasses the budget
+    spec = RunSpec("template", preset="micro", data_root=str(micro.root.parent.parent))
+    records = [r for r in run_one(spec, ctx) if r["split"] == "test"]
+    cfg = json.loads((spec.folder(tmp_path) / "config.json").read_text())
+    assert cfg["budget"]["flops_per_iteration"] == 0 and cfg["budget"]["max_steps"] == 200  # its own default
+    assert {r["train_steps"] for r in records} == {200} and {r["train_flops"] for r in records} == {0}
+
+
 def test_registry_error_lists_names():
     with pytest.raises(KeyError, match="available: identity, histmatch"):
         get_method("nope")
