@@ -579,66 +579,111 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
 
 
 def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
-    records_path = folder / "records.jsonl"
-    records = read_records(records_path)
+    """The stages of one run, each a function below; every stage can be interrupted and resumed."""
+    state = _read_state(folder, ctx)
+    dataset = load_data(spec, ctx)
+    check_data(dataset)
+    _check_same_data(folder, dataset)
+    config, plan = _resolve(spec, dataset, ctx, folder)
+    method = _build(spec, dataset, config)
+    todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
+    if state.finished and not todo:
+        return state.records
+    _check_can_evaluate(folder, state)
+    donor = _write_config(spec, folder, dataset, config, plan, method, state)
+    evaluator = Evaluator(spec, method, dataset, ctx, state.records, folder / "records.jsonl")
+    evaluator.train = dict(plan)
+    evaluator.train = final_weights(spec, method, dataset, folder, ctx, donor, plan, evaluator)
+    method.eval()
+    _evaluate(spec, ctx, folder, evaluator, todo, state)
+    write_done(folder, state.records)
+    return state.records
+
+
+@dataclass
+class _RunState:
+    records: list[dict]
+    finished: bool  # `done` vouches for the records on disk
+    stale: dict  # test point -> metrics a re-scoring adds
+    have: set  # test points already recorded (and not stale)
+
+    @property
+    def tests(self) -> list[dict]:
+        return [r for r in self.records if r.get("split", "test") == "test"]
+
+
+def _read_state(folder: Path, ctx: RunContext) -> _RunState:
+    """The run's records and whether `done` vouches for them (a `done` that does not is removed, with a warning)."""
+    records = read_records(folder / "records.jsonl")
     problem = verify_done(folder)
     if (folder / "done").is_file() and problem:
         warnings.warn(f"{folder}: {problem}; evaluating its missing records again from its selected weights",
-                      stacklevel=2)
+                      stacklevel=3)
         (folder / "done").unlink()
-    finished = problem is None
     tests = [r for r in records if r.get("split", "test") == "test"]
     stale = {point_key(r): stale_metrics(r, ctx.scorer.unavailable) for r in tests} if ctx.rescore else {}
     stale = {k: v for k, v in stale.items() if v}
-    dataset = load_data(spec, ctx)
-    check_data(dataset)
-    fingerprint = dataset.fingerprint
+    return _RunState(records, problem is None, stale, {point_key(r) for r in tests} - set(stale))
+
+
+def _check_same_data(folder: Path, dataset) -> None:
+    """A run folder made from other files than today's (its config.json's fingerprint) is not continued."""
     if (folder / "config.json").is_file():
+        fingerprint = dataset.fingerprint
         was = json.loads((folder / "config.json").read_text()).get("data_fingerprint", fingerprint)
         if was != fingerprint:
             raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {fingerprint[:12]}): files "
                            f"under {dataset.root} changed since; delete that run folder to run it on today's data")
+
+
+def _resolve(spec: RunSpec, dataset, ctx: RunContext, folder: Path) -> tuple[dict, dict]:
+    """The method config with `max_steps` from the FLOP budget, and the budget plan."""
     config = resolve_config(spec)
-    selected = folder / "checkpoints" / "selected.ckpt"
     plan = budget_plan(spec, config, dataset, ctx, folder)
-    config = dict(config, **({"max_steps": plan["max_steps"]} if plan else {}))
-    method = _build(spec, dataset, config)
-    have = {point_key(r) for r in tests} - set(stale)
-    todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in have]
-    if finished and not todo:
-        return records
-    if records and not selected.is_file() and (tests or finished):
+    return dict(config, **({"max_steps": plan["max_steps"]} if plan else {})), plan
+
+
+def _check_can_evaluate(folder: Path, state: _RunState) -> None:
+    if state.records and not (folder / "checkpoints" / "selected.ckpt").is_file() and (state.tests or state.finished):
         raise RunError(f"cannot evaluate {folder} again: checkpoints/selected.ckpt is missing, and training again "
                        "would not reproduce the recorded values; delete the run folder and run it again instead")
+
+
+def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict, method,
+                  state: _RunState) -> Path | None:
+    """Write config.json (before any training; a re-scored run keeps its fit's) and return the donor run whose
+    weights this run reuses, if any (`config.find_donor`)."""
+    fingerprint = dataset.fingerprint
     key = fit_key(asdict(spec), config, dataset.domains)
-    donor = None if selected.is_file() or (folder / "train.json").is_file() else find_donor(folder, key,
-                                                                                          dataset.domains, fingerprint)
-    if not (folder / "config.json").is_file() or not finished:  # a re-scored run keeps the config.json of its fit
+    trained = (folder / "checkpoints" / "selected.ckpt").is_file() or (folder / "train.json").is_file()
+    donor = None if trained else find_donor(folder, key, dataset.domains, fingerprint)
+    if not (folder / "config.json").is_file() or not state.finished:
         atomic_write(folder / "config.json", json.dumps(dict(
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
             data_identity=spec.data_identity, data_fingerprint=fingerprint,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
             knob=method.knob_name, knob_grid=list(method.knob_grid), fit_key=key, protocol=PROTOCOL_VERSION,
             budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))
-    evaluator = Evaluator(spec, method, dataset, ctx, records, records_path)
-    evaluator.train = dict(plan)
-    evaluator.train = final_weights(spec, method, dataset, folder, ctx, donor, plan, evaluator)
-    method.eval()
+    return donor
+
+
+def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState):
+    """Choose the knob on validation, then score the missing test points (or re-score stale ones), each written
+    as soon as it is made."""
     choice = evaluator.choose_knobs()
+    records = state.records
     bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None
     for task_name, source, knob in todo:
         point = ("test", None, task_name, source, knob)
-        if point in stale:
-            rec = evaluator.test_record(task_name, source, knob, knob == choice[task_name])
+        rec = evaluator.test_record(task_name, source, knob, knob == choice[task_name])
+        if point in state.stale:
             i = [point_key(r) for r in records].index(point)
-            records[i] = rec = merge_rescored(records[i], rec, stale[point], evaluator.sha)
-            write_records(records_path, records)
+            records[i] = rec = merge_rescored(records[i], rec, state.stale[point], evaluator.sha)
+            write_records(folder / "records.jsonl", records)
             if rec["rescored"]["max_abs_diff"] > 1e-6:
                 warnings.warn(f"re-scoring {folder.name} {point}: translating again changed recorded metrics by up "
                               f"to {rec['rescored']['max_abs_diff']:.3g}; the recorded values are kept", stacklevel=1)
         else:
-            evaluator.add(evaluator.test_record(task_name, source, knob, knob == choice[task_name]))
+            evaluator.add(rec)
         if bar is not None:
             ctx.progress.advance(bar)
-    write_done(folder, records)
-    return records
