@@ -128,7 +128,30 @@ def resolve_config(spec: RunSpec) -> dict:
         cfg["max_steps"] = spec.max_steps
     if "max_steps" in cfg and cfg["max_steps"] < 1:
         raise RunError(f"max_steps={cfg['max_steps']}: {spec.method} needs at least 1 training step")
+    for key, rule in getattr(cls, "allowed", {}).items():
+        if key in cfg:
+            check_allowed(spec.method, key, cfg[key], rule, defaults[key])
     return cfg
+
+
+def check_allowed(method: str, key: str, value, rule, default) -> None:
+    """`value` within the declared `rule` (an interval "[lo, hi)" or a tuple of choices), else a RunError."""
+    if value is None:
+        return
+    shown = json.dumps(list(default) if isinstance(default, tuple) else default)
+    if isinstance(rule, tuple):
+        if value not in rule:
+            raise RunError(f"--set {key}={value!r}: {method}'s {key} is one of {', '.join(map(str, rule))} "
+                           f"(default {shown})")
+        return
+    lo_s, hi_s = (part.strip() for part in rule[1:-1].split(","))
+    lo, hi = float(lo_s), float(hi_s)
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    inside = bool(values) and all((v >= lo if rule[0] == "[" else v > lo) and (v <= hi if rule[-1] == "]" else v < hi)
+                                  for v in values)
+    if not inside:
+        what = "every element of " if isinstance(value, (list, tuple)) else ""
+        raise RunError(f"--set {key}={value!r}: {what}{method}'s {key} must lie in {rule} (default {shown})")
 
 
 def setting(spec: RunSpec) -> str:

@@ -15,7 +15,8 @@ The whole contract of a subclass:
   layout); `sampling_settings` (config keys that only change translation: a run differing from a
   finished one only in these re-uses its fit); `optimizer_steps_per_iteration` (for Lightning's step
   count); `drop_last`; `reference_row` (shown unranked); `style` (colour, marker, label in figures);
-  `smoke_settings` (the smallest config that exercises its code paths, used by the contract test);
+  `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
+  (ranges and choices of settings, checked with the config before any work);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
 * `train_batch_size` and `trainer_settings(max_steps)`: its batch size and training length (defaults
   read the `batch_size` / `max_steps` settings and fail loudly without them);
@@ -71,6 +72,14 @@ class TranslationMethod(L.LightningModule):
     style: ClassVar[dict] = {"marker": "o"}
     #: The smallest settings that still exercise every code path (the contract test fits with these).
     smoke_settings: ClassVar[dict] = {}
+    #: Allowed values of settings beyond their type, checked with the config before any work: an interval
+    #: "[lo, hi)" ("inf" allowed; for a tuple setting, each element) or a tuple of choices. These common ones
+    #: apply to whichever of the settings a method has; a method extends them (`{**TranslationMethod.allowed, ...}`).
+    allowed: ClassVar[dict] = {
+        "lr": "(0, inf)", "max_steps": "[1, inf)", "batch_size": "[1, inf)", "warmup_steps": "[0, inf)",
+        "weight_decay": "[0, inf)", "ema_decay": "[0, 1)", "base_channels": "[1, inf)", "channel_mults": "[1, inf)",
+        "layers_per_block": "[1, inf)", "num_inference_steps": "[1, inf)",
+    }
 
     def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
         super().__init__()

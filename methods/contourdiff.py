@@ -33,6 +33,7 @@ class ContourDiff(TranslationMethod):
     knob_grid = (1.0, 0.5)
     knob_curve = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
     sampling_settings = ("sampler", "num_inference_steps")
+    allowed = {**TranslationMethod.allowed, "sampler": ("ddpm", "ddim")}
     style = dict(color="tab:purple", marker="P", label="ContourDiff")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
                           warmup_steps=1)

@@ -30,6 +30,8 @@ class CycleGAN(TranslationMethod):
     optimizer_steps_per_iteration = 2  # generators, then discriminators: max_steps iterations = 2 * max_steps steps
     style = dict(color="tab:blue", marker="^", label="CycleGAN")
     smoke_settings = dict(ngf=8, ndf=8, n_blocks=1, max_steps=3)
+    allowed = {**TranslationMethod.allowed, "ngf": "[1, inf)", "ndf": "[1, inf)", "n_blocks": "[0, inf)",
+               "lambda_cycle": "[0, inf)", "lambda_identity": "[0, inf)", "pool_size": "[0, inf)", "beta1": "[0, 1)"}
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, ngf: int = 64, ndf: int = 64, n_blocks: int | None = None,

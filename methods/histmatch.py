@@ -19,6 +19,7 @@ class HistMatch(TranslationMethod):
     """Domain-level histogram matching with a blend knob."""
 
     reference_row = True  # the tables show it unranked
+    allowed = {**TranslationMethod.allowed, "n_bins": "[2, inf)"}
     style = dict(color="tab:gray", marker="D", label="histogram matching")
     train_batch_size = 16  # one pass; the batch size only sets how images are grouped
 

@@ -55,6 +55,11 @@ class MedShift(TranslationMethod):
     knob_grid = (0.6, 0.45, 0.3)
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
     sampling_settings = ("guidance", "solver", "step_size")
+    allowed = {**TranslationMethod.allowed, "step_size": "(0, 1]", "guidance": "[0, inf)", "sigma_min": "[0, 1)",
+               "p_uncond": "[0, 1]", "time_scale": "(0, inf)", "solver": ("euler", "heun"),
+               "space": ("pixel", "latent"), "ae_channels": "[1, inf)", "ae_latent_channels": "[1, inf)",
+               "ae_steps": "[1, inf)",
+               "path": ("condot", "bridge"), "bridge_sigma": "[0, inf)", "coupling": ("independent", "ot")}
     style = dict(color="tab:red", marker="o", label="MedShift (τ)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, step_size=0.25, batch_size=4,
                           warmup_steps=1)

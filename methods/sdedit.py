@@ -31,6 +31,7 @@ class SDEdit(TranslationMethod):
     knob_grid = (0.1, 0.2, 0.3)
     knob_curve = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
     sampling_settings = ("sampler", "num_inference_steps", "repeats")
+    allowed = {**TranslationMethod.allowed, "sampler": ("ddpm", "ddim"), "repeats": "[1, inf)"}
     style = dict(color="tab:green", marker="v", label="SDEdit (strength)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
                           warmup_steps=1)

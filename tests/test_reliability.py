@@ -175,6 +175,12 @@ def test_sigkill_during_training_resumes_to_the_uninterrupted_records(tmp_path, 
     ("base_channels", "abc", "base_channels takes a int"),
     ("channel_mults", 5, "channel_mults takes a tuple"),
     ("max_steps", 0, "at least 1"),
+    ("step_size", -1, r"step_size must lie in \(0, 1\]"),
+    ("ema_decay", 2, r"ema_decay must lie in \[0, 1\)"),
+    ("lr", -1e-3, r"lr must lie in \(0, inf\)"),
+    ("channel_mults", [], r"every element of medshift's channel_mults must lie in"),
+    ("channel_mults", [1, 0], r"every element of medshift's channel_mults must lie in"),
+    ("solver", "rk4", "solver is one of euler, heun"),
 ])
 def test_bad_set_values_fail_before_any_work(key, value, message):
     with pytest.raises(RunError, match=message):
