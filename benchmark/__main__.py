@@ -244,8 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     w = sub.add_parser("weights", help="download Inception + AlexNet weights (needs internet)")
     w.add_argument("--weights-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    from benchmark.records import RunError
-    from benchmark.weights import WeightsUnavailable
+    from benchmark.records import RunError, WeightsUnavailable
 
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,

@@ -50,6 +50,42 @@ def split_variants(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return df[~is_variant], df[base.isin(set(base[is_variant]))]
 
 
+#: What the tables and figures read of each method (`method_info`), filled from the runs' config.json.
+_METHOD_INFO: dict[str, dict] = {}
+
+
+def method_info(method: str) -> dict:
+    """{knob, knob_grid, reference_row, style} of a registered method: from its runs' config.json (written by the
+    runner, so building tables needs no torch), else from the method class (runs from before it was recorded)."""
+    name = base_method(method)
+    if name not in _METHOD_INFO:
+        from methods import METHODS
+
+        cls = METHODS.get(name)
+        _METHOD_INFO[name] = declared_info(cls) if cls is not None else {}
+    return _METHOD_INFO[name]
+
+
+def declared_info(cls) -> dict:
+    """What a method class declares for tables and figures (the runner writes it into config.json)."""
+    return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
+                style=dict(cls.style))
+
+
+def _read_method_info(files: list[Path]) -> None:
+    import json
+
+    for f in files:
+        cfg_path = Path(f).parent / "config.json"
+        try:
+            cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        except ValueError:
+            continue
+        info, name = cfg.get("method_info"), (cfg.get("spec") or {}).get("method")
+        if isinstance(info, dict) and name:
+            _METHOD_INFO.setdefault(name, info)
+
+
 def load_records(results_dir: Path) -> pd.DataFrame:
     """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame.
 
@@ -59,6 +95,7 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     results_dir = Path(results_dir)
     files = sorted(results_dir.glob("runs/**/records.jsonl")) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
+    _read_method_info(files)
     if not rows:
         raise FileNotFoundError(f"no records under {results_dir} (run `python -m benchmark run` first)")
     df = pd.DataFrame(rows)
@@ -167,10 +204,7 @@ def realism_metric(df: pd.DataFrame, valid: list[str] | None = None) -> str | No
 
 def is_reference(method: str) -> bool:
     """Reference rows (no translation, histogram matching) are shown but not ranked (`reference_row` declaration)."""
-    from methods import METHODS
-
-    cls = METHODS.get(base_method(method))
-    return bool(cls is not None and cls.reference_row)
+    return bool(method_info(method).get("reference_row"))
 
 
 def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better: bool) -> pd.Series:
@@ -255,11 +289,9 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
         variants: False: each method as configured (no `--set`/`--max-steps` variants). True: the methods that
             have variants, each with its configured rows first and then its variants' rows.
     """
-    from methods import METHODS
-
     def on_grid(row) -> bool:
-        cls = METHODS.get(base_method(row["method"]))  # a variant has its method's grid
-        grid = ("",) if cls is None or cls.knob_name is None else tuple(cls.knob_grid)
+        info = method_info(row["method"])  # a variant has its method's grid
+        grid = ("",) if not info or info.get("knob") is None else tuple(info["knob_grid"])
         return row["knob_value"] in grid
 
     configured, with_variants = split_variants(table[table.apply(on_grid, axis=1)])

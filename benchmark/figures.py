@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import base_method, load_records, realism_metric, split_variants, summary, test_records
+from .collect import base_method, load_records, method_info, realism_metric, split_variants, summary, test_records
 from .metrics import METRICS
 
 VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
@@ -14,11 +14,9 @@ VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"
 def method_style(method: str, n_variant: int = 0) -> dict:
     """A method's look (its declared `style`); a variant "medshift (guidance=3.0)" keeps its method's marker in its
     own colour."""
-    from methods import METHODS
-
-    cls = METHODS.get(base_method(method))
-    base = {"marker": "o", "label": method, **(cls.style if cls is not None else {})}
-    if cls is not None and method == base_method(method):
+    info = method_info(method)
+    base = {"marker": "o", "label": method, **(info.get("style") or {})}
+    if info and method == base_method(method):
         return base
     return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
 

@@ -24,8 +24,23 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+
+class _Lazy:
+    """A module imported on first use: the declarations (`METRICS`) and the interval statistics serve `collect`
+    without torch (building tables needs none); computing a metric imports it."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+torch = _Lazy("torch")
+F = _Lazy("torch.nn.functional")
 
 PSNR_CAP_DB = 100.0
 

@@ -29,6 +29,10 @@ RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source
 TMP_MARK = ".tmp-"
 
 
+class WeightsUnavailable(RuntimeError):
+    """Weights are missing or fail verification; the message says why and how to fix it."""
+
+
 class RunError(RuntimeError):
     """A problem with the user's request or files; the message is one line with the fix."""
 

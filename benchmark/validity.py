@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from .metrics import F, torch  # imported on first use: `collect` reads the validity results without torch
 
 STRENGTHS = (1, 2, 3)
 NOISE_GAIN = {1: 0.0005, 2: 0.002, 3: 0.008}  # added variance per unit signal (x in [0, 1])

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .records import WeightsUnavailable  # noqa: F401  (defined torch-free; raised here)
+
 FIX_COMMAND = "make weights WEIGHTS_DIR=<dir> (on a machine with internet), then pass --weights-dir <dir>"
 
 
@@ -37,10 +39,6 @@ WEIGHTS: dict[str, WeightFile] = {
     "alexnet": WeightFile("alexnet", "alexnet-owt-7be5be79.pth",
                           "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"),
 }
-
-
-class WeightsUnavailable(RuntimeError):
-    """Weights are missing or fail verification; the message says why and how to fix it."""
 
 
 def search_dirs(weights_dir: str | Path | None = None) -> list[Path]:

@@ -162,3 +162,25 @@ def test_each_table_names_the_metric_it_was_ranked_by(tmp_path):
     write_tables(table, tmp_path / "tables")
     assert "realism rank by nps_dist" in (tmp_path / "tables" / "summary.md").read_text()
     assert "realism rank by fid" in (tmp_path / "tables" / "headline.md").read_text()
+
+
+def test_collect_and_figures_build_without_torch(tmp_path, micro):
+    """Building tables needs no torch: method facts come from the runs' config.json, metric declarations and
+    statistics import torch only to compute a metric."""
+    import subprocess
+    import sys
+
+    from benchmark.config import RunSpec
+    from benchmark.run import RunContext, run_one
+    from benchmark.scorer import Scorer
+
+    ctx = RunContext(tmp_path, Scorer(weights_dir=tmp_path / "w", cache_dir=tmp_path / "c", frd=False), quiet=True)
+    run_one(RunSpec("identity", preset="micro", data_root=str(micro.root.parent.parent)), ctx)
+    code = ("import sys; from benchmark.__main__ import main; "
+            f"assert main(['collect', '--results-dir', {str(tmp_path)!r}]) == 0; "
+            f"assert main(['figures', '--results-dir', {str(tmp_path)!r}]) == 0; "
+            "print(sorted(m for m in ('torch', 'lightning', 'methods') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "tables" / "summary.csv").is_file()
