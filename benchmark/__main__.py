@@ -114,9 +114,12 @@ def _prepare_data(spec, ctx, progress) -> None:
 def _print_table(records: list[dict], console) -> None:
     from rich.table import Table
 
-    cols = ["method", "seed", "task", "source", "knob_value", "ssim_src", "ssim_gt", "psnr_gt", "nps_dist", "hist_w1",
-            "fid", "nfe", "sec_per_image"]
-    table = Table(title="results (this invocation; `make collect` for mean ± CI tables)")
+    from benchmark.metrics import METRICS
+
+    records = [r for r in records if r.get("split", "test") == "test"]
+    shown = [m for m, spec in METRICS.items() if spec.in_table and any(r.get(m) is not None for r in records)]
+    cols = ["method", "seed", "task", "source", "knob_value", *shown, "nfe", "sec_per_image"]
+    table = Table(title="test results (this invocation; `make collect` for mean ± CI tables)")
     for c in cols:
         table.add_column(c, no_wrap=True)
     for r in records:

@@ -15,17 +15,17 @@ import os
 import time
 from pathlib import Path
 
+from .metrics import METRICS
+
 #: Version of the evaluation protocol a record was made under; `collect` refuses to mix versions.
 #: 1: realism against the test split's own real images, 6-subject test set, last checkpoint.
 #: 2: realism against a disjoint `ref` split of other subjects, 30 test subjects, final weights saved before
 #:    evaluation, SDEdit strength at exactly t0 * T, CycleGAN budgets in iterations, subject ids in records.
 PROTOCOL_VERSION = 2
 
+#: Every record has these keys (None when not computed): the point, then every declared metric, then cost.
 RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value",
-               "n_images",
-               "ssim_src", "psnr_src", "lpips_src", "ssim_gt", "psnr_gt", "lpips_gt", "fid", "kid", "precision",
-               "recall", "density", "coverage", "cmmd", "nps_dist", "hist_w1", "frd", "nfe", "sec_per_image",
-               "train_sec", "n_params", "peak_rss_mb")
+               "n_images", *METRICS, "nfe", "sec_per_image", "train_sec", "n_params", "peak_rss_mb")
 TMP_MARK = ".tmp-"
 
 
