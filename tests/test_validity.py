@@ -31,7 +31,7 @@ def test_weight_free_metrics_grow_with_degradation(micro, tmp_path):
     scorer = Scorer(weights_dir=tmp_path / "w", frd=False)
     result = metric_validity(micro, scorer, "real_normal")
     values = result["values"]
-    assert set(values) == {"nps_dist", "hist_w1"} and result["n_reference"] == 3 * 3
+    assert set(values) == {"nps_dist", "nps_flat", "hist_w1"} and result["n_reference"] == 3 * 3
     # the NPS distance sees noise and blur; the histogram distance sees the contrast change
     for kind in ("noise", "blur"):
         v = values["nps_dist"][kind]
