@@ -169,6 +169,46 @@ def test_sigkill_during_training_resumes_to_the_uninterrupted_records(tmp_path, 
     assert _tests(recs)[0]["train_sec"] == last["total_sec"] > last["sec"] > 0
 
 
+def test_sigkill_while_writing_a_resume_point_leaves_no_temporary_and_resumes_equal(tmp_path, micro):
+    """A kill between writing the checkpoint's temporary and renaming it: no half-written last.ckpt, the temporary
+    is removed on the next start, and the resumed run records what an uninterrupted one does."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    assert _run(_cli(whole, micro)) == 0
+    killer = ("import os, signal, sys; import lightning.pytorch as pl; save = pl.Trainer.save_checkpoint\n"
+              "def dying(self, path, *a, **k):\n"
+              "    save(self, path, *a, **k)\n"
+              "    if '.last.ckpt.tmp-' in str(path): os.kill(os.getpid(), signal.SIGKILL)\n"
+              "pl.Trainer.save_checkpoint = dying\n"
+              "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    cmd = _cli(cut, micro)
+    killed = subprocess.run([sys.executable, "-c", killer, *cmd[3:]], cwd=ROOT, capture_output=True, env=ONE_THREAD)
+    assert killed.returncode == -signal.SIGKILL
+    ckpts = next(cut.glob("runs/*/*/*/checkpoints"))
+    assert list(ckpts.glob(".last.ckpt.tmp-*")) and not (ckpts / "last.ckpt").exists()
+    assert _run(cmd) == 0
+    assert not list(ckpts.glob(".*tmp-*"))
+    _same_records(read_records(next(whole.glob("runs/*/*/*/records.jsonl"))),
+                  read_records(next(cut.glob("runs/*/*/*/records.jsonl"))))
+
+
+def test_ctrl_c_of_a_real_run_during_evaluation_prints_one_line(tmp_path, micro):
+    """SIGINT (what Ctrl-C sends) during evaluation: one line on stderr, exit 130, and the run resumes later."""
+    results = tmp_path / "r"
+    cmd = _cli(results, micro)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=ONE_THREAD)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 300:
+        if any(r.read_text().count('"split": "test"') for r in results.glob("runs/*/*/*/records.jsonl")):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    err = proc.communicate(timeout=120)[1].strip()
+    assert proc.returncode == 130, err[-2000:]
+    assert err == "interrupted: every finished record is on disk; run the same command again to resume"
+    assert _run(cmd) == 0
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("guidance", "abc", "guidance takes a float"),
     ("lr", "abc", "lr takes a float"),
