@@ -663,6 +663,7 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
             data_identity=spec.data_identity, data_fingerprint=fingerprint,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
+            torch_threads=torch.get_num_threads(),
             knob=method.knob_name, knob_grid=list(method.knob_grid), method_info=declared_info(type(method)),
             fit_key=key, protocol=PROTOCOL_VERSION,
             budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))
