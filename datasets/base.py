@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ class XrayDataset:
         if unknown:
             raise ValueError(f"manifest of {self.root} has unknown domain(s) {unknown}; known: {self.domains}")
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """sha256 over every image's id, split, path and byte size (a run's config.json records it; a finished run
         is not reused for data that changed since). An in-place edit that keeps a file's size is not detected."""
