@@ -62,14 +62,8 @@ def method_info(method: str) -> dict:
         from methods import METHODS
 
         cls = METHODS.get(name)
-        _METHOD_INFO[name] = declared_info(cls) if cls is not None else {}
+        _METHOD_INFO[name] = cls.table_info() if cls is not None else {}
     return _METHOD_INFO[name]
-
-
-def declared_info(cls) -> dict:
-    """What a method class declares for tables and figures (the runner writes it into config.json)."""
-    return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
-                style=dict(cls.style))
 
 
 def _read_method_info(files: list[Path]) -> None:

@@ -48,7 +48,6 @@ import torch
 
 from . import validation as V
 from .budget import flops_per_iteration, iterations_for, preset_budget
-from .collect import declared_info
 from .config import RunSpec, find_donor, fit_key, resolve_config, setting
 from .records import (
     PROTOCOL_VERSION,
@@ -664,7 +663,7 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
             data_identity=spec.data_identity, data_fingerprint=fingerprint,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
             torch_threads=torch.get_num_threads(),
-            knob=method.knob_name, knob_grid=list(method.knob_grid), method_info=declared_info(type(method)),
+            knob=method.knob_name, knob_grid=list(method.knob_grid), method_info=type(method).table_info(),
             fit_key=key, protocol=PROTOCOL_VERSION,
             budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))
     return donor

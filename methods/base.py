@@ -85,6 +85,12 @@ class TranslationMethod(L.LightningModule):
         super().__init__()
         self.domains, self.sources, self.target, self.image_size = tuple(domains), tuple(sources), target, image_size
 
+    @classmethod
+    def table_info(cls) -> dict:
+        """What tables and figures read of the method (the runner writes it into config.json as `method_info`)."""
+        return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
+                    style=dict(cls.style))
+
     # ------------------------------------------------------------------ declared by every method
     @classmethod
     def training_domains(cls, domains: tuple[str, ...], sources: tuple[str, ...], target: str) -> tuple[str, ...]:
