@@ -70,6 +70,7 @@ def cmd_run(args) -> int:
         if loaded is not None:  # a folder dataset was scanned to learn its domains: not again
             ctx.datasets[data_key(specs[0])] = loaded
         _prepare_data(specs[0], ctx, progress)
+        specs = _applicable(specs, args.method, ctx, console)
         overall = progress.add_task("runs", total=len(specs))
         records = []
         from benchmark.run import run_one
@@ -84,6 +85,27 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]unavailable[/] {', '.join(names)}: {reason}")
     _print_table(records, console)
     return 0
+
+
+def _applicable(specs: list, methods: list[str], ctx, console) -> list:
+    """The specs whose method can run on its data, checked before any run: a method asked for by name that cannot
+    stops the invocation (one line); with `--method all` it is left out, with a note."""
+    from benchmark.records import RunError
+    from benchmark.run import check_data, load_data
+
+    keep, noted = [], set()
+    for spec in specs:
+        try:
+            check_data(load_data(spec, ctx), spec)
+        except RunError as exc:
+            if methods != ["all"]:
+                raise
+            if spec.method not in noted:
+                console.print(f"[yellow]skipped[/] {exc}")
+                noted.add(spec.method)
+            continue
+        keep.append(spec)
+    return keep
 
 
 def _check_writable(results_dir: Path) -> None:

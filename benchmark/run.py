@@ -63,6 +63,7 @@ from .records import (
     write_records,
 )
 from .rescore import merge_rescored, stale_metrics
+from .samples import sample_scenes, save_samples
 
 # Lightning messages that are expected for analytic methods or on CPU-only machines.
 QUIET_WARNINGS = (".*configure_optimizers.*returned .None.*", ".*training_step.*returned .None.*",
@@ -466,7 +467,8 @@ class Evaluator:
             if rows.empty:
                 raise RunError(f"{self.dataset.name}: no {source} images in the {split!r} split")
             x_src = self.dataset.load(rows)
-            self.sets[key] = (x_src, *self.dataset.counterparts(rows, task.target), list(rows["subject"]))
+            self.sets[key] = (x_src, *self.dataset.counterparts(rows, task.target), list(rows["subject"]),
+                              list(rows["scene"]))
         return self.sets[key]
 
     def _reference(self, target: str):
@@ -478,9 +480,12 @@ class Evaluator:
 
     # ------------------------------------------------------------------ records
     def _record(self, method, split: str, task_name: str, source: str, knob, step=None, subset=False) -> dict:
-        x_src, x_gt, gt_reason, subjects = self._set(split, task_name, source, subset)
+        x_src, x_gt, gt_reason, subjects, scenes = self._set(split, task_name, source, subset)
         target = self.tasks[task_name].target
         x_hat, sec = _translate(method, x_src, source, target, knob)
+        if split == "test":
+            save_samples(self.path.parent, task_name, scenes, sample_scenes(self.dataset, target), source, target,
+                         knob, x_src, x_gt, x_hat)
         scorer = self.ctx.scorer if split == "test" else self.ctx.val_scorer
         scores = scorer.score(x_hat, x_src, x_gt, self._reference(target), gt_reason, subjects=subjects)
         spec = self.spec
@@ -555,9 +560,19 @@ def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]
     return points
 
 
-def check_data(dataset) -> None:
-    """What the data must satisfy for every metric, checked before any training (a clear error, not one after)."""
+def check_data(dataset, spec: RunSpec) -> None:
+    """What the data must satisfy for every metric and for the spec's method, checked before any training (a clear
+    error, not one after): images large enough for SSIM; pixel-exact pairs for a paired method."""
+    from datasets.datamodule import check_pairs
+    from methods import get_method
+
     from .metrics import MIN_IMAGE_SIZE
+
+    if get_method(spec.method).pairing == "paired":
+        try:
+            check_pairs(dataset)
+        except ValueError as exc:
+            raise RunError(f"{spec.method} is a paired method: {exc}") from None
 
     if dataset.size < MIN_IMAGE_SIZE:
         raise RunError(f"{dataset.name} ({dataset.root}): images are served at {dataset.size}x{dataset.size} px; the "
@@ -582,7 +597,7 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     """The stages of one run, each a function below; every stage can be interrupted and resumed."""
     state = _read_state(folder, ctx)
     dataset = load_data(spec, ctx)
-    check_data(dataset)
+    check_data(dataset, spec)
     _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
     method = _build(spec, dataset, config)

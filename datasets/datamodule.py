@@ -9,6 +9,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .base import XrayDataset
 
+PAIRINGS = ("mixed", "unpaired", "paired")
+
+
+def check_pairs(dataset: XrayDataset) -> None:
+    """A dataset paired methods can train on (pixel-exact pairs across domains), else one line saying why not."""
+    if not dataset.aligned:
+        raise ValueError(f"dataset {dataset.name} ({dataset.root}) has no pixel-exact pairs (aligned: false), which "
+                         "paired methods train on; use a dataset with aligned scenes (skull-sim without --jitter)")
+
 
 class _Images(Dataset):
     def __init__(self, images: torch.Tensor, domains: torch.Tensor, ids: list[str]):
@@ -35,6 +44,21 @@ class _Unpaired(Dataset):
         ia, ib = item[0] % len(self.a), item[1]
         return {"image_a": self.a.images[ia], "domain_a": self.a.domains[ia], "id_a": self.a.ids[ia],
                 "image_b": self.b.images[ib], "domain_b": self.b.domains[ib], "id_b": self.b.ids[ib]}
+
+
+class _Paired(Dataset):
+    """Item i: the i-th source image and the aligned image of the same scene in the target domain (side B)."""
+
+    def __init__(self, a: _Images, b: _Images, partner: list[int]):
+        self.a, self.b, self.partner = a, b, partner
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def __getitem__(self, i: int) -> dict:
+        j = self.partner[i]
+        return {"image_a": self.a.images[i], "domain_a": self.a.domains[i], "id_a": self.a.ids[i],
+                "image_b": self.b.images[j], "domain_b": self.b.domains[j], "id_b": self.b.ids[j]}
 
 
 class BatchStream(Sampler):
@@ -104,7 +128,9 @@ class TranslationDataModule(L.LightningDataModule):
     held in memory (the presets are small); loading is single-process, which suits 2-core machines.
     With `pairing="unpaired"` (methods that learn a two-sided mapping, e.g. CycleGAN) batches are
     `{"image_a", "domain_a", "id_a", "image_b", "domain_b", "id_b"}` with side A = the task's source
-    domains and side B = its target, drawn independently.
+    domains and side B = its target, drawn independently. With `pairing="paired"` (the paired upper bounds)
+    the same keys hold aligned pairs: every source image of the split with the target image of its own scene
+    (a dataset without pixel-exact pairs is refused).
 
     Args:
         dataset: The data.
@@ -112,8 +138,8 @@ class TranslationDataModule(L.LightningDataModule):
         batch_size: Batch size.
         split: Split to serve for training.
         seed: Seeds the shuffling order.
-        pairing: "mixed" or "unpaired" (a method's declared `pairing`).
-        target: The task's target domain (side B) for "unpaired".
+        pairing: "mixed", "unpaired" or "paired" (a method's declared `pairing`).
+        target: The task's target domain (side B) for "unpaired" and "paired".
         drop_last: Drop the incomplete last batch (a method's declared `drop_last`; False for one-pass statistics).
         iterations: Batches of the whole fit (its `max_steps` iterations), or None (epochs until the trainer stops).
         start: The first batch to serve: a fit resumed at iteration k serves batches k, k+1, ... of the stream
@@ -124,10 +150,12 @@ class TranslationDataModule(L.LightningDataModule):
                  split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None,
                  drop_last: bool = True, iterations: int | None = None, start: int = 0):
         super().__init__()
-        if pairing not in ("mixed", "unpaired"):
-            raise ValueError(f"unknown pairing {pairing!r}; use mixed or unpaired")
-        if pairing == "unpaired" and target not in domains:
-            raise ValueError(f"unpaired batches need the target domain among {domains}, got {target!r}")
+        if pairing not in PAIRINGS:
+            raise ValueError(f"unknown pairing {pairing!r}; use {', '.join(PAIRINGS)}")
+        if pairing != "mixed" and target not in domains:
+            raise ValueError(f"{pairing} batches need the target domain among {domains}, got {target!r}")
+        if pairing == "paired":
+            check_pairs(dataset)
         self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
         self.split, self.seed = split, seed
         self.pairing, self.target, self.drop_last = pairing, target, drop_last
@@ -143,11 +171,23 @@ class TranslationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
+            side_a = tuple(d for d in self.domains if d != self.target)
             if self.pairing == "mixed":
                 self._train = self._images(self.domains)
-            else:
-                side_a = tuple(d for d in self.domains if d != self.target)
+            elif self.pairing == "unpaired":
                 self._train = _Unpaired(self._images(side_a), self._images((self.target,)))
+            else:
+                self._train = self._paired(side_a)
+
+    def _paired(self, side_a: tuple[str, ...]) -> _Paired:
+        a, b = self._images(side_a), self._images((self.target,))
+        rows_a, rows_b = self.dataset.rows(side_a, self.split), self.dataset.rows(self.target, self.split)
+        where = {scene: j for j, scene in enumerate(rows_b["scene"])}
+        missing = [s for s in rows_a["scene"] if s not in where]
+        if missing:
+            raise ValueError(f"{self.dataset.name}: {len(missing)} {self.split} scene(s) of {'+'.join(side_a)} have no "
+                             f"{self.target} counterpart (e.g. {missing[0]}); paired methods need every pair")
+        return _Paired(a, b, [where[s] for s in rows_a["scene"]])
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

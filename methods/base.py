@@ -12,9 +12,10 @@ The whole contract of a subclass:
   sets it from the preset's FLOP budget) and `batch_size` settings;
 * class attributes: `knob_name` / `knob_grid` (table values; the first is the default knob value) /
   `knob_curve` (dense values for curves), `knob_name = None` for a single point; `pairing` (batch
-  layout); `sampling_settings` (config keys that only change translation: a run differing from a
-  finished one only in these re-uses its fit); `optimizer_steps_per_iteration` (for Lightning's step
-  count); `drop_last`; `reference_row` (shown unranked); `style` (colour, marker, label in figures);
+  layout; "paired" makes a paired upper bound); `sampling_settings` (config keys that only change
+  translation: a run differing from a finished one only in these re-uses its fit);
+  `optimizer_steps_per_iteration` (for Lightning's step count); `drop_last`; `reference_row` (shown
+  unranked); `style` (colour, marker, label in figures);
   `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
   (ranges and choices of settings, checked with the config before any work);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
@@ -57,7 +58,9 @@ class TranslationMethod(L.LightningModule):
     knob_name: ClassVar[str | None] = None
     knob_grid: ClassVar[tuple] = (None,)
     knob_curve: ClassVar[tuple] = ()
-    #: Batch layout the method trains on: "mixed" or "unpaired" (see datasets.datamodule).
+    #: Batch layout the method trains on (see datasets.datamodule): "mixed" (images with domain labels),
+    #: "unpaired" (independent source and target batches) or "paired" (each source image with the aligned target
+    #: image of its scene: a paired upper bound, refused on data without exact pairs, listed in its own table group).
     pairing: ClassVar[str] = "mixed"
     #: Config keys used only by `translate` (a change reuses the trained weights).
     sampling_settings: ClassVar[tuple[str, ...]] = ()
@@ -89,7 +92,13 @@ class TranslationMethod(L.LightningModule):
     def table_info(cls) -> dict:
         """What tables and figures read of the method (the runner writes it into config.json as `method_info`)."""
         return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
-                    style=dict(cls.style))
+                    style=dict(cls.style), group=cls.group())
+
+    @classmethod
+    def group(cls) -> str:
+        """The table group: "reference" (shown, unranked), "paired" (upper bounds, ranked among themselves) or
+        "unpaired" (the methods the benchmark ranks)."""
+        return "reference" if cls.reference_row else "paired" if cls.pairing == "paired" else "unpaired"
 
     # ------------------------------------------------------------------ declared by every method
     @classmethod

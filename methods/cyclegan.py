@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .base import TranslationMethod
 from .components.gan_nets import PatchDiscriminator, ResnetGenerator, init_normal
 from .components.image_pool import ImagePool
+from .components.schedules import constant_then_linear
 
 
 class CycleGAN(TranslationMethod):
@@ -104,13 +105,7 @@ class CycleGAN(TranslationMethod):
         discriminators = list(self.d_a.parameters()) + list(self.d_b.parameters())
         opt_g = torch.optim.Adam(generators, self.hparams.lr, betas=betas)
         opt_d = torch.optim.Adam(discriminators, self.hparams.lr, betas=betas)
-        half = max(1, self.hparams.max_steps // 2)
-
-        def linear_decay(step: int) -> float:  # reference: n_epochs constant, n_epochs_decay linear to 0
-            return 1.0 - max(0, step - half) / float(half + 1)
-
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, linear_decay) for o in (opt_g, opt_d)]
-        return [opt_g, opt_d], scheds
+        return [opt_g, opt_d], [constant_then_linear(o, self.hparams.max_steps) for o in (opt_g, opt_d)]
 
     # ------------------------------------------------------------------ translation
     @torch.no_grad()

@@ -66,12 +66,27 @@ class DiffusionCore:
             return torch.zeros(0, dtype=torch.long)
         return torch.linspace(t_start, 0, n + 1, dtype=torch.float64).round().long()[:-1]
 
-    def _ddim_step(self, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor) -> torch.Tensor:
-        """x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps, x0_hat = clip((x - sqrt(1 - a) eps) / sqrt(a))."""
+    def _ddim_step(self, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor,
+                   clip: float | None = 1.0) -> torch.Tensor:
+        """x_{t_prev} = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps, x0_hat = clip((x - sqrt(1 - a) eps) / sqrt(a))
+        (`clip` None: x0_hat unclipped, for data that is not an image in [-1, 1])."""
         ab = self.alphas_cumprod.to(x.device, torch.float64)
         a, a_prev = ab[t], (ab[t_prev] if t_prev >= 0 else torch.ones((), dtype=torch.float64, device=x.device))
-        x0 = ((x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()).clamp(-1.0, 1.0)
+        x0 = (x.double() - (1 - a).sqrt() * eps.double()) / a.sqrt()
+        x0 = x0.clamp(-clip, clip) if clip is not None else x0
         return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps.double()).to(x.dtype)
+
+    @torch.no_grad()
+    def ddim_sample(self, eps_model: Callable, x_T: torch.Tensor, n_steps: int,
+                    clip: float | None = None) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) from pure noise `x_T` at t = T - 1 to x_0 in `n_steps` evenly spaced steps
+        (any shape: images or code vectors; `clip` bounds the predicted x_0 as in `_ddim_step`)."""
+        timesteps = torch.linspace(self.T - 1, 0, n_steps + 1, dtype=torch.float64).round().long()[:-1].tolist()
+        x = x_T
+        for i, t in enumerate(timesteps):
+            eps = eps_model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+            x = self._ddim_step(eps, t, timesteps[i + 1] if i + 1 < len(timesteps) else -1, x, clip)
+        return x
 
     @torch.no_grad()
     def denoise_from(self, eps_model: Callable, x_start: torch.Tensor, strength: float,

@@ -1,11 +1,17 @@
-"""CycleGAN networks (Zhu et al. 2017), following the junyanz reference: ResNet generator, PatchGAN."""
+"""GAN networks of the junyanz reference (pytorch-CycleGAN-and-pix2pix): CycleGAN's ResNet generator, pix2pix's
+U-Net generator, and the 70x70 PatchGAN both use."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import nn
 
 
-def _norm(channels: int) -> nn.Module:
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+def _norm(channels: int, affine: bool = False) -> nn.Module:
+    """Instance norm. `affine=True` is what the reference's BatchNorm computes at batch 1 in training mode (the
+    statistics of the one image, with a learned scale and shift), which is how pix2pix trains and tests."""
+    return nn.InstanceNorm2d(channels, affine=affine, track_running_stats=False)
 
 
 class ResnetBlock(nn.Module):
@@ -48,17 +54,79 @@ class ResnetGenerator(nn.Module):
         return self.model(x)
 
 
-class PatchDiscriminator(nn.Module):
-    """70x70 PatchGAN (n_layers = 3): C64 (no norm) - C128 - C256 - C512 (stride 1) - 1 channel map."""
+class UnetGenerator(nn.Module):
+    """pix2pix's U-Net: `n_down` stride-2 4x4 convolutions down to 1x1 and as many transposed ones up, each level's
+    encoder features concatenated to its decoder input (skip connections).
 
-    def __init__(self, in_channels: int = 1, ndf: int = 64, n_layers: int = 3):
+    Channels from the outside in: ngf, 2ngf, 4ngf, then 8ngf for every further level (the reference's
+    `unet_256` has n_down = 8; here n_down = log2(image size), so the innermost features are 1x1 as there).
+    Encoder: LeakyReLU(0.2) - conv - norm (no activation on the outermost level, no norm on the outermost and
+    innermost); decoder: ReLU - transposed conv - norm, with Dropout(0.5) after the norm of the 8ngf levels between
+    the 4ngf level and the innermost one (n_down - 5 of them, as the reference's `use_dropout` blocks), tanh at
+    the output. Only the output convolution has a bias (the reference with its default BatchNorm).
+
+    Args:
+        in_channels, out_channels: Image channels.
+        image_size: Input side, a power of two >= 8.
+        ngf: Filters of the outermost level.
+        dropout: The reference's dropout-as-noise (pix2pix: on; the regression CNN: off).
+        affine_norm: Learned scale and shift in the norms (`_norm`).
+    """
+
+    def __init__(self, in_channels: int = 1, out_channels: int = 1, image_size: int = 64, ngf: int = 64,
+                 dropout: bool = True, affine_norm: bool = True):
+        super().__init__()
+        n_down = int(round(math.log2(image_size)))
+        if 2**n_down != image_size or n_down < 3:
+            raise ValueError(f"UnetGenerator needs a power-of-two image size >= 8, got {image_size}")
+        widths = [ngf * min(2**i, 8) for i in range(n_down)]  # encoder output channels, outside in
+        self.down, self.up = nn.ModuleList(), nn.ModuleList()
+        for i in range(n_down):
+            c_in = in_channels if i == 0 else widths[i - 1]
+            layers = [] if i == 0 else [nn.LeakyReLU(0.2, True)]
+            has_norm = 0 < i < n_down - 1
+            layers.append(nn.Conv2d(c_in, widths[i], 4, stride=2, padding=1, bias=False))
+            layers += [_norm(widths[i], affine_norm)] if has_norm else []
+            self.down.append(nn.Sequential(*layers))
+        for i in reversed(range(n_down)):
+            c_in = widths[i] if i == n_down - 1 else 2 * widths[i]  # the innermost level has no skip to concatenate
+            c_out = out_channels if i == 0 else widths[i - 1]
+            layers = [nn.ReLU(True), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=i == 0)]
+            if i == 0:
+                layers.append(nn.Tanh())
+            else:
+                layers.append(_norm(c_out, affine_norm))
+                if dropout and 4 <= i <= n_down - 2:
+                    layers.append(nn.Dropout(0.5))
+            self.up.append(nn.Sequential(*layers))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+        x = self.up[0](skips.pop())
+        for block in self.up[1:]:
+            x = block(torch.cat([skips.pop(), x], dim=1))
+        return x
+
+
+class PatchDiscriminator(nn.Module):
+    """70x70 PatchGAN (n_layers = 3): C64 (no norm) - C128 - C256 - C512 (stride 1) - 1 channel map.
+
+    Args:
+        in_channels: 1 for CycleGAN (an image); 2 for pix2pix (source and image concatenated).
+        affine_norm: Learned scale and shift in the norms (pix2pix's BatchNorm at batch 1, `_norm`).
+    """
+
+    def __init__(self, in_channels: int = 1, ndf: int = 64, n_layers: int = 3, affine_norm: bool = False):
         super().__init__()
         layers = [nn.Conv2d(in_channels, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2, True)]
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1), _norm(ndf * mult),
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1), _norm(ndf * mult, affine_norm),
                        nn.LeakyReLU(0.2, True)]
         layers += [nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1)]
         self.model = nn.Sequential(*layers)

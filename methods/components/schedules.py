@@ -20,3 +20,18 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
 
     return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "interval": "step"}
+
+
+def constant_then_linear(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The junyanz reference's `linear` policy: the base rate for the first half, then linear decay towards 0.
+
+    The reference keeps the rate for `n_epochs` and decays it over `n_epochs_decay` (100 + 100 by default), stepped
+    per epoch: factor 1 - max(0, k - half) / (half + 1). Here k counts iterations (the caller steps it once per
+    iteration), half = total_steps // 2.
+    """
+    half = max(1, total_steps // 2)
+
+    def factor(step: int) -> float:
+        return 1.0 - max(0, step - half) / float(half + 1)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 def make_unet(image_size: int, in_channels: int = 1, out_channels: int = 1, base_channels: int = 32,
               channel_mults: tuple[int, ...] = (1, 2, 2), layers_per_block: int = 1, attention: bool = False,
-              num_class_embeds: int | None = None, norm_groups: int = 8):
+              num_class_embeds: int | None = None, norm_groups: int = 8, class_embed_type: str | None = None,
+              scale_shift: bool = False):
     """A diffusers `UNet2DModel`; with `num_class_embeds` the class embedding is added to the time embedding.
 
     Args:
@@ -16,6 +17,10 @@ def make_unet(image_size: int, in_channels: int = 1, out_channels: int = 1, base
         attention: Self-attention at the two lowest resolutions (as ADM does at 16x16 and 8x8).
         num_class_embeds: Number of class labels (incl. a null label for guidance), or None.
         norm_groups: GroupNorm groups.
+        class_embed_type: None, or "identity": the caller passes an embedding of the time-embedding width as
+            `class_labels` (a continuous condition, added to the time embedding).
+        scale_shift: Feed the (time + condition) embedding to every ResNet block as a scale and shift of its
+            normalised features (diffusers' "scale_shift", FiLM / AdaGN) instead of adding it.
     """
     from diffusers import UNet2DModel
 
@@ -28,4 +33,6 @@ def make_unet(image_size: int, in_channels: int = 1, out_channels: int = 1, base
                        block_out_channels=tuple(base_channels * m for m in channel_mults),
                        layers_per_block=layers_per_block, down_block_types=down, up_block_types=up,
                        norm_num_groups=norm_groups, num_class_embeds=num_class_embeds,
+                       class_embed_type=class_embed_type,
+                       resnet_time_scale_shift="scale_shift" if scale_shift else "default",
                        attention_head_dim=8 if attention else None)
