@@ -11,7 +11,7 @@ ARGS    ?=
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures regress weights perf clean
+.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures archive regress regress-update weights perf clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -34,9 +34,10 @@ benchmark: $(VENV)/.installed  ## train + score METHOD (name|all) on DATASET/PRE
 	$(PY) -m benchmark run --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) --results-dir $(RESULTS) $(ARGS)
 	$(PY) -m benchmark collect --results-dir $(RESULTS)
 
-test: $(VENV)/.installed  ## lint, then the fast CPU test suite (what CI runs)
+test: $(VENV)/.installed  ## lint, the fast CPU test suite, then the regression (what CI runs)
 	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory regress
 
 lint: $(VENV)/.installed  ## ruff: pyflakes, pycodestyle, import order, bugbear
 	$(PY) -m ruff check .
@@ -56,11 +57,17 @@ collect: $(VENV)/.installed  ## results/runs -> results/tables/summary.{csv,md,t
 rescore: $(VENV)/.installed  ## add newly computable metrics (FRD, weights) to finished runs, no training
 	$(PY) -m benchmark rescore --results-dir $(RESULTS)
 
-figures: $(VENV)/.installed  ## records -> results/figures/*.png (trade-off curves)
+figures: $(VENV)/.installed  ## records + saved samples -> results/figures/*.{png,pdf}
 	$(PY) -m benchmark figures --results-dir $(RESULTS)
 
-regress: $(VENV)/.installed  ## end-to-end regression: make benchmark METHOD=identity on tiny, tables, figures
-	$(PY) -m pytest -q tests/test_runner_e2e.py
+archive: $(VENV)/.installed  ## copy finished runs' records, config, samples to results/records (committed)
+	$(PY) -m benchmark archive --results-dir $(RESULTS)
+
+regress: $(VENV)/.installed  ## every method on micro vs results/reference/regress.json + invariants (CI)
+	$(PY) -m benchmark regress
+
+regress-update: $(VENV)/.installed  ## rewrite the regression reference and print what changed
+	$(PY) -m benchmark regress --update
 
 weights: $(VENV)/.installed  ## fetch Inception + AlexNet weights into WEIGHTS_DIR (default: torch hub cache)
 	$(PY) -m benchmark weights $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR),)

@@ -1,4 +1,5 @@
-"""`python -m benchmark {run,collect,figures,perf,weights}`: a thin CLI over importable functions."""
+"""`python -m benchmark {run,rescore,collect,figures,archive,validity,perf,weights}`: a thin CLI over importable
+functions."""
 from __future__ import annotations
 
 import argparse
@@ -193,6 +194,22 @@ def cmd_collect(args) -> int:
     return 0
 
 
+def cmd_regress(args) -> int:
+    from benchmark.config import parse_set
+    from benchmark.regress import main as regress_main
+
+    return regress_main(update=args.update, repeat=args.repeat, methods=args.method, overrides=parse_set(args.set),
+                        results_dir=args.results_dir, frd=not args.no_frd)
+
+
+def cmd_archive(args) -> int:
+    from benchmark.archive import archive_runs
+
+    runs = archive_runs(args.results_dir, args.out, all_samples=args.all_samples)
+    print(f"archived {len(runs)} finished run(s) under {args.out or args.results_dir / 'records'}")
+    return 0
+
+
 def cmd_figures(args) -> int:
     from benchmark.figures import write_figures
 
@@ -250,6 +267,17 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect", help="records -> results/tables/summary.{csv,md,tex}")
     c.add_argument("--results-dir", type=Path, default=Path("results"))
     c.add_argument("--out", type=Path, default=None)
+    g = sub.add_parser("regress", help="every method on micro vs results/reference/regress.json, plus invariants")
+    g.add_argument("--update", action="store_true", help="rewrite the reference (and print what changed)")
+    g.add_argument("--repeat", type=int, default=1, help="runs (threads 1, 2 alternating); with --update: tolerances")
+    g.add_argument("--method", nargs="+", default=None, help="only these methods")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (drills)")
+    g.add_argument("--results-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    g.add_argument("--no-frd", action="store_true")
+    a = sub.add_parser("archive", help="copy finished runs' records, config and samples to results/records (committed)")
+    a.add_argument("--results-dir", type=Path, default=Path("results"))
+    a.add_argument("--out", type=Path, default=None)
+    a.add_argument("--all-samples", action="store_true", help="keep every seed's sample images (default: lowest)")
     f = sub.add_parser("figures", help="summary -> results/figures/*.png")
     f.add_argument("--results-dir", type=Path, default=Path("results"))
     f.add_argument("--out", type=Path, default=None)
@@ -273,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
-                "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity}[args.command](args)
+                "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity,
+                "archive": cmd_archive, "regress": cmd_regress}[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunError, WeightsUnavailable) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)

@@ -81,13 +81,16 @@ def _read_method_info(files: list[Path]) -> None:
 
 
 def load_records(results_dir: Path) -> pd.DataFrame:
-    """All records under `results_dir/runs` (or a folder of .jsonl fixtures) as one DataFrame.
+    """All records under `results_dir/runs` and `results_dir/records` (the archive, `benchmark.archive`), or a folder
+    of .jsonl fixtures, as one DataFrame.
 
     Raises:
         ValueError: records of two protocol versions, or two run folders recording the same point.
     """
+    from .archive import record_files
+
     results_dir = Path(results_dir)
-    files = sorted(results_dir.glob("runs/**/records.jsonl")) or sorted(results_dir.glob("*.jsonl"))
+    files = record_files(results_dir) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
     _read_method_info(files)
     if not rows:
@@ -201,6 +204,18 @@ def is_reference(method: str) -> bool:
     return bool(method_info(method).get("reference_row"))
 
 
+#: Table groups in display order: the unpaired methods the benchmark ranks, the paired upper bounds (ranked
+#: among themselves), the reference rows (unranked).
+GROUPS = ("unpaired", "paired", "reference")
+GROUP_LABELS = {"unpaired": "unpaired", "paired": "paired (upper bound)", "reference": "reference"}
+
+
+def method_group(method: str) -> str:
+    """A method's table group (`TranslationMethod.group`; runs from before it was recorded: from `reference_row`)."""
+    info = method_info(method)
+    return info.get("group") or ("reference" if info.get("reference_row") else "unpaired")
+
+
 def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better: bool) -> pd.Series:
     """1 + the number of rows whose interval lies entirely on the better side of this row's interval."""
     if lo.isna().all():
@@ -212,15 +227,17 @@ def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better
 
 def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
     """Realism, structure and fidelity ranks (overlapping intervals share a rank) and the average of the first two,
-    within each (dataset, preset, task), over the translation methods; reference rows stay unranked."""
+    within each (dataset, preset, task) and group: the unpaired methods among themselves, the paired upper bounds
+    among themselves (never mixed into the unpaired ranks); reference rows stay unranked."""
     out = out.copy()
     if out.empty:
         return out
     for col in list(RANKS) + ["avg_rank", "realism_by"]:
         out[col] = np.nan if col != "realism_by" else None
-    ranked = out[~out["method"].map(is_reference)]
+    out["group"] = out["method"].map(method_group)
+    ranked = out[out["group"] != "reference"]
     validity = out.attrs.get("valid_realism", {})
-    for (dataset, preset, _), part in ranked.groupby(["dataset", "preset", "task"], sort=False):
+    for (dataset, preset, _, _), part in ranked.groupby(["dataset", "preset", "task", "group"], sort=False):
         for col, metric in RANKS.items():
             metric = metric or realism_metric(part, validity.get((dataset, preset)))
             if metric is None or metric not in part or part[metric].isna().any():
@@ -251,18 +268,20 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     """Human table: arrows in headers, mean ± CI, best value per task in bold."""
     shown = [m for m in TABLE_METRICS if m in table and table[m].notna().any()]
     rows = []
+    table = ordered(table)
     for _, r in table.iterrows():
         knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "–"
-        row = {"task": r["task"], "method": r["method"], "knob": knob}
+        row = {"task": r["task"], "group": GROUP_LABELS[method_group(r["method"])], "method": r["method"], "knob": knob}
         if "n_seeds" in table:
             row["seeds"] = f"{r['n_seeds']:g}"
         if "val_choice" in table and table["val_choice"].notna().any():
             row["val choice"] = "" if pd.isna(r["val_choice"]) else f"{r['val_choice']:.0%}"
         for m in shown:
             cell = _fmt(r[m], r.get(f"{m}_ci"), m)
-            part = table[table["task"] == r["task"]][m]
+            # the best value among the rows a reader compares (unpaired methods and references, not the bounds)
+            part = table[(table["task"] == r["task"]) & (table["method"].map(method_group) != "paired")][m]
             best = part.max() if METRICS[m].higher_is_better else part.min()
-            if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1:
+            if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1 and method_group(r["method"]) != "paired":
                 cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
             row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
         for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank"):
@@ -274,6 +293,16 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
                 row[m] = _fmt(r[m], 0, m)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by task, then group (unpaired, paired, reference), keeping the order within a group."""
+    if table.empty or "task" not in table:
+        return table
+    key = table["method"].map(lambda m: GROUPS.index(method_group(m)))
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(table["task"]))}
+    return table.assign(_t=table["task"].map(tasks), _g=key).sort_values(["_t", "_g"], kind="stable").drop(
+        columns=["_t", "_g"])
 
 
 def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
@@ -314,7 +343,8 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
                 f"seeds;{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank by SSIM to the source "
                 "(MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; rows whose intervals "
-                "overlap share a rank; ref. = reference row, not ranked. n/a = unavailable (see the records' "
+                "overlap share a rank; paired (upper bound) rows see aligned pairs in training and are ranked "
+                "among themselves only; ref. = reference row, not ranked. n/a = unavailable (see the records' "
                 "`unavailable`).\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
@@ -323,6 +353,9 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
     atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured))
+    for task in configured["task"].unique():
+        paths.append(out_dir / f"table1-{task}.tex")
+        atomic_write(paths[-1], paper_table(configured, task))
     variants = headline(table, variants=True)
     if len(variants):
         atomic_write(paths[4], formatted(variants).to_markdown(index=False) + note(
@@ -331,3 +364,62 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         paths[4].unlink(missing_ok=True)
         paths.pop()
     return paths
+
+
+# ------------------------------------------------------------------------------------------ the paper's Table 1
+KNOB_TEX = {"tau": r"$\tau$", "strength": "strength", "noise_level": "noise", "blend": "blend"}
+
+
+def _tex_value(value: float, metric: str) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    digits = 1 if metric in ("psnr_src", "psnr_gt", "fid") else 2 if metric.endswith("rank") else 3
+    text = f"{value:.{digits}f}"
+    return text.rstrip("0").rstrip(".") if metric.endswith("rank") else text.replace("0.", ".", 1) \
+        if 0 <= value < 1 else text
+
+
+def paper_table(configured: pd.DataFrame, task: str) -> str:
+    """The MedShift paper's Table 1 layout as a LaTeX `table`: one row per method, its table knob values in one
+    cell ("$\tau$ .6/.45/.3") and each metric's values at those knob values in one cell ("8.12 / 7.63 / 7.65"),
+    realism metrics, then fidelity and structure, then the realism, structure and average ranks; no translation
+    first, then the unpaired methods, the paired upper bounds and the other reference rows, separated by rules.
+
+    Args:
+        configured: `headline(summary)` (the table grid of each method as configured).
+    """
+    part = ordered(configured[configured["task"] == task])
+    shown = [m for m in TABLE_METRICS if m in part and part[m].notna().any()]
+    ranks = ["realism_rank", "structure_rank", "avg_rank"]
+    order = {g: i for i, g in enumerate(GROUPS)}
+    methods = sorted(dict.fromkeys(part["method"]), key=lambda m: (m != "identity" and order[method_group(m)] + 1,))
+    header = ["Method", "knob"] + [f"{METRICS[m].label} {METRICS[m].arrow}" for m in shown] + \
+        ["realism rank", "structure rank", "avg rank"]
+    lines, last_group = [], None
+    for method in methods:
+        rows = part[part["method"] == method]
+        group = "no translation" if method == "identity" else method_group(method)
+        if last_group is not None and group != last_group:
+            lines.append(r"\midrule")
+        last_group = group
+        knob = rows["knob"].iloc[0]
+        values = "/".join(f"{float(v):g}".lstrip("0") or "0" for v in rows["knob_value"]) if knob else ""
+        label = (method_info(method).get("style") or {}).get("label", method)
+        cells = [label, f"{KNOB_TEX.get(knob, knob)} {values}".strip() or "--"]
+        cells += [" / ".join(_tex_value(v, m) for v in rows[m]) for m in shown]
+        cells += [" / ".join("--" if pd.isna(v) else _tex_value(v, m) for v in rows[m]) for m in ranks]
+        lines.append(" & ".join(cells) + r" \\")
+    esc = lambda text: text.replace("_", r"\_").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$") \
+        .replace("τ", r"$\tau$").replace("%", r"\%")  # noqa: E731
+    d = part["dataset"].iloc[0] if len(part) else ""
+    p = part["preset"].iloc[0] if len(part) else ""
+    caption = (f"{esc(d)}/{esc(p)}, {esc(task)}: mean over seeds at each table knob value (the MedShift paper's "
+               "Table 1 layout). Realism against real images of other subjects, fidelity against the aligned real "
+               "image, structure against the source; rows whose 95\\% intervals overlap share a rank; paired rows "
+               "are upper bounds ranked among themselves; reference rows are not ranked.")
+    body = "\n".join(esc(line) if line != r"\midrule" else line for line in lines)
+    return "\n".join([
+        r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}", rf"\label{{tab:{task}}}",
+        r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{ll{'c' * (len(header) - 2)}}}", r"\toprule",
+        " & ".join(esc(h) for h in header) + r" \\", r"\midrule", body, r"\bottomrule", r"\end{tabular}}",
+        r"\end{table}", ""])

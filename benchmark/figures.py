@@ -5,7 +5,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from .collect import base_method, load_records, method_info, realism_metric, split_variants, summary, test_records
+from .collect import (
+    REALISM_RANK_ORDER,
+    base_method,
+    load_records,
+    method_group,
+    method_info,
+    realism_metric,
+    split_variants,
+    summary,
+    test_records,
+)
 from .metrics import METRICS
 
 VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
@@ -53,9 +63,17 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
         style["label"] += f", {n_seeds[method]} seed{'s' if n_seeds[method] > 1 else ''}"
         variants += method != base_method(method)
         knobbed = g["knob"].iloc[0] != ""
-        if knobbed:
+        group = method_group(method)
+        if group == "paired":  # an upper bound: a hollow reference marker, no curve
+            style = dict(style, mfc="none", markeredgewidth=1.6)
+            style["label"] += " (upper bound)"
+        if knobbed and group != "reference":
             g = g.sort_values(x)
             ax.plot(g[x], g[y], "-", color=style.get("color"), alpha=0.6)
+            for _, r in g.iterrows():
+                ax.annotate(f"{r['knob_value']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
+                            fontsize=7, color=style.get("color"))
+        elif knobbed:  # a reference row with a knob (histogram matching): its points, labelled, no curve
             for _, r in g.iterrows():
                 ax.annotate(f"{r['knob_value']:g}", (r[x], r[y]), textcoords="offset points", xytext=(3, 3),
                             fontsize=7, color=style.get("color"))
@@ -118,33 +136,293 @@ def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ss
     return fig
 
 
-def write_figures(results_dir: Path, out_dir: Path) -> list[Path]:
+# ------------------------------------------------------------------------------------------ qualitative grid
+def headline_knob(df: pd.DataFrame, method: str, task: str):
+    """The knob value a method is headlined at on `task`: the one most of its seeds chose on validation (ties: the
+    first of its grid), None for a method without a knob."""
+    recs = test_records(df[(df["method"] == method) & (df["task"] == task)])
+    if recs.empty or recs["knob"].iloc[0] == "":
+        return None
+    grid = list(method_info(method).get("knob_grid") or dict.fromkeys(recs["knob_value"]))
+    chosen = recs[recs["val_choice"].fillna(False).astype(bool)] if "val_choice" in recs else recs.iloc[:0]
+    counts = chosen.groupby("seed")["knob_value"].first().value_counts() if len(chosen) else pd.Series(dtype=int)
+    if counts.empty:
+        return grid[0]
+    top = counts.max()
+    return next(k for k in grid if counts.get(k, 0) == top)
+
+
+def run_folders(df: pd.DataFrame, method: str, task: str) -> list[Path]:
+    """The run folders (live or archived) of `method`'s test records of `task`, lowest seed first."""
+    recs = test_records(df[(df["method"] == method) & (df["task"] == task)])
+    if "_file" not in recs:
+        return []
+    seeds = recs.groupby("_file")["seed"].min().sort_values()
+    return [Path(f).parent for f in seeds.index]
+
+
+def inset_windows(image, size: int = 16) -> dict:
+    """Two zoom windows (top, left, size) of an image (H, W) in [0, 1]: the strongest bone edge (largest gradient of
+    the smoothed image, away from the border) and the flattest unclipped patch (smallest spread), where methods
+    differ in sharpness and in noise texture."""
+    import numpy as np
+    from scipy import ndimage
+
+    h, w = image.shape
+    size = min(size, h // 2, w // 2)
+    smooth = ndimage.gaussian_filter(image, 1.0)
+    grad = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+    m = size // 2
+    inner = grad[m:h - m, m:w - m]
+    r, c = np.unravel_index(np.argmax(inner), inner.shape)
+    edge = (int(r), int(c))  # top-left of a window centred on the edge
+    best, flat = np.inf, (0, 0)
+    for top in range(0, h - size + 1, 2):
+        for left in range(0, w - size + 1, 2):
+            patch = image[top:top + size, left:left + size]
+            if 0.05 < patch.mean() < 0.95 and patch.std() < best:
+                best, flat = patch.std(), (top, left)
+    return {"edge": (*edge, size), "flat": (*flat, size)}
+
+
+def _cell(ax, image, windows: dict | None, cmap="gray", vmin=0.0, vmax=1.0) -> None:
+    """One image with its two zoom windows outlined and shown enlarged in the lower corners."""
+    from matplotlib.patches import Rectangle
+
+    ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if not windows:
+        return
+    for (top, left, size), corner, color in zip(windows.values(), ((0.0, 0.0), (0.6, 0.0)),
+                                                        ("tab:red", "gold"), strict=True):
+        ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec=color, lw=0.8))
+        inset = ax.inset_axes([corner[0], corner[1], 0.4, 0.4])
+        inset.imshow(image[top:top + size, left:left + size], cmap=cmap, vmin=vmin, vmax=vmax,
+                     interpolation="nearest")
+        inset.set_xticks([])
+        inset.set_yticks([])
+        for spine in inset.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(1.2)
+
+
+def qualitative_grid(df: pd.DataFrame, task: str, diff_range: float = 0.3):
+    """The saved test scenes (`benchmark.samples`): rows = scenes, columns = source, each method at its headline knob
+    value (its lowest seed's run), the aligned real image; every cell with zooms of a bone edge (red) and a flat
+    patch (yellow). A second block shows each output minus the aligned real image. None without saved samples."""
+    import matplotlib.pyplot as plt
+
+    from .samples import read_samples
+
+    methods = [m for m in _display_order(test_records(df[df["task"] == task])) if m != "identity"]
+    columns, scenes = [], None
+    for method in methods:
+        knob = headline_knob(df, method, task)
+        for folder in run_folders(df, method, task):
+            samples = read_samples(folder, task)
+            if samples and all(knob in e["knobs"] for e in samples.values()):
+                columns.append((method, knob, samples))
+                scenes = scenes or samples
+                break
+    if not columns:
+        return None
+    names = sorted(scenes)
+    n_cols = len(columns) + 2
+    fig, axes = plt.subplots(2 * len(names), n_cols, figsize=(1.35 * n_cols, 1.45 * 2 * len(names)), squeeze=False)
+    for i, scene in enumerate(names):
+        entry = scenes[scene]
+        source_dom, source = entry["source"]
+        gt = entry["target"][1] if entry["target"] else None
+        windows = inset_windows(gt if gt is not None else source)
+        cells = [("source", f"source ({source_dom})", source)]
+        cells += [(m, _column_title(m, k), samples[scene]["knobs"][k]) for m, k, samples in columns]
+        cells += [("gt", f"aligned real ({entry['target'][0]})" if gt is not None else "no aligned image", gt)]
+        for j, (_, title, image) in enumerate(cells):
+            top, bottom = axes[2 * i, j], axes[2 * i + 1, j]
+            if image is None:
+                top.axis("off")
+            else:
+                _cell(top, image, windows)
+            if gt is not None and image is not None and j < n_cols - 1:
+                _cell(bottom, image - gt, windows, cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
+            else:
+                bottom.axis("off")
+            if i == 0:
+                top.set_title(title, fontsize=6.5)
+        axes[2 * i, 0].set_ylabel(scene, fontsize=7)
+        axes[2 * i + 1, 0].set_ylabel("minus aligned real", fontsize=6)
+    d, p = df["dataset"].iloc[0], df["preset"].iloc[0]
+    fig.suptitle(f"{d}/{p} {task}: fixed test scenes (chosen by id), each method at its validation-chosen setting; "
+                 f"zooms: strongest bone edge (red), flattest patch (yellow); difference rows: output minus the "
+                 f"aligned real image, ±{diff_range} of the display range", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=0.2, w_pad=0.2)
+    return fig
+
+
+def _column_title(method: str, knob) -> str:
+    info = method_info(method)
+    label = (info.get("style") or {}).get("label", method)
+    return label if knob is None else f"{label}\n{info.get('knob')}={knob:g}"
+
+
+def _display_order(df: pd.DataFrame) -> list[str]:
+    """Methods of `df` by group (unpaired, paired, reference), in their record order within a group."""
+    from .collect import GROUPS
+
+    methods = list(dict.fromkeys(df["method"]))
+    return sorted(methods, key=lambda m: GROUPS.index(method_group(m)))
+
+
+# ------------------------------------------------------------------------------------------ MedShift's knob surface
+def knob_surface(df: pd.DataFrame, task: str, method: str = "medshift", setting: str = "guidance",
+                 metrics: tuple[str, ...] = ("frd", "ssim_gt")):
+    """Heatmaps of `metrics` over the knob x one sampling setting (MedShift: tau x guidance w), from the method's
+    configured runs and its `--set <setting>=...` variants that re-use the same fits (mean over the seeds that
+    have every cell). None when fewer than two values of the setting were run."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recs = test_records(df[(df["task"] == task) & (df["method"].map(base_method) == method)])
+    if recs.empty:
+        return None
+    default = None
+    try:
+        from methods import get_method
+
+        default = float(get_method(method)().hparams[setting])
+    except (ImportError, KeyError, TypeError):
+        default = None
+
+    def value(row):
+        for item in str(row["setting"]).split(","):
+            key, _, v = item.partition("=")
+            if key == setting:
+                return float(v)
+        return default if row["setting"] == "" else None
+
+    recs = recs.assign(_w=recs.apply(value, axis=1)).dropna(subset=["_w"])
+    recs = recs[recs["setting"].map(lambda s: all(i.split("=")[0] == setting for i in s.split(",") if i))]
+    if recs["_w"].nunique() < 2:
+        return None
+    seeds = set.intersection(*(set(g["seed"]) for _, g in recs.groupby("_w")))
+    recs = recs[recs["seed"].isin(seeds)]
+    metrics = [m for m in metrics if m in recs and recs[m].notna().all()]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        grid = recs.groupby(["_w", "knob_value"])[metric].mean().unstack("knob_value").sort_index()
+        grid = grid[sorted(grid.columns, reverse=True)]
+        cmap = "viridis" if METRICS[metric].higher_is_better else "viridis_r"
+        im = ax.imshow(grid.to_numpy(), cmap=cmap, aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [f"{v:g}" for v in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
+        ax.set_xlabel(f"{method_info(method).get('knob')} (knob)")
+        ax.set_ylabel(setting)
+        for (r, c), v in np.ndenumerate(grid.to_numpy()):
+            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+        ax.set_title(f"{METRICS[metric].label} {METRICS[metric].arrow} (brighter = better)", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle(f"{recs['dataset'].iloc[0]}/{recs['preset'].iloc[0]} {task}: {method}, {len(seeds)} seed(s), "
+                 "test split, the same fits", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ cost against quality
+def cost_quality(df: pd.DataFrame, task: str, y: str | None = None):
+    """Seconds per image and nfe against realism, every knob value of every method; each point is labelled with its
+    structure (SSIM to the source), and a knob method's curve is interpolated at the median structure of the
+    learned methods' points (filled stars), so that realism and cost are compared at matched structure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    part = common_seeds(test_records(df[df["task"] == task]))
+    part = part[part["method"] == part["method"].map(base_method)]
+    y = y or realism_metric(part) or "nps_dist"
+    means = part.groupby(["method", "knob_value"], sort=False, dropna=False)[
+        ["sec_per_image", "nfe", "ssim_src", y]].mean().reset_index()
+    learned = means[means["method"].map(method_group) != "reference"]
+    s_star = float(learned["ssim_src"].median()) if len(learned) else None
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    for ax, x in zip(axes, ("sec_per_image", "nfe"), strict=True):
+        for method in _display_order(means):
+            g = means[means["method"] == method].sort_values("ssim_src")
+            style = method_style(method)
+            xs = g[x].clip(lower=1e-5) if x == "sec_per_image" else g[x].clip(lower=0.5)
+            ax.plot(xs, g[y], "-" if len(g) > 1 else "none", color=style.get("color"), alpha=0.5)
+            ax.plot(xs, g[y], linestyle="none", **{**style, "markersize": 7})
+            for xv, yv, sv in zip(xs, g[y], g["ssim_src"], strict=True):
+                ax.annotate(f"{sv:.2f}", (xv, yv), textcoords="offset points", xytext=(3, 3), fontsize=6,
+                            color=style.get("color"))
+            if s_star is not None and len(g) > 1 and g["ssim_src"].min() <= s_star <= g["ssim_src"].max():
+                ax.plot(np.interp(s_star, g["ssim_src"], xs), np.interp(s_star, g["ssim_src"], g[y]), "*",
+                        color=style.get("color"), markersize=13, markeredgecolor="k")
+        ax.set_xscale("log")
+        ax.set_xlabel("seconds per image (log)" if x == "sec_per_image" else "network evaluations per image (log)")
+        ax.set_ylabel(f"{METRICS[y].label} {METRICS[y].arrow}  (realism)")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    title = f"{part['dataset'].iloc[0]}/{part['preset'].iloc[0]} {task}: cost against realism; labels: SSIM (src)"
+    if s_star is not None:
+        title += f"; stars: a knob curve at matched structure SSIM (src) = {s_star:.2f}"
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------------------ all figures
+def valid_realism(df: pd.DataFrame, tables_dir: Path) -> list[str]:
+    """The realism metrics to plot: those that passed the metric-validity check on the records' preset (all
+    computable ones when the check was not run there), in the ranking order."""
+    from .validity import valid_realism_metrics
+
+    d, p = df["dataset"].iloc[0], df["preset"].iloc[0]
+    passed = valid_realism_metrics(tables_dir, d, p)
+    have = [m for m in METRICS if METRICS[m].axis == "realism" and m in df and test_records(df)[m].notna().all()]
+    order = REALISM_RANK_ORDER + [m for m in have if m not in REALISM_RANK_ORDER]
+    return [m for m in order if m in have and (passed is None or m in passed)]
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths
+
+
+def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = None) -> list[Path]:
+    """Every figure of the records under `results_dir` (and their saved samples), as PNG and PDF under `out_dir`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     df = load_records(results_dir)
+    tables_dir = tables_dir or Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for task in df["task"].unique():
+        task_df = df[df["task"] == task]
+        realism = valid_realism(task_df, tables_dir) or ["nps_dist"]
         # the methods as configured; then the methods that have --set variants on this task, with those variants
-        for suffix, part in zip(("", "-variants"), split_variants(df[df["task"] == task]), strict=True):
+        for suffix, part in zip(("", "-variants"), split_variants(task_df), strict=True):
             if part.empty:
                 continue
-            fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0))
-            tradeoff_curves(part, task, ax=axes[0])
-            tradeoff_curves(part, task, y="ssim_gt", ax=axes[1])
-            axes[1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
+            panels = realism + ["ssim_gt"]
+            fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
+            for ax, metric in zip(axes[0], panels, strict=True):
+                tradeoff_curves(part, task, y=metric, ax=ax)
+            axes[0][-1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
             fig.tight_layout()
-            path = out_dir / f"tradeoff-{task}{suffix}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            paths.append(path)
-        fig = learning_curves(split_variants(df[df["task"] == task])[0], task)
-        if fig is not None:
-            path = out_dir / f"learning-{task}.png"
-            fig.savefig(path, dpi=120)
-            plt.close(fig)
-            paths.append(path)
+            paths += _save(fig, out_dir, f"tradeoff-{task}{suffix}")
+        configured = split_variants(task_df)[0]
+        for name, fig in ((f"learning-{task}", learning_curves(configured, task)),
+                          (f"qualitative-{task}", qualitative_grid(configured, task)),
+                          (f"knob-surface-{task}", knob_surface(task_df, task)),
+                          (f"cost-{task}", cost_quality(configured, task, realism[0]))):
+            if fig is not None:
+                paths += _save(fig, out_dir, name)
     return paths

@@ -462,14 +462,17 @@ def _spectrum_distance(power, reference, plan=None):
 
 
 def _flat_nps_distance(power, reference, plan=None):
-    """`nps_distance` of set-mean flat-region NPS (images without a usable tile are skipped)."""
+    """`nps_distance` of set-mean flat-region NPS (images without a usable tile are skipped; NaN when no image of
+    the set, or of a replicate, has one: the metric is not defined there)."""
     ok = np.isfinite(power).all(axis=1)
     power = np.where(ok[:, None], power, 0.0)
     if plan is None:
-        return nps_distance(log_spectrum(power.sum(axis=0) / max(ok.sum(), 1)), reference)
+        return nps_distance(log_spectrum(power.sum(axis=0) / ok.sum()), reference) if ok.any() else float("nan")
     weights = plan * ok[None, :]
-    weights = weights / np.maximum(weights.sum(axis=1, keepdims=True), 1)
-    return np.array([nps_distance(log_spectrum(p), reference) for p in weights @ power])
+    total = weights.sum(axis=1, keepdims=True)
+    weights = weights / np.maximum(total, 1)
+    return np.array([nps_distance(log_spectrum(p), reference) if t > 0 else np.nan
+                     for p, t in zip(weights @ power, total[:, 0], strict=True)])
 
 
 def _flat_nps_summary(power):
@@ -525,7 +528,7 @@ METRICS: dict[str, MetricSpec] = {
         MetricSpec("nps_dist", "realism", False, None, "Spectrum dist", False, extractor="spectrum",
                    compute=_spectrum_distance, summarize=lambda power: log_spectrum(power.mean(axis=0))),
         MetricSpec("nps_flat", "realism", False, None, "NPS dist (flat)", False, extractor="flat_nps",
-                   compute=_flat_nps_distance, summarize=_flat_nps_summary, in_table=False),
+                   compute=_flat_nps_distance, summarize=_flat_nps_summary),
         MetricSpec("hist_w1", "realism", False, None, "Hist W1", False, extractor="pixels", compute=_hist_w1,
                    summarize=lambda pixels: np.quantile(pixels.ravel(), QUANTILES)),
     )

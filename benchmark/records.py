@@ -85,12 +85,19 @@ def seal(record: dict) -> dict:
 
 
 def read_records(path: Path) -> list[dict]:
-    """Records of one run; a line that fails its own checksum (edited by hand) is an error."""
+    """Records of one run (`records.jsonl`, or an archived `records.jsonl.gz`); a line that fails its own checksum
+    (edited by hand) is an error."""
     records = []
     path = Path(path)
     if not path.is_file():
         return records
-    for i, line in enumerate(path.read_text().splitlines(), 1):
+    if path.suffix == ".gz":  # an archived run (`benchmark.archive`)
+        import gzip
+
+        text = gzip.decompress(path.read_bytes()).decode()
+    else:
+        text = path.read_text()
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

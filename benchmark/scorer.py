@@ -288,7 +288,11 @@ class Scorer:
             if spec.extractor not in features:
                 features[spec.extractor] = self._extract(spec.extractor, x_hat)
             summary = reference.summaries[spec.name]
-            out[name] = float(spec.compute(features[spec.extractor], summary))
+            value = float(spec.compute(features[spec.extractor], summary))
+            if not np.isfinite(value):  # e.g. the flat-region NPS of a set with no flat, unclipped region
+                unavailable[spec.name] = f"{spec.label} is not defined on these images (its features are empty)"
+                continue
+            out[name] = value
             if plan is not None:
                 self._interval(out, name, spec.compute(features[spec.extractor], summary, plan))
         out["unavailable"] = unavailable

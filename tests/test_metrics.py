@@ -283,3 +283,25 @@ def test_flat_region_nps_is_the_noise_variance_on_flat_tiles_and_ignores_edges()
     assert np.isnan(mixed[-2:]).all() and spec.compute(mixed, ref) == pytest.approx(0.0, abs=1e-12)
     plan = M.subject_bootstrap([f"s{i}" for i in range(18)], n_boot=5)
     assert np.isfinite(spec.compute(mixed, ref, plan)).all()
+
+
+def test_flat_region_nps_of_a_set_without_a_flat_unclipped_tile_is_unavailable_not_a_number():
+    """Images whose every tile touches a clipped pixel (0 or 1) give no NPS; a set of only such images used to score
+    a spectrum of zeros (28 decades); now the metric is unavailable for that set, and replicates without a usable
+    image are NaN (left out of the interval)."""
+    import numpy as np
+
+    from benchmark.scorer import Scorer
+
+    rng = np.random.default_rng(0)
+    real = torch.from_numpy(rng.uniform(-0.5, 0.5, (6, 1, 32, 32))).float()
+    clipped = real.clone()
+    clipped[:, :, ::8, ::8] = -1.0  # a black pixel in every 16-px tile
+    scorer = Scorer(weights_dir=None, frd=False, n_boot=20)
+    ref = scorer.reference(real, dict(test="flat-nps-degenerate"))
+    out = scorer.score(clipped, real, None, ref, subjects=["a", "a", "b", "b", "c", "c"])
+    assert "nps_flat" not in out and "not defined" in out["unavailable"]["nps_flat"]
+    power = M.EXTRACTORS["flat_nps"](torch.cat([clipped[:2], real[2:]]), {})
+    plan = np.array([[2, 0, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]])
+    reps = M.METRICS["nps_flat"].compute(power, ref.summaries["nps_flat"], plan)
+    assert np.isnan(reps[0]) and np.isfinite(reps[1])

@@ -1,0 +1,219 @@
+"""CI regression: every registered method trained, translated and scored end to end on the `micro` skull-sim preset,
+compared with a committed reference (`results/reference/regress.json`) and checked against invariants.
+
+`python -m benchmark regress` (`make regress`, run by `make test`) runs the real runner (`benchmark.run.run_one`:
+FLOP budget, learning curve, choices on validation, test split) for seed 0 on `sim2real`, single-threaded so that
+float sums are summed in one order, then fails (exit 1, a table of what moved and by how much) if
+* a record's metric moved from the reference by more than its tolerance (per method and metric, stored with the
+  reference; how they were derived is stored there too, `derive_tolerances`), or
+* nfe or the number of parameters differ from the reference at all, or a point is missing or new, or
+* an invariant that holds whatever the reference says is broken (`invariants`): no translation has SSIM to the
+  source 1; every learned unpaired method beats no translation on every weight-free realism metric at its
+  validation-chosen knob value; every knob sweep is strictly monotone in SSIM to the source.
+
+`python -m benchmark regress --update` (`make regress-update`) rewrites the reference from a new run and prints
+what changed: use it when a change is *meant* to move numbers (a method fixed or improved, a metric changed), and
+say so in the commit. `--repeat N` runs N times (alternating 1 and 2 threads, which reorders float sums the way
+another machine does) and derives the tolerances from the spread.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+REFERENCE_PATH = Path(__file__).resolve().parents[1] / "results" / "reference" / "regress.json"
+PRESET, TASK, SEED = "micro", "sim2real", 0
+#: Compared metrics: the weight-free ones every machine computes (FRD needs its optional packages: compared when the
+#: reference and the run both have it).
+COMPARED = ("ssim_src", "psnr_src", "ssim_gt", "psnr_gt", "nps_dist", "nps_flat", "hist_w1", "frd")
+EXACT = ("nfe", "n_params")
+WEIGHT_FREE_REALISM = ("nps_dist", "nps_flat", "frd")
+#: Tolerance = TOL_FACTOR x the largest deviation seen over repeated runs, and at least the floor of the metric's
+#: scale (what no bug would move by less).
+TOL_FACTOR = 3.0
+TOL_FLOOR = {"ssim_src": 2e-3, "ssim_gt": 2e-3, "psnr_src": 0.05, "psnr_gt": 0.05, "nps_dist": 5e-3,
+             "nps_flat": 5e-3, "hist_w1": 1e-3, "frd": 0.05}
+
+
+def point_name(rec: dict) -> str:
+    knob = "" if rec.get("knob_value") in (None, "") else f" {rec['knob']}={rec['knob_value']:g}"
+    return f"{rec['source']}{knob}"
+
+
+def run_regression(results_dir: Path, methods: list[str] | None = None, overrides: tuple = (), threads: int = 1,
+                   frd: bool = True) -> list[dict]:
+    """Test records of every method (or `methods`) on micro/sim2real, seed 0, in `results_dir`."""
+    import torch
+
+    from datasets import dataset_domains
+
+    from .config import plan
+    from .run import RunContext, run_one
+    from .scorer import Scorer
+
+    torch.set_num_threads(threads)
+    names = methods or ["all"]
+    domains, _ = dataset_domains("skull-sim", preset=PRESET)
+    specs = plan(names, [SEED], [TASK], domains, dataset="skull-sim", preset=PRESET, overrides=tuple(overrides))
+    ctx = RunContext(Path(results_dir), Scorer(cache_dir=Path(results_dir) / "cache", frd=frd, n_boot=10), quiet=True)
+    records = []
+    for spec in specs:
+        records += [r for r in run_one(spec, ctx) if r.get("split", "test") == "test"]
+    return records
+
+
+def summarize(records: list[dict]) -> dict:
+    """{method: {point: {metric: value, ..., "val_choice": bool}}} of test records."""
+    out: dict = {}
+    for r in records:
+        values = {m: r.get(m) for m in COMPARED + EXACT}
+        values["val_choice"] = bool(r.get("val_choice"))
+        out.setdefault(r["method"], {})[point_name(r)] = values
+    return out
+
+
+def compare(now: dict, reference: dict) -> list[dict]:
+    """Rows (method, point, metric, reference, now, diff, tolerance) of everything outside its tolerance."""
+    rows = []
+    tol = reference.get("tolerances", {})
+    ref = reference["results"]
+    for method in sorted(set(ref) | set(now)):
+        if method not in now or method not in ref:
+            rows.append(dict(method=method, point="*", metric="(method)", reference="present" if method in ref
+                             else "absent", now="present" if method in now else "absent", diff=None, tolerance=None))
+            continue
+        for point in sorted(set(ref[method]) | set(now[method])):
+            a, b = ref[method].get(point), now[method].get(point)
+            if a is None or b is None:
+                rows.append(dict(method=method, point=point, metric="(point)", reference="present" if a else "absent",
+                                 now="present" if b else "absent", diff=None, tolerance=None))
+                continue
+            for metric in COMPARED + EXACT:
+                x, y = a.get(metric), b.get(metric)
+                if x is None or y is None:
+                    continue  # e.g. FRD where its packages are not installed
+                limit = 0.0 if metric in EXACT else tol.get(method, {}).get(metric, TOL_FLOOR.get(metric, 0.0))
+                diff = y - x
+                if not (abs(diff) <= limit) or not math.isfinite(y):
+                    rows.append(dict(method=method, point=point, metric=metric, reference=x, now=y, diff=diff,
+                                     tolerance=limit))
+    return rows
+
+
+def invariants(now: dict, info: dict) -> list[str]:
+    """What must hold on micro whatever the reference says (see module docstring).
+
+    Args:
+        now: `summarize` of the run.
+        info: {method: TranslationMethod.table_info()}.
+    """
+    problems = []
+    identity = now.get("identity", {})
+    for point, v in identity.items():
+        if v["ssim_src"] != 1.0:
+            problems.append(f"identity {point}: SSIM (src) {v['ssim_src']!r} != 1")
+    for method, points in now.items():
+        group = info[method]["group"]
+        chosen = {p: v for p, v in points.items() if v["val_choice"]}
+        if group == "unpaired":
+            for point, v in chosen.items():
+                source = point.split()[0]
+                base = identity.get(source)
+                for metric in WEIGHT_FREE_REALISM:
+                    if base and v.get(metric) is not None and base.get(metric) is not None \
+                            and not v[metric] < base[metric]:
+                        problems.append(f"{method} {point}: {metric} {v[metric]:.4g} does not beat no translation's "
+                                        f"{base[metric]:.4g}")
+        if info[method]["knob"] is not None:
+            by_source: dict = {}
+            for point, v in points.items():
+                source, _, knob = point.partition(" ")
+                by_source.setdefault(source, []).append((float(knob.split("=")[1]), v["ssim_src"]))
+            for source, pairs in by_source.items():
+                ordered = [s for _, s in sorted(pairs)]
+                steps = [b - a for a, b in zip(ordered, ordered[1:], strict=False)]
+                if not (all(d > 0 for d in steps) or all(d < 0 for d in steps)):
+                    problems.append(f"{method} {source}: SSIM (src) over its knob {sorted(pairs)} is not monotone")
+    return problems
+
+
+def derive_tolerances(runs: list[dict]) -> dict:
+    """{method: {metric: tolerance}}: TOL_FACTOR x the largest deviation of any point from the first run, at least
+    the metric's floor."""
+    first, tol = runs[0], {}
+    for method, points in first.items():
+        for metric in COMPARED:
+            dev = 0.0
+            for other in runs[1:]:
+                for point, v in points.items():
+                    a, b = v.get(metric), other.get(method, {}).get(point, {}).get(metric)
+                    if a is not None and b is not None:
+                        dev = max(dev, abs(b - a))
+            tol.setdefault(method, {})[metric] = max(TOL_FACTOR * dev, TOL_FLOOR[metric])
+    return tol
+
+
+def format_rows(rows: list[dict]) -> str:
+    def fmt(v):
+        return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    head = "| method | point | metric | reference | now | diff | tolerance |\n|---|---|---|---|---|---|---|\n"
+    return head + "".join(f"| {r['method']} | {r['point']} | {r['metric']} | {fmt(r['reference'])} | {fmt(r['now'])} "
+                          f"| {fmt(r['diff'])} | {fmt(r['tolerance'])} |\n" for r in rows)
+
+
+def method_infos(methods) -> dict:
+    from methods import get_method
+
+    return {m: get_method(m).table_info() for m in methods}
+
+
+def main(update: bool = False, repeat: int = 1, methods: list[str] | None = None, overrides: tuple = (),
+         results_dir: Path | None = None, reference_path: Path = REFERENCE_PATH, frd: bool = True) -> int:
+    """Run the regression; 0 when it passes (or the reference was rewritten), 1 when it fails."""
+    import time
+
+    runs, seconds = [], []
+    for k in range(repeat):
+        with tempfile.TemporaryDirectory(prefix="regress-") as tmp:
+            out = Path(results_dir) / f"run{k}" if results_dir else Path(tmp)
+            t0 = time.perf_counter()
+            runs.append(summarize(run_regression(out, methods, overrides, threads=1 + k % 2, frd=frd)))
+            seconds.append(time.perf_counter() - t0)
+    now = runs[0]
+    problems = invariants(now, method_infos(now))
+    old = json.loads(reference_path.read_text()) if reference_path.is_file() else None
+    if update:
+        tol = derive_tolerances(runs) if repeat > 1 else (old or {}).get("tolerances") or derive_tolerances(runs)
+        how = (f"{TOL_FACTOR:g} x the largest deviation over {repeat} runs (threads 1, 2 alternating), at least the "
+               "floor per metric" if repeat > 1 else (old or {}).get("tolerance_derivation", "floors only"))
+        new = dict(preset=PRESET, task=TASK, seed=SEED, threads=1, seconds=round(seconds[0], 1), results=now,
+                   tolerances=tol, tolerance_derivation=how, floors=TOL_FLOOR)
+        if old is not None:
+            changed = compare(now, dict(old, tolerances={}))
+            print(f"reference rewritten; {len(changed)} value(s) changed:\n" + format_rows(changed))
+        reference_path.parent.mkdir(parents=True, exist_ok=True)
+        reference_path.write_text(json.dumps(new, indent=1, sort_keys=True) + "\n")
+        print(f"written: {reference_path} ({seconds[0]:.0f} s per run)")
+        for p in problems:
+            print(f"invariant broken (the reference was written anyway): {p}")
+        return 0
+    if old is None:
+        print(f"no reference at {reference_path}: run `make regress-update` first")
+        return 1
+    rows = compare(now if not methods else now, dict(old, results={m: v for m, v in old["results"].items()
+                                                                   if not methods or m in methods}))
+    if rows or problems:
+        print(f"REGRESSION: {len(rows)} value(s) outside the tolerance of {reference_path.name}, "
+              f"{len(problems)} invariant(s) broken")
+        if rows:
+            print(format_rows(rows))
+        for p in problems:
+            print(f"invariant broken: {p}")
+        return 1
+    n = sum(len(v) for v in now.values())
+    print(f"regression passed: {len(now)} methods, {n} test points within tolerance, invariants hold "
+          f"({seconds[0]:.0f} s)")
+    return 0

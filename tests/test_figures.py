@@ -1,0 +1,133 @@
+"""Paper figures and tables from records and saved samples: qualitative grid, insets, archive, LaTeX Table 1."""
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.config import RunSpec
+from benchmark.run import RunContext, run_one
+from benchmark.samples import read_samples, sample_scenes
+from benchmark.scorer import Scorer
+
+
+@pytest.fixture(scope="module")
+def micro_runs(tmp_path_factory, micro):
+    """identity and histmatch on micro (seconds): finished runs with saved samples."""
+    results = tmp_path_factory.mktemp("results")
+    ctx = RunContext(results, Scorer(cache_dir=results / "cache", frd=False, n_boot=10), quiet=True)
+    for method in ("identity", "histmatch"):
+        run_one(RunSpec(method, preset="micro", data_root=str(micro.root.parent.parent)), ctx)
+    return results
+
+
+def test_sample_scenes_are_fixed_test_scenes_of_distinct_subjects_and_views(tiny):
+    scenes = sample_scenes(tiny, "real_normal")
+    assert scenes == sample_scenes(tiny, "real_normal") and len(scenes) == 4
+    rows = tiny.manifest[tiny.manifest["scene"].isin(scenes) & (tiny.manifest["domain"] == "real_normal")]
+    assert set(rows["split"]) == {"test"}
+    assert rows["subject"].nunique() == 4 and rows["view"].nunique() == 4
+
+
+def test_saved_samples_are_the_translated_images_in_16_bits(micro_runs, micro):
+    folder = next(micro_runs.glob("runs/histmatch/*/*"))
+    samples = read_samples(folder, "sim2real")
+    assert sorted(samples) == sorted(sample_scenes(micro, "real_normal"))
+    for scene, entry in samples.items():
+        domain, source = entry["source"]
+        row = micro.manifest[(micro.manifest["scene"] == scene) & (micro.manifest["domain"] == domain)]
+        expected = (micro.load(row)[0, 0].double().numpy() + 1) / 2
+        np.testing.assert_allclose(source, expected, atol=1 / 65535)  # 16-bit, not 8
+        assert entry["target"][0] == "real_normal" and set(entry["knobs"]) == {1.0, 0.5}
+        assert not np.array_equal(entry["knobs"][1.0], source)  # the matched image, not the source
+
+
+def test_inset_windows_find_the_edge_and_the_flat_patch():
+    from benchmark.figures import inset_windows
+
+    rng = np.random.default_rng(0)
+    image = np.full((64, 64), 0.3) + rng.normal(0, 0.05, (64, 64))
+    image[:, 40:] = 0.8 + rng.normal(0, 0.05, (64, 40 - 16))  # a vertical edge at column 40
+    image[4:24, 4:24] = 0.3  # a noise-free square
+    win = inset_windows(image.clip(0, 1))
+    top, left, size = win["edge"]
+    assert left < 40 < left + size
+    top, left, size = win["flat"]
+    assert 4 <= top and top + size <= 24 and 4 <= left and left + size <= 24
+
+
+def test_figures_from_archived_records_alone(micro_runs, tmp_path):
+    """`archive` copies what figures and tables need; a results folder with only the archive (a fresh clone) draws
+    the same tables and the qualitative grid."""
+    from benchmark.archive import archive_runs
+    from benchmark.collect import load_records, summary
+    from benchmark.figures import write_figures
+
+    archived = archive_runs(micro_runs, tmp_path / "records")
+    assert len(archived) == 2 and all((p / "records.jsonl.gz").is_file() for p in archived)
+    assert not list((tmp_path / "records").rglob("*.ckpt"))
+    live = summary(load_records(micro_runs))
+    only = summary(load_records(tmp_path))
+    pd.testing.assert_frame_equal(live, only)
+    paths = write_figures(tmp_path, tmp_path / "figures")
+    names = {p.name for p in paths}
+    assert {"qualitative-sim2real.png", "qualitative-sim2real.pdf", "tradeoff-sim2real.png",
+            "cost-sim2real.png"} <= names
+    # a run both live and archived is read once, from the live copy
+    shutil.copytree(micro_runs / "runs", tmp_path / "runs")
+    assert len(load_records(tmp_path)) == len(load_records(micro_runs))
+
+
+def _check_latex_structure(text: str) -> int:
+    """A small LaTeX syntax check: balanced braces, matched environments, every tabular row with the column
+    count of its spec. Returns the number of rows checked."""
+    depth = 0
+    for ch in re.sub(r"\\[{}%$]", "", text):
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    envs = re.findall(r"\\(begin|end)\{(\w+)\}", text)
+    stack = []
+    for kind, name in envs:
+        if kind == "begin":
+            stack.append(name)
+        else:
+            assert stack.pop() == name
+    assert not stack
+    spec = re.search(r"\\begin\{tabular\}\{([lcr]+)\}", text).group(1)
+    body = text.split(r"\toprule", 1)[1].split(r"\bottomrule", 1)[0]
+    rows = [r for r in body.split(r"\\") if r.strip() and r.strip() not in (r"\midrule",)]
+    rows = [r.replace(r"\midrule", "") for r in rows if r.replace(r"\midrule", "").strip()]
+    for row in rows:
+        assert len(re.split(r"(?<!\\)&", row)) == len(spec), row
+    return len(rows)
+
+
+def test_table1_layout_and_latex(micro_runs, tmp_path):
+    from benchmark.collect import headline, load_records, paper_table, summary
+
+    configured = headline(summary(load_records(micro_runs)))
+    tex = paper_table(configured, "sim2real")
+    assert _check_latex_structure(tex) == 3  # header, no translation, histogram matching
+    lines = [line for line in tex.splitlines() if " & " in line]
+    assert lines[1].startswith("no translation & --")  # the paper's first row
+    assert lines[2].startswith("histogram matching & blend 1/.5") and " / " in lines[2]
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed: the structure check above ran, the compile did not")
+    doc = tmp_path / "t.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage{graphicx}\\begin{document}\n"
+                   + tex + "\n\\end{document}\n")
+    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-1500:]
+    assert (tmp_path / "t.pdf").stat().st_size > 1000
+
+
+def test_archive_refuses_an_empty_results_folder(tmp_path):
+    from benchmark.archive import archive_runs
+    from benchmark.records import RunError
+
+    with pytest.raises(RunError, match="no finished runs"):
+        archive_runs(tmp_path)
