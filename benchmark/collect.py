@@ -353,15 +353,17 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
     atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured))
+    variants_path = paths.pop()
     for task in configured["task"].unique():
         paths.append(out_dir / f"table1-{task}.tex")
         atomic_write(paths[-1], paper_table(configured, task))
+    paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):
-        atomic_write(paths[4], formatted(variants).to_markdown(index=False) + note(
+        atomic_write(variants_path, formatted(variants).to_markdown(index=False) + note(
             variants, " ranks within this table (methods with `--set` variants);"))
     else:
-        paths[4].unlink(missing_ok=True)
+        variants_path.unlink(missing_ok=True)
         paths.pop()
     return paths
 

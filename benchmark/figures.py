@@ -161,10 +161,11 @@ def run_folders(df: pd.DataFrame, method: str, task: str) -> list[Path]:
     return [Path(f).parent for f in seeds.index]
 
 
-def inset_windows(image, size: int = 16) -> dict:
-    """Two zoom windows (top, left, size) of an image (H, W) in [0, 1]: the strongest bone edge (largest gradient of
-    the smoothed image, away from the border) and the flattest unclipped patch (smallest spread), where methods
-    differ in sharpness and in noise texture."""
+def inset_windows(image, size: int = 16, air: float = 0.15) -> dict:
+    """Two zoom windows (top, left, size) of an image (H, W) in [0, 1], where methods differ in sharpness and in
+    noise texture: the strongest edge inside the head (largest gradient of the smoothed image among the pixels
+    whose whole window is brighter than `air`, else anywhere away from the border) and the flattest unclipped patch
+    (smallest spread)."""
     import numpy as np
     from scipy import ndimage
 
@@ -172,46 +173,51 @@ def inset_windows(image, size: int = 16) -> dict:
     size = min(size, h // 2, w // 2)
     smooth = ndimage.gaussian_filter(image, 1.0)
     grad = np.hypot(ndimage.sobel(smooth, 0), ndimage.sobel(smooth, 1))
+    inside = ndimage.minimum_filter(smooth, size=size) > air  # the window centred here holds no air
     m = size // 2
-    inner = grad[m:h - m, m:w - m]
-    r, c = np.unravel_index(np.argmax(inner), inner.shape)
-    edge = (int(r), int(c))  # top-left of a window centred on the edge
+    valid = np.zeros_like(inside)
+    valid[m:h - m, m:w - m] = True
+    score = np.where(valid & inside, grad, -1.0) if (valid & inside).any() else np.where(valid, grad, -1.0)
+    r, c = np.unravel_index(np.argmax(score), score.shape)
+    edge = (int(r) - m, int(c) - m)
     best, flat = np.inf, (0, 0)
     for top in range(0, h - size + 1, 2):
         for left in range(0, w - size + 1, 2):
             patch = image[top:top + size, left:left + size]
-            if 0.05 < patch.mean() < 0.95 and patch.std() < best:
+            if 0.05 < patch.min() and patch.max() < 0.95 and patch.std() < best:
                 best, flat = patch.std(), (top, left)
     return {"edge": (*edge, size), "flat": (*flat, size)}
 
 
-def _cell(ax, image, windows: dict | None, cmap="gray", vmin=0.0, vmax=1.0) -> None:
-    """One image with its two zoom windows outlined and shown enlarged in the lower corners."""
+WINDOW_COLORS = {"edge": "tab:red", "flat": "gold"}
+
+
+def _show(ax, image, windows: dict | None = None, zoom: str | None = None, cmap="gray", vmin=0.0, vmax=1.0):
+    """An image with its zoom windows outlined, or (`zoom`) the enlarged content of one window."""
     from matplotlib.patches import Rectangle
 
+    if zoom is not None:
+        top, left, size = windows[zoom]
+        image = image[top:top + size, left:left + size]
     ax.imshow(image, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
-    if not windows:
-        return
-    for (top, left, size), corner, color in zip(windows.values(), ((0.0, 0.0), (0.6, 0.0)),
-                                                        ("tab:red", "gold"), strict=True):
-        ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec=color, lw=0.8))
-        inset = ax.inset_axes([corner[0], corner[1], 0.4, 0.4])
-        inset.imshow(image[top:top + size, left:left + size], cmap=cmap, vmin=vmin, vmax=vmax,
-                     interpolation="nearest")
-        inset.set_xticks([])
-        inset.set_yticks([])
-        for spine in inset.spines.values():
-            spine.set_edgecolor(color)
-            spine.set_linewidth(1.2)
+    if zoom is not None:
+        for spine in ax.spines.values():
+            spine.set_edgecolor(WINDOW_COLORS[zoom])
+            spine.set_linewidth(1.5)
+    elif windows:
+        for name, (top, left, size) in windows.items():
+            ax.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, ec=WINDOW_COLORS[name], lw=0.8))
 
 
 def qualitative_grid(df: pd.DataFrame, task: str, diff_range: float = 0.3):
     """The saved test scenes (`benchmark.samples`): rows = scenes, columns = source, each method at its headline knob
-    value (its lowest seed's run), the aligned real image; every cell with zooms of a bone edge (red) and a flat
-    patch (yellow). A second block shows each output minus the aligned real image. None without saved samples."""
+    value (its lowest seed's run), the aligned real image. Under every image its two zoom windows enlarged: the
+    strongest edge inside the head (red) and the flattest patch (yellow); then each output minus the aligned real
+    image. None without saved samples."""
     import matplotlib.pyplot as plt
+    from matplotlib.gridspec import GridSpec
 
     from .samples import read_samples
 
@@ -229,34 +235,37 @@ def qualitative_grid(df: pd.DataFrame, task: str, diff_range: float = 0.3):
         return None
     names = sorted(scenes)
     n_cols = len(columns) + 2
-    fig, axes = plt.subplots(2 * len(names), n_cols, figsize=(1.35 * n_cols, 1.45 * 2 * len(names)), squeeze=False)
+    fig = plt.figure(figsize=(1.25 * n_cols, 2.55 * len(names) + 0.5))
+    grid = GridSpec(3 * len(names), 2 * n_cols, figure=fig, height_ratios=[1.0, 0.5, 1.0] * len(names),
+                    hspace=0.08, wspace=0.06, left=0.04, right=0.995, top=1 - 0.95 / fig.get_figheight(), bottom=0.005)
     for i, scene in enumerate(names):
         entry = scenes[scene]
         source_dom, source = entry["source"]
         gt = entry["target"][1] if entry["target"] else None
         windows = inset_windows(gt if gt is not None else source)
-        cells = [("source", f"source ({source_dom})", source)]
-        cells += [(m, _column_title(m, k), samples[scene]["knobs"][k]) for m, k, samples in columns]
-        cells += [("gt", f"aligned real ({entry['target'][0]})" if gt is not None else "no aligned image", gt)]
-        for j, (_, title, image) in enumerate(cells):
-            top, bottom = axes[2 * i, j], axes[2 * i + 1, j]
+        cells = [(f"source ({source_dom})", source)]
+        cells += [(_column_title(m, k), samples[scene]["knobs"][k]) for m, k, samples in columns]
+        cells += [(f"aligned real ({entry['target'][0]})" if gt is not None else "no aligned image", gt)]
+        for j, (title, image) in enumerate(cells):
+            ax = fig.add_subplot(grid[3 * i, 2 * j:2 * j + 2])
             if image is None:
-                top.axis("off")
-            else:
-                _cell(top, image, windows)
-            if gt is not None and image is not None and j < n_cols - 1:
-                _cell(bottom, image - gt, windows, cmap="RdBu_r", vmin=-diff_range, vmax=diff_range)
-            else:
-                bottom.axis("off")
+                ax.axis("off")
+                continue
+            _show(ax, image, windows)
+            for k, name in enumerate(windows):
+                _show(fig.add_subplot(grid[3 * i + 1, 2 * j + k]), image, windows, zoom=name)
+            if gt is not None and j < n_cols - 1:
+                _show(fig.add_subplot(grid[3 * i + 2, 2 * j:2 * j + 2]), image - gt, windows, cmap="RdBu_r",
+                      vmin=-diff_range, vmax=diff_range)
             if i == 0:
-                top.set_title(title, fontsize=6.5)
-        axes[2 * i, 0].set_ylabel(scene, fontsize=7)
-        axes[2 * i + 1, 0].set_ylabel("minus aligned real", fontsize=6)
+                ax.set_title(title, fontsize=6.5)
+            if j == 0:
+                ax.set_ylabel(scene, fontsize=7)
     d, p = df["dataset"].iloc[0], df["preset"].iloc[0]
-    fig.suptitle(f"{d}/{p} {task}: fixed test scenes (chosen by id), each method at its validation-chosen setting; "
-                 f"zooms: strongest bone edge (red), flattest patch (yellow); difference rows: output minus the "
-                 f"aligned real image, ±{diff_range} of the display range", fontsize=7)
-    fig.tight_layout(rect=(0, 0, 1, 0.97), h_pad=0.2, w_pad=0.2)
+    fig.suptitle(f"{d}/{p} {task}: fixed test scenes, each method at its validation-chosen setting. Under each image: "
+                 "its strongest edge inside the head (red) and flattest patch (yellow), enlarged;\nthird row of each "
+                 f"scene: output minus the aligned real image (blue: darker, red: brighter, ±{diff_range} of the "
+                 "display range)", fontsize=7)
     return fig
 
 

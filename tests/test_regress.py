@@ -64,6 +64,6 @@ def test_drill_regress_fails_when_sdedit_skips_its_noising(monkeypatch, tmp_path
     from methods.components.diffusion import DiffusionCore
 
     monkeypatch.setattr(DiffusionCore, "denoise_from", lambda self, eps, x, strength, generator=None: x.clone())
-    assert R.main(methods=["identity", "sdedit"], results_dir=tmp_path, frd=False) == 1
+    assert R.main(methods=["identity", "sdedit"], results_dir=tmp_path, frd=False, jobs=1) == 1
     out = capsys.readouterr().out
     assert "REGRESSION" in out and "| sdedit |" in out and "does not beat no translation" in out
