@@ -188,7 +188,7 @@ def cmd_collect(args) -> int:
     valid = {(d, p): valid_realism_metrics(out_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
              .itertuples(index=False)}
     table = summary(df, {k: v for k, v in valid.items() if v is not None})
-    paths = write_tables(table, out_dir)
+    paths = write_tables(table, out_dir, records=df)
     print(formatted(table).to_markdown(index=False))
     print("written: " + ", ".join(map(str, paths)))
     return 0

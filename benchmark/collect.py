@@ -332,7 +332,9 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
     return ranked(order.drop(columns=["_base", "_variant"]))
 
 
-def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | None = None) -> list[Path]:
+    """summary.{csv,md,tex}, headline.md, table1-<task>.tex, convergence.md (from the validation `records`, when
+    given) and variants.md under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
              out_dir / "variants.md"]
@@ -357,6 +359,13 @@ def write_tables(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     for task in configured["task"].unique():
         paths.append(out_dir / f"table1-{task}.tex")
         atomic_write(paths[-1], paper_table(configured, task))
+    conv = convergence(records) if records is not None else pd.DataFrame()
+    if len(conv):
+        paths.append(out_dir / "convergence.md")
+        atomic_write(paths[-1], conv.to_markdown(index=False, floatfmt=".3f") + (
+            "\n\nValidation learning curves (24 fixed scenes, mean over seeds): spectrum distance and SSIM to the "
+            "aligned image at 3/4 of the training budget and at its end; still improving = realism better by more "
+            f"than {REL_CHANGE:.0%} or SSIM (gt) by more than {ABS_CHANGE} over the last quarter.\n"))
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):
@@ -425,3 +434,30 @@ def paper_table(configured: pd.DataFrame, task: str) -> str:
         r"\resizebox{\linewidth}{!}{%", rf"\begin{{tabular}}{{ll{'c' * (len(header) - 2)}}}", r"\toprule",
         " & ".join(esc(h) for h in header) + r" \\", r"\midrule", body, r"\bottomrule", r"\end{tabular}}",
         r"\end{table}", ""])
+
+
+# ------------------------------------------------------------------------------------------ convergence
+#: A learning curve is "still improving" when, over the last quarter of the budget, validation realism (the
+#: checkpoint's criterion) improved by more than REL_CHANGE of its value or SSIM to the aligned image by more than
+#: ABS_CHANGE; "flat" otherwise (changes of either sign below those).
+REL_CHANGE, ABS_CHANGE = 0.05, 0.01
+
+
+def convergence(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method): validation `nps_dist` and `ssim_gt` (means over seeds) at 3/4 of the budget and at its end,
+    and whether the method is still improving there (REL_CHANGE, ABS_CHANGE)."""
+    curve = df[(df["split"] == "val") & df["step"].map(lambda v: isinstance(v, int))] if "split" in df else df.iloc[:0]
+    rows = []
+    for (task, method), g in curve.groupby(["task", "method"], sort=False):
+        means = g.groupby("step")[["nps_dist", "ssim_gt"]].mean().sort_index()
+        if len(means) < 4:
+            continue
+        q3, end = means.iloc[round(0.75 * (len(means) - 1))], means.iloc[-1]
+        realism = (q3["nps_dist"] - end["nps_dist"]) / abs(q3["nps_dist"])  # > 0: improved
+        fidelity = end["ssim_gt"] - q3["ssim_gt"] if pd.notna(end["ssim_gt"]) else 0.0
+        improving = realism > REL_CHANGE or fidelity > ABS_CHANGE
+        rows.append(dict(task=task, method=method, seeds=g["seed"].nunique(), steps=int(means.index[-1]),
+                         nps_dist_q3=q3["nps_dist"], nps_dist_end=end["nps_dist"], ssim_gt_q3=q3["ssim_gt"],
+                         ssim_gt_end=end["ssim_gt"],
+                         verdict="still improving" if improving else "flat over the last quarter"))
+    return pd.DataFrame(rows)
