@@ -295,13 +295,7 @@ def knob_surface(df: pd.DataFrame, task: str, method: str = "medshift", setting:
     recs = test_records(df[(df["task"] == task) & (df["method"].map(base_method) == method)])
     if recs.empty:
         return None
-    default = None
-    try:
-        from methods import get_method
-
-        default = float(get_method(method)().hparams[setting])
-    except (ImportError, KeyError, TypeError):
-        default = None
+    default = _configured_value(recs[recs["setting"] == ""], setting)
 
     def value(row):
         for item in str(row["setting"]).split(","):
@@ -335,6 +329,19 @@ def knob_surface(df: pd.DataFrame, task: str, method: str = "medshift", setting:
                  "test split, the same fits", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _configured_value(recs: pd.DataFrame, key: str) -> float | None:
+    """A setting's value in the runs of `recs` as configured, from their config.json (no torch needed)."""
+    import json
+
+    for f in dict.fromkeys(recs.get("_file", [])):
+        cfg = Path(f).parent / "config.json"
+        if cfg.is_file():
+            value = json.loads(cfg.read_text()).get("method_config", {}).get(key)
+            if value is not None:
+                return float(value)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ cost against quality
