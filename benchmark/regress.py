@@ -69,15 +69,18 @@ def run_regression(results_dir: Path, methods: list[str] | None = None, override
     from .run import RunContext, run_one
     from .scorer import Scorer
 
-    torch.set_num_threads(threads)
     domains, _ = dataset_domains("skull-sim", preset=PRESET)
     specs = [spec for name in (methods or list(METHODS))
              for spec in plan([name], [SEED], [TASK], domains, dataset="skull-sim", preset=PRESET, budget=budget,
                               overrides=SETTINGS.get(name, ()) + tuple(overrides))]
     ctx = RunContext(Path(results_dir), Scorer(cache_dir=Path(results_dir) / "cache", frd=frd, n_boot=10), quiet=True)
-    records = []
-    for spec in specs:
-        records += [r for r in run_one(spec, ctx) if r.get("split", "test") == "test"]
+    records, before = [], torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for spec in specs:
+            records += [r for r in run_one(spec, ctx) if r.get("split", "test") == "test"]
+    finally:
+        torch.set_num_threads(before)
     return records
 
 
