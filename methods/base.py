@@ -163,6 +163,13 @@ class TranslationMethod(L.LightningModule):
         """`knob_value`, or the default knob value (the first of `knob_grid`) when None."""
         return self.knob_grid[0] if knob_value is None else knob_value
 
+    def check_direction(self, source: str, target: str) -> None:
+        """Raise unless `source -> target` is the direction the method was trained for (its task's sources to its
+        target): for methods that learn one mapping (the paired upper bounds)."""
+        if source not in self.sources or target != self.target:
+            raise KeyError(f"{type(self).__name__} was trained for {'+'.join(self.sources)} -> {self.target}; "
+                           f"cannot translate {source} -> {target}")
+
     def check_knob(self, knob_value) -> None:
         if self.knob_name is None and knob_value is not None:
             raise ValueError(f"{type(self).__name__} has no knob; got {knob_value!r}")

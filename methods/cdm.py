@@ -137,9 +137,7 @@ class CDM(TranslationMethod):
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         self.check_knob(knob_value)
-        if source not in self.sources or target != self.target:
-            raise KeyError(f"CDM was trained for {'+'.join(self.sources)} -> {self.target}; cannot translate "
-                           f"{source} -> {target}")
+        self.check_direction(source, target)
         nets = self.ema.shadow
         x = images.float()
         return self.synthesize(nets, x, self.sample_codes(nets, x)).clamp(-1.0, 1.0)

@@ -109,9 +109,7 @@ class Pix2Pix(TranslationMethod):
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         self.check_knob(knob_value)
-        if source not in self.sources or target != self.target:
-            raise KeyError(f"pix2pix was trained for {'+'.join(self.sources)} -> {self.target}; cannot translate "
-                           f"{source} -> {target}")
+        self.check_direction(source, target)
         return run_with_dropout(self.g, images.float(), int(self.sample_seed))
 
     def nfe(self, knob_value=None) -> int:

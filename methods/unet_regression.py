@@ -54,9 +54,7 @@ class UNetRegression(TranslationMethod):
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         self.check_knob(knob_value)
-        if source not in self.sources or target != self.target:
-            raise KeyError(f"unet-regression was trained for {'+'.join(self.sources)} -> {self.target}; cannot "
-                           f"translate {source} -> {target}")
+        self.check_direction(source, target)
         return self.net(images.float()).clamp(-1.0, 1.0)
 
     def nfe(self, knob_value=None) -> int:
