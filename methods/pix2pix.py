@@ -20,8 +20,10 @@ Deviations (documented):
   same per-image result;
 * dropout: kept active at translation, as in the reference's default test (the "noise" of pix2pix), with a fixed
   seed per call so that translations are reproducible;
-* sizes: `ngf`, `ndf` are config (CPU-sized on `tiny`, `benchmark/configs/pix2pix.yaml`); training length is the
-  preset's FLOP budget; no random jitter/crop augmentation.
+* sizes: `ngf`, `ndf` are config (CPU-sized on `tiny`, `benchmark/configs/pix2pix.yaml`), and so is the batch:
+  1 by default as the reference, 4 on `tiny` (the paper used 1 to 10 depending on the dataset), where batch 1 is
+  overhead-bound on a CPU (3x the wall time for the same FLOPs, measured); training length is the preset's FLOP
+  budget; no random jitter/crop augmentation.
 No structure-realism knob: one point on every curve.
 """
 from __future__ import annotations
