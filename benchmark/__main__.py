@@ -1,5 +1,5 @@
-"""`python -m benchmark {run,rescore,collect,figures,archive,validity,perf,weights}`: a thin CLI over importable
-functions."""
+"""`python -m benchmark {run,rescore,collect,figures,archive,regress,validity,perf,weights}`: a thin CLI over
+importable functions."""
 from __future__ import annotations
 
 import argparse

@@ -6,7 +6,8 @@ A `RunSpec` names one fit. Its folder `results/runs/<method>/<dataset>-<preset>/
 points), `checkpoints/final.ckpt` and `selected.ckpt` (the last weights and the ones chosen on validation, which
 every test record uses) and `train.json` (budget, steps, time, the selected step), all written before the first
 test evaluation; `records.jsonl` (rewritten atomically after every evaluation: validation records with `split =
-"val"`, then the test records) and finally `done` (`benchmark.records`).
+"val"`, then the test records), `samples/` (the translated images of a few fixed test scenes, `benchmark.samples`)
+and finally `done` (`benchmark.records`).
 
 Protocol (`benchmark.validation`, `benchmark.budget`): every learned method trains for the preset's FLOP budget;
 learning curves, the checkpoint and the headline knob value are chosen on the validation split; the test split
