@@ -117,8 +117,16 @@ def run_parallel(results_dir: Path, methods: list[str], overrides: tuple = (), t
     if len(tasks) == 1:
         outs = [_worker(tasks[0])]
     else:
-        with mp.get_context("spawn").Pool(len(tasks)) as pool:
-            outs = pool.map(_worker, tasks)
+        import signal
+        import sys
+
+        # a terminated regression takes its workers with it (the pool's exit terminates them)
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        try:
+            with mp.get_context("spawn").Pool(len(tasks)) as pool:
+                outs = pool.map(_worker, tasks)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     records, seconds = [], {}
     for recs, secs in outs:
         records += recs
