@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", type=Path, default=None)
     g = sub.add_parser("regress", help="every method on micro vs results/reference/regress.json, plus invariants")
     g.add_argument("--update", action="store_true", help="rewrite the reference (and print what changed)")
-    g.add_argument("--repeat", type=int, default=1, help="runs of regress.REPEATS (seeds, threads); with --update: tolerances")
+    g.add_argument("--repeat", type=int, default=1, help="runs of REPEATS (seed, threads); --update: tolerances")
     g.add_argument("--method", nargs="+", default=None, help="only these methods")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (drills)")
     g.add_argument("--results-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
