@@ -293,6 +293,9 @@ def main(update: bool = False, repeat: int = 1, methods: list[str] | None = None
         print(f"written: {reference_path} ({seconds[0]:.0f} s per run)")
         for p in problems:
             print(f"invariant broken (the reference was written anyway): {p}")
+        for (seed, threads), run in zip(REPEATS[1:repeat], runs[1:], strict=True):
+            for p in invariants(run, method_infos(run)):
+                print(f"invariant broken in the repeat with seed {seed}, {threads} thread(s): {p}")
         return 0
     if old is None:
         print(f"no reference at {reference_path}: run `make regress-update` first")
