@@ -354,6 +354,8 @@ def cost_quality(df: pd.DataFrame, task: str, y: str | None = None):
 
     part = common_seeds(test_records(df[df["task"] == task]))
     part = part[part["method"] == part["method"].map(base_method)]
+    if part.empty or not {"sec_per_image", "nfe"} <= set(part.columns):
+        return None  # records without cost fields (written before they were recorded): nothing to draw
     y = y or realism_metric(part) or "nps_dist"
     means = part.groupby(["method", "knob_value"], sort=False, dropna=False)[
         ["sec_per_image", "nfe", "ssim_src", y]].mean().reset_index()

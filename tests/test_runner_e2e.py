@@ -22,7 +22,7 @@ def test_make_benchmark_identity(tmp_path, data_root):
     assert (tmp_path / "runs/identity").exists() and list(tmp_path.glob("runs/identity/*/*/done"))
     table = pd.read_csv(tmp_path / "tables/summary.csv")
     assert list(table["method"]) == ["identity"]
-    assert "| sim2real | identity" in (tmp_path / "tables/summary.md").read_text()
+    assert "| sim2real | reference | identity" in (tmp_path / "tables/summary.md").read_text()
     assert "results (this invocation" in proc.stdout  # the rich table at the end
     # a second invocation finds the run done and trains nothing
     again = subprocess.run(["make", "benchmark", "METHOD=identity", "SEEDS=0", f"RESULTS={tmp_path}", "ARGS=--quiet"],
@@ -75,5 +75,6 @@ def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_f
 
     lines = [dict(r, _sha=record_sha(r)) for r in pd.concat([records, variant]).to_dict("records")]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    names = [p.name for p in write_figures(tmp_path, tmp_path / "figures")]
-    assert names == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png"]
+    paths = write_figures(tmp_path, tmp_path / "figures")
+    assert [p.name for p in paths if p.suffix == ".png"] == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png"]
+    assert all(p.with_suffix(".pdf") in paths for p in paths)  # every figure also as PDF, for the paper
