@@ -199,7 +199,7 @@ def cmd_regress(args) -> int:
     from benchmark.regress import main as regress_main
 
     return regress_main(update=args.update, repeat=args.repeat, methods=args.method, overrides=parse_set(args.set),
-                        results_dir=args.results_dir, frd=not args.no_frd, jobs=args.jobs)
+                        results_dir=args.results_dir, frd=not args.no_frd, jobs=args.jobs, also=tuple(args.also))
 
 
 def cmd_archive(args) -> int:
@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--results-dir", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     g.add_argument("--no-frd", action="store_true")
     g.add_argument("--jobs", type=int, default=2, help="processes, each single-threaded (default 2)")
+    g.add_argument("--also", nargs="+", type=Path, default=[], metavar="REGRESS_JSON",
+                   help="--update: references of this code from other machines, counted as repeats for tolerances")
     a = sub.add_parser("archive", help="copy finished runs' records, config and samples to results/records (committed)")
     a.add_argument("--results-dir", type=Path, default=Path("results"))
     a.add_argument("--out", type=Path, default=None)

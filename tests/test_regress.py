@@ -41,6 +41,11 @@ def test_invariants_catch_a_method_that_stopped_translating():
     flat = R.invariants(_summary({("medshift", "syn_low tau=0.45", "ssim_src"): 0.75}), INFO)
     assert flat and "not monotone" in flat[0]
     assert "!= 1" in R.invariants(_summary({("identity", "syn_low", "ssim_src"): 0.99}), INFO)[0]
+    # a tie within the slack is not a reversal (seed noise at micro); beyond it, it is
+    tie = _summary({("medshift", "syn_low tau=0.45", "ssim_src"): 0.7 + 0.5 * R.MONOTONE_SLACK})
+    assert R.invariants(tie, INFO) == []
+    reversed_ = _summary({("medshift", "syn_low tau=0.45", "ssim_src"): 0.7 + 2 * R.MONOTONE_SLACK})
+    assert "not monotone" in R.invariants(reversed_, INFO)[0]
 
 
 def test_tolerances_from_repeated_runs():
@@ -48,6 +53,24 @@ def test_tolerances_from_repeated_runs():
     tol = R.derive_tolerances([a, b])
     assert tol["medshift"]["nps_dist"] == pytest.approx(R.TOL_FACTOR * 0.01)
     assert tol["medshift"]["ssim_src"] == R.TOL_FLOOR["ssim_src"]  # no spread: the floor
+
+
+def test_a_reference_from_another_machine_widens_the_tolerances(tmp_path, monkeypatch):
+    """`--update --also OTHER.json`: seed 0 run on another CPU counts as a repeat; without --update it is refused."""
+    from benchmark.records import RunError
+
+    other = _summary({("medshift", "syn_low tau=0.6", "ssim_src"): 0.74})  # another CPU moved it by 0.04
+    (tmp_path / "other.json").write_text(json.dumps(dict(results=other)))
+    monkeypatch.setattr(R, "run_parallel", lambda *a, **k: ([], {"medshift": 1.0}))
+    monkeypatch.setattr(R, "summarize", lambda records: _summary())
+    monkeypatch.setattr(R, "method_infos", lambda now: INFO)
+    ref = tmp_path / "regress.json"
+    assert R.main(update=True, reference_path=ref, also=(tmp_path / "other.json",)) == 0
+    written = json.loads(ref.read_text())
+    assert written["tolerances"]["medshift"]["ssim_src"] == pytest.approx(R.TOL_FACTOR * 0.04)
+    assert "1 run(s) of seed 0 on other machines" in written["tolerance_derivation"]
+    with pytest.raises(RunError, match="--also"):
+        R.main(reference_path=ref, also=(tmp_path / "other.json",))
 
 
 def test_the_committed_reference_covers_every_registered_method():

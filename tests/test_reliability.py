@@ -192,18 +192,21 @@ def test_sigkill_while_writing_a_resume_point_leaves_no_temporary_and_resumes_eq
 
 
 def test_ctrl_c_of_a_real_run_during_evaluation_prints_one_line(tmp_path, micro):
-    """SIGINT (what Ctrl-C sends) during evaluation: one line on stderr, exit 130, and the run resumes later."""
+    """SIGINT (what Ctrl-C sends) during evaluation: one line on stderr, exit 130, and the run resumes later.
+    The process signals itself right after it has written its first test record (no poller racing the run), with
+    Python's own SIGINT handler installed (a shell's background job inherits SIGINT ignored)."""
     results = tmp_path / "r"
     cmd = _cli(results, micro)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=ONE_THREAD)
-    t0 = time.time()
-    while proc.poll() is None and time.time() - t0 < 300:
-        if any(r.read_text().count('"split": "test"') for r in results.glob("runs/*/*/*/records.jsonl")):
-            proc.send_signal(signal.SIGINT)
-            break
-        time.sleep(0.05)
-    err = proc.communicate(timeout=120)[1].strip()
+    ctrl_c = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+              "def then_ctrl_c(path, records):\n"
+              "    write(path, records)\n"
+              "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGINT)\n"
+              "run.write_records = then_ctrl_c\n"
+              "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", ctrl_c, *cmd[3:]], cwd=ROOT, capture_output=True, text=True,
+                          env=ONE_THREAD)
+    err = proc.stderr.strip()
     assert proc.returncode == 130, err[-2000:]
     assert err == "interrupted: every finished record is on disk; run the same command again to resume"
     assert _run(cmd) == 0
