@@ -262,7 +262,7 @@ def qualitative_grid(df: pd.DataFrame, task: str, diff_range: float = 0.3):
             if j == 0:
                 ax.set_ylabel(scene, fontsize=7)
     d, p = df["dataset"].iloc[0], df["preset"].iloc[0]
-    fig.suptitle(f"{d}/{p} {task}: fixed test scenes, each method at its validation-chosen setting. Under each image: "
+    fig.suptitle(f"{d}/{p} {task}: fixed test scenes, each method at its validation-chosen setting.\nUnder each image: "
                  "its strongest edge inside the head (red) and flattest patch (yellow), enlarged;\nthird row of each "
                  f"scene: output minus the aligned real image (blue: darker, red: brighter, ±{diff_range} of the "
                  "display range)", fontsize=7)
