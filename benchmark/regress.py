@@ -292,13 +292,14 @@ def main(update: bool = False, repeat: int = 1, methods: list[str] | None = None
     problems = invariants(now, method_infos(now))
     if update:
         others = [json.loads(Path(p).read_text())["results"] for p in also]
-        derived = repeat > 1 or others
-        tol = derive_tolerances(runs + others) if derived else \
-            (old or {}).get("tolerances") or derive_tolerances(runs)
-        how = (f"{TOL_FACTOR:g} x the largest deviation from the reference run over {repeat} runs (seed, threads) = "
-               f"{list(REPEATS[:repeat])}" + (f" and {len(others)} run(s) of seed 0 on other machines" if others
-                                              else "") + ", at least the floor per metric" if derived
-               else (old or {}).get("tolerance_derivation", "floors only"))
+        if repeat > 1 or others:  # derive the tolerances from this invocation's runs
+            tol = derive_tolerances(runs + others)
+            elsewhere = f" and {len(others)} run(s) of seed 0 on other machines" if others else ""
+            how = (f"{TOL_FACTOR:g} x the largest deviation from the reference run over {repeat} runs (seed, "
+                   f"threads) = {list(REPEATS[:repeat])}{elsewhere}, at least the floor per metric")
+        else:  # one run: keep the tolerances (and how they were derived) of the old reference
+            tol = (old or {}).get("tolerances") or derive_tolerances(runs)
+            how = (old or {}).get("tolerance_derivation", "floors only")
         new = dict(preset=PRESET, task=TASK, seed=SEED, threads=1, budget=BUDGET, settings=SETTINGS, jobs=JOBS,
                    seconds=round(max(seconds), 1), method_seconds={m: round(v, 1) for m, v in per_method.items()},
                    results=now, tolerances=tol, tolerance_derivation=how, floors=TOL_FLOOR)
