@@ -401,7 +401,8 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
     chosen = evaluator.curve_records()
-    step = V.best_checkpoint(chosen) if chosen else None
+    criterion = type(method).selection_criterion()
+    step = V.best_checkpoint(chosen, criterion) if chosen else None
     # a curve checkpoint is written by a callback hook, which Lightning runs before the module's own
     # on_train_batch_end (the EMA update of that iteration): load it from disk, exactly what validation scored
     _copy(ckpt_dir / (f"step{step}.ckpt" if step is not None else "final.ckpt"), selected)
@@ -412,7 +413,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
                 train_flops=per_iter_flops * iters if per_iter_flops is not None else None,
                 images_seen=iters * method.train_batch_size,
-                selection_metric=V.checkpoint_metric(chosen) if chosen else None)
+                selection_metric=V.checkpoint_metric(chosen, criterion) if chosen else None)
     atomic_write(info_path, json.dumps(info))
     return info
 

@@ -15,7 +15,8 @@ The whole contract of a subclass:
   layout; "paired" makes a paired upper bound); `sampling_settings` (config keys that only change
   translation: a run differing from a finished one only in these re-uses its fit);
   `optimizer_steps_per_iteration` (for Lightning's step count); `drop_last`; `reference_row` (shown
-  unranked); `style` (colour, marker, label in figures);
+  unranked); `style` (colour, marker, label in figures); the table group and the checkpoint criterion follow
+  from `pairing` and `reference_row` (`group`, `selection_criterion`);
   `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
   (ranges and choices of settings, checked with the config before any work);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
@@ -93,6 +94,12 @@ class TranslationMethod(L.LightningModule):
         """What tables and figures read of the method (the runner writes it into config.json as `method_info`)."""
         return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
                     style=dict(cls.style), group=cls.group())
+
+    @classmethod
+    def selection_criterion(cls) -> str:
+        """What the validation split selects the checkpoint by (`benchmark.validation`): "fidelity" for the paired
+        upper bounds (they see the answer and bound fidelity), "realism" for every other learned method."""
+        return "fidelity" if cls.group() == "paired" else "realism"
 
     @classmethod
     def group(cls) -> str:

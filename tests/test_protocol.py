@@ -1,6 +1,7 @@
 """The protocol: equal FLOP budgets, choices on validation, the test split read once at the end."""
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -9,6 +10,7 @@ from benchmark.config import RunSpec
 from benchmark.run import RunContext, run_one
 from benchmark.scorer import Scorer
 from benchmark.validation import curve_steps, task_rows
+from methods import get_method
 from methods.base import TranslationMethod
 
 
@@ -75,6 +77,12 @@ def test_selection_rules_by_hand():
 
     curve = [dict(step=s, nps_dist=v) for s, v in ((75, 0.4), (150, 0.2), (225, 0.3), (300, 0.2))]
     assert best_checkpoint(curve) == 300  # the best realism; a tie goes to the later step
+    paired = [dict(step=s, nps_dist=n, ssim_gt=g) for s, n, g in ((75, 0.1, 0.70), (150, 0.3, 0.90), (225, 0.4, 0.85))]
+    assert best_checkpoint(paired, "fidelity") == 150 and best_checkpoint(paired) == 75
+    with pytest.raises(ValueError, match="aligned pairs"):
+        best_checkpoint([dict(step=1, nps_dist=0.1, ssim_gt=None)], "fidelity")
+    assert get_method("cdm").selection_criterion() == "fidelity"
+    assert {get_method(m).selection_criterion() for m in ("medshift", "cyclegan", "sdedit")} == {"realism"}
     knobs = [dict(knob_value=k, ssim_gt=g, nps_dist=0.1, ssim_src=0.5) for k, g in ((0.6, 0.80), (0.45, 0.85),
                                                                                     (0.3, 0.84))]
     assert best_knob(knobs) == 0.45  # fidelity where pairs exist
@@ -126,3 +134,14 @@ def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path,
     first_test = loaded.index(("test",))
     assert set(loaded[first_test:]) == {("test",)} and loaded.count(("test",)) == 2 * 2  # sources x (images, pairs)
     assert ("test",) not in loaded[:first_test]
+
+
+def test_a_paired_upper_bound_selects_its_checkpoint_by_validation_fidelity(tmp_path, micro):
+    results = tmp_path / "r"
+    ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", frd=False), quiet=True)
+    spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=16)
+    records = run_one(spec, ctx)
+    info = json.loads((spec.folder(results) / "train.json").read_text())
+    curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
+    best = max(curve, key=lambda r: (r["ssim_gt"], r["step"]))["step"]
+    assert info["selection_metric"] == "ssim_gt" and info["selected_step"] == best
