@@ -1,5 +1,5 @@
-"""`python -m benchmark {run,rescore,collect,figures,archive,regress,validity,perf,weights}`: a thin CLI over
-importable functions."""
+"""`python -m benchmark {run,rescore,collect,figures,archive,regress,validity,utility,perf,weights}`: a thin CLI
+over importable functions."""
 from __future__ import annotations
 
 import argparse
@@ -180,15 +180,25 @@ def cmd_rescore(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from benchmark.collect import formatted, load_records, summary, write_tables
+    from benchmark.collect import (
+        attach_utility,
+        formatted,
+        load_records,
+        load_utility,
+        summary,
+        utility_summary,
+        write_tables,
+        write_utility,
+    )
     from benchmark.validity import valid_realism_metrics
 
     df = load_records(args.results_dir)
     out_dir = args.out or args.results_dir / "tables"
     valid = {(d, p): valid_realism_metrics(out_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
              .itertuples(index=False)}
-    table = summary(df, {k: v for k, v in valid.items() if v is not None})
-    paths = write_tables(table, out_dir, records=df)
+    usum = utility_summary(load_utility(args.results_dir))
+    table = attach_utility(summary(df, {k: v for k, v in valid.items() if v is not None}), usum)
+    paths = write_tables(table, out_dir, records=df) + write_utility(usum, out_dir)
     print(formatted(table).to_markdown(index=False))
     print("written: " + ", ".join(map(str, paths)))
     return 0
@@ -238,6 +248,23 @@ def cmd_validity(args) -> int:
         print(f"written: {p}")
     for m, ok in result["passed"].items():
         print(f"{m}: {'passes' if ok else 'fails'}")
+    return 0
+
+
+def cmd_utility(args) -> int:
+    """Downstream utility of finished runs: translated training images train a segmenter tested on real images."""
+    import torch
+
+    from benchmark.utility import run_utility
+    from methods import METHODS
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(os.cpu_count() or 1, 16))))
+    methods = list(METHODS) if args.method == ["all"] else args.method
+    for m in methods:
+        if m not in METHODS:
+            raise KeyError(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
+    _check_writable(args.results_dir)
+    run_utility(args.results_dir, methods, args.dataset, args.preset, args.seeds, args.task, args.data_root)
     return 0
 
 
@@ -293,6 +320,14 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--data-root", default=None)
     v.add_argument("--dataset-config", default=None)
     v.add_argument("--no-frd", action="store_true")
+    u = sub.add_parser("utility", help="does translated synthetic data train a segmenter that works on real images")
+    u.add_argument("--method", nargs="+", default=["all"], help="method name(s) with finished runs, or 'all'")
+    u.add_argument("--dataset", default="skull-sim")
+    u.add_argument("--preset", default="tiny")
+    u.add_argument("--task", nargs="+", default=["sim2real", "dose"])
+    u.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    u.add_argument("--results-dir", type=Path, default=Path("results"))
+    u.add_argument("--data-root", default=None)
     pf = sub.add_parser("perf", help="throughput of the scorer and of each method's translate")
     pf.add_argument("--methods", nargs="+", default=["identity", "histmatch"])
     pf.add_argument("--n-images", type=int, default=256)
@@ -305,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
                 "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity,
-                "archive": cmd_archive, "regress": cmd_regress}[args.command](args)
+                "archive": cmd_archive, "regress": cmd_regress, "utility": cmd_utility}[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunError, WeightsUnavailable) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)

@@ -137,6 +137,18 @@ def _seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:
     return np.stack(per_seed)
 
 
+def seed_mean_replicates(replicates: np.ndarray, seed: int = N_SEED_DRAWS_SEED) -> np.ndarray:
+    """(B,) replicate b = the mean over seeds drawn with replacement (the same draws for every row with as many seeds)
+    of their b-th subject-bootstrap replicates.
+
+    Args:
+        replicates: (n_seeds, B).
+    """
+    n_seeds, n_boot = replicates.shape
+    pick = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
+    return replicates[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+
+
 def combined_interval(replicates: np.ndarray, level: float = 0.95, seed: int = N_SEED_DRAWS_SEED):
     """Percentile interval of the seed mean: replicate b draws the seeds with replacement and averages their b-th
     subject-bootstrap replicates (test-set sampling and seed variation together).
@@ -144,9 +156,7 @@ def combined_interval(replicates: np.ndarray, level: float = 0.95, seed: int = N
     Args:
         replicates: (n_seeds, B).
     """
-    n_seeds, n_boot = replicates.shape
-    pick = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
-    means = replicates[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+    means = seed_mean_replicates(replicates, seed)
     means = means[np.isfinite(means)]
     if len(means) < 2:
         return float("nan"), float("nan")
@@ -284,7 +294,11 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1 and method_group(r["method"]) != "paired":
                 cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
             row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
-        for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank"):
+        if "dice" in table and table["dice"].notna().any():
+            row[UTILITY_LABEL] = "–" if pd.isna(r["dice"]) else _fmt(r["dice"], r["dice_ci"], "dice")
+        for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank", "utility_rank"):
+            if m == "utility_rank" and not ("dice" in table and table["dice"].notna().any()):
+                continue
             if m in table:
                 unranked = "ref." if is_reference(r["method"]) else ""
                 row[m.replace("_", " ")] = unranked if pd.isna(r[m]) else f"{r[m]:g}"
@@ -347,7 +361,10 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
                 "(MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; rows whose intervals "
                 "overlap share a rank; paired (upper bound) rows see aligned pairs in training and are ranked "
                 "among themselves only; ref. = reference row, not ranked. n/a = unavailable (see the records' "
-                "`unavailable`).\n")
+                "`unavailable`)." + (" Utility: mean Dice of a segmenter trained on the method's translations of the "
+                                     "synthetic training images and tested on real images, on the row of the setting "
+                                     "validation chose (utility.md)." if "dice" in ranked and ranked["dice"].notna()
+                                     .any() else "") + "\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
@@ -461,3 +478,130 @@ def convergence(df: pd.DataFrame) -> pd.DataFrame:
                          ssim_gt_end=end["ssim_gt"],
                          verdict="still improving" if improving else "flat over the last quarter"))
     return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------ downstream utility
+#: The utility's reference rows besides the methods' own: the segmenter trained on the target's real images.
+ORACLE = "oracle"
+UTILITY_LABEL = "Utility (Dice) ↑"
+
+
+def load_utility(results_dir: Path) -> pd.DataFrame:
+    """Utility records (`benchmark.utility`: `results/utility/<dataset>-<preset>/<task>/<method>/seed<k>.json`)."""
+    import json
+
+    files = sorted(Path(results_dir).glob("utility/*/*/*/seed*.json"))
+    return pd.DataFrame([json.loads(f.read_text()) for f in files])
+
+
+def utility_group(method: str) -> str:
+    return "reference" if method == ORACLE else method_group(method)
+
+
+def _knob_label(g: pd.DataFrame) -> str:
+    """The knob values the seeds' validation chose, e.g. "tau=0.3 (2/3), 0.45 (1/3)"."""
+    if not g["knob"].iloc[0]:
+        return "–"
+    counts = g["knob_value"].value_counts()
+    parts = [f"{v:g} ({c}/{len(g)})" if len(counts) > 1 else f"{v:g}" for v, c in counts.items()]
+    return f"{g['knob'].iloc[0]}=" + ", ".join(parts)
+
+
+def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, preset, task, method): mean Dice and per-structure Dice over seeds with the combined
+    seed-and-subject interval, the fraction of the gap between no translation (`identity`) and the oracle that the
+    method closes (with its interval from the same paired replicates), and the utility rank (overlapping intervals
+    share a rank; unpaired and paired methods ranked apart; identity, histmatch and the oracle unranked)."""
+    if udf.empty:
+        return pd.DataFrame()
+    metrics = ["dice"] + sorted(c for c in udf.columns if c.startswith("dice_") and not c.endswith(("_lo", "_hi")))
+    rows, reps_of = [], {}
+    for key, g in udf.groupby(["dataset", "preset", "task", "method"], sort=False):
+        row = dict(zip(["dataset", "preset", "task", "method"], key, strict=True), n_seeds=g["seed"].nunique(),
+                   knob=_knob_label(g), group=utility_group(key[3]))
+        for m in metrics:
+            row[m] = float(g.groupby("seed")[m].mean().mean())
+            reps = _seed_replicates(g, m)
+            lo, hi = combined_interval(reps) if reps is not None else (np.nan, np.nan)
+            row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = lo, hi, (hi - lo) / 2
+            if m == "dice" and reps is not None:
+                reps_of[key] = seed_mean_replicates(reps)
+        row["seg_val_dice"] = float(g["seg_val_dice"].mean())
+        row["translate_sec"] = float(g["translate_sec"].mean())
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    for col in ("gap_closed", "gap_closed_lo", "gap_closed_hi", "utility_rank"):
+        out[col] = np.nan
+    for (dataset, preset, task), part in out.groupby(["dataset", "preset", "task"], sort=False):
+        low, high = (dataset, preset, task, "identity"), (dataset, preset, task, ORACLE)
+        if low in reps_of and high in reps_of:
+            lo_mean, hi_mean = (part.loc[part["method"] == k[3], "dice"].iloc[0] for k in (low, high))
+            for i, r in part.iterrows():
+                out.loc[i, "gap_closed"] = (r["dice"] - lo_mean) / (hi_mean - lo_mean)
+                key = (dataset, preset, task, r["method"])
+                if key in reps_of and len(reps_of[key]) == len(reps_of[low]):
+                    with np.errstate(all="ignore"):
+                        ratio = (reps_of[key] - reps_of[low]) / (reps_of[high] - reps_of[low])
+                    ratio = ratio[np.isfinite(ratio)]
+                    if len(ratio) > 1:
+                        out.loc[i, "gap_closed_lo"], out.loc[i, "gap_closed_hi"] = np.quantile(ratio, [0.025, 0.975])
+        for _, ranked in part[part["group"] != "reference"].groupby("group", sort=False):
+            out.loc[ranked.index, "utility_rank"] = overlap_rank(ranked["dice"], ranked["dice_lo"], ranked["dice_hi"],
+                                                                 higher_is_better=True)
+    order = {g: i for i, g in enumerate(GROUPS)}
+    out = out.assign(_g=out["group"].map(order), _d=-out["dice"]).sort_values(["dataset", "preset", "task", "_g", "_d"])
+    return out.drop(columns=["_g", "_d"]).reset_index(drop=True)
+
+
+def formatted_utility(usum: pd.DataFrame) -> pd.DataFrame:
+    """Human utility table: mean Dice ± half-width, the gap closed, per-structure Dice, rank."""
+    structures = [c for c in usum.columns if c.startswith("dice_") and not c.endswith(("_lo", "_hi", "_ci"))]
+    rows = []
+    for _, r in usum.iterrows():
+        row = {"task": r["task"], "group": "reference" if r["method"] == ORACLE else GROUP_LABELS[r["group"]],
+               "method": "oracle (real images)" if r["method"] == ORACLE else r["method"], "setting": r["knob"],
+               "seeds": f"{r['n_seeds']:g}", UTILITY_LABEL: _fmt(r["dice"], r["dice_ci"], "dice")}
+        gap = r["gap_closed"]
+        row["gap closed"] = "n/a" if pd.isna(gap) else f"{gap:.0%}" + (
+            "" if pd.isna(r["gap_closed_lo"]) else f" [{r['gap_closed_lo']:.0%}, {r['gap_closed_hi']:.0%}]")
+        for c in structures:
+            row[c.removeprefix("dice_").replace("_", " ")] = _fmt(r[c], 0, c)
+        row["utility rank"] = "ref." if pd.isna(r["utility_rank"]) else f"{r['utility_rank']:g}"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def attach_utility(table: pd.DataFrame, usum: pd.DataFrame) -> pd.DataFrame:
+    """The summary with each method's utility on the row of the knob value its seeds' validation chose most often
+    (`dice`, `dice_lo/_hi/_ci`, `utility_rank`); other rows and methods without utility records stay empty."""
+    table = table.copy()
+    for col in ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank"):
+        table[col] = np.nan
+    if usum.empty:
+        return table
+    for _, u in usum.iterrows():
+        rows = table[(table["dataset"] == u["dataset"]) & (table["preset"] == u["preset"])
+                     & (table["task"] == u["task"]) & (table["method"] == u["method"])]
+        if rows.empty:
+            continue
+        pick = rows["val_choice"].fillna(0).idxmax() if "val_choice" in rows else rows.index[0]
+        for col in ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank"):
+            table.loc[pick, col] = u[col]
+    return table
+
+
+def write_utility(usum: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """`utility.md` and `utility.csv` (nothing when there are no utility records)."""
+    if usum.empty:
+        return []
+    paths = [out_dir / "utility.csv", out_dir / "utility.md"]
+    atomic_write(paths[0], usum.to_csv(index=False, float_format="%.6g"))
+    atomic_write(paths[1], formatted_utility(usum).to_markdown(index=False) + (
+        "\n\nDownstream utility (`benchmark/utility.py`): each method translates the task's synthetic training images "
+        "at its validation-chosen setting; one fixed segmenter (pix2pix U-Net, the same budget and seed for every "
+        "method) learns six skull structures from them and is tested on the target domain's real test images. Mean "
+        "Dice over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds; gap "
+        "closed = (Dice - no translation's) / (the oracle's - no translation's), with its interval from the same "
+        "paired replicates; the oracle's segmenter trains on real target images. Rows whose intervals overlap share "
+        "a rank; references are not ranked.\n"))
+    return paths

@@ -135,7 +135,7 @@ def chord_intervals(source: np.ndarray, dirs: np.ndarray, prim: Primitive) -> tu
 
 
 def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
-                 chunk: int = 512) -> np.ndarray:
+                 chunk: int = 512, channels: np.ndarray | None = None, n_channels: int | None = None) -> np.ndarray:
     """Per-material path lengths (mm) along each ray with painter semantics.
 
     Args:
@@ -143,15 +143,20 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
         dirs: (..., 3) unit directions.
         prims: Primitives in painting order (later wins).
         chunk: Rays per vectorised block (bounds memory at chunk * 2K * K booleans).
+        channels: Optional (K,) output channel of each primitive instead of its material (for example an
+            anatomical structure, `datasets.labels`); a segment owned by no primitive goes to channel 0.
+        n_channels: Number of output channels with `channels`.
 
     Returns:
         (len(MATERIALS), ...) float64 path lengths, all >= 0; index 0 is air inside the head (sinuses).
+        With `channels`: (n_channels, ...).
     """
     shape = dirs.shape[:-1]
     flat = dirs.reshape(-1, 3)
     n_rays = flat.shape[0]
-    material_of = np.array([p.material for p in prims])
-    out = np.zeros((len(MATERIALS), n_rays))
+    material_of = np.array([p.material for p in prims]) if channels is None else np.asarray(channels)
+    n_out = len(MATERIALS) if channels is None else int(n_channels)
+    out = np.zeros((n_out, n_rays))
     for lo in range(0, n_rays, chunk):
         d = flat[lo:lo + chunk]
         t0, t1 = zip(*(chord_intervals(source, d, p) for p in prims), strict=True)
@@ -173,20 +178,24 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
         r = d.shape[0]
         flat_index = (mats * r + np.arange(r)[:, None]).ravel()
         weights = np.where(any_inside, seg_len, 0.0).ravel()
-        out[:, lo:lo + r] = np.bincount(flat_index, weights, minlength=len(MATERIALS) * r).reshape(-1, r)
-    return out.reshape((len(MATERIALS),) + shape)
+        out[:, lo:lo + r] = np.bincount(flat_index, weights, minlength=n_out * r).reshape(-1, r)
+    return out.reshape((n_out,) + shape)
 
 
 def project(prims: list[Primitive], view: View, size: int, geom: Geometry = Geometry(),
             supersample: int = 2, pose: np.ndarray | None = None,
-            shift_mm: np.ndarray | None = None) -> np.ndarray:
+            shift_mm: np.ndarray | None = None, channels: np.ndarray | None = None,
+            n_channels: int | None = None) -> np.ndarray:
     """Material path-length maps of one view, box-averaged over `supersample`^2 rays per pixel.
 
+    Args:
+        channels, n_channels: Group the primitives into other channels than materials (`path_lengths`).
+
     Returns:
-        (len(MATERIALS), size, size) float32, mm.
+        (len(MATERIALS), size, size) float32, mm (with `channels`: (n_channels, size, size)).
     """
     source, dirs, _ = ray_bundle(view, geom, size, supersample, pose, shift_mm)
-    lengths = path_lengths(source, dirs, prims)
+    lengths = path_lengths(source, dirs, prims, channels=channels, n_channels=n_channels)
     m = lengths.shape[0]
     lengths = lengths.reshape(m, size, supersample, size, supersample).mean(axis=(2, 4))
     return lengths.astype(np.float32)

@@ -117,21 +117,31 @@ def _scene_pose(rng: np.random.Generator, deg: float, mm: float) -> tuple[np.nda
     return pose, rng.uniform(-mm, mm, size=3)
 
 
+def subject_head(seed: int, subject: int) -> list:
+    """The phantom of one subject (its primitives in painting order), as the generator drew it."""
+    rng = np.random.default_rng([seed, subject])
+    return build_head(SubjectParams.sample(rng), rng)
+
+
+def scene_pose(seed: int, subject: int, view_index: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
+    """(generator, rotation, shift) of one scene's real-domain pose; the generator goes on to draw the jitter."""
+    pose_rng = np.random.default_rng([seed, subject, view_index])
+    return (pose_rng, *_scene_pose(pose_rng, 3.0, 3.0))
+
+
 def render_subject(args: tuple) -> list[dict]:
     """Render every view and domain of one subject (worker function; writes files under `root`)."""
     root, seed, subject, preset_name, jitter = args
     preset = PRESETS[preset_name]
     geom = Geometry()
     pixel_mm = geom.detector_mm / preset.size
-    rng = np.random.default_rng([seed, subject])
-    prims = build_head(SubjectParams.sample(rng), rng)
+    prims = subject_head(seed, subject)
     from .io import write_png16  # local import keeps workers light
 
     rows = []
     for v_idx, view_name in enumerate(preset.views):
         scene = f"s{subject:03d}_{view_name}"
-        pose_rng = np.random.default_rng([seed, subject, v_idx])
-        pose, shift = _scene_pose(pose_rng, 3.0, 3.0)
+        pose_rng, pose, shift = scene_pose(seed, subject, v_idx)
         lengths = project(prims, VIEWS[view_name], preset.size, geom, preset.supersample, pose, shift)
         syn_lengths = lengths
         if jitter:

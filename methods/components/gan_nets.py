@@ -71,10 +71,12 @@ class UnetGenerator(nn.Module):
         ngf: Filters of the outermost level.
         dropout: The reference's dropout-as-noise (pix2pix: on; the regression CNN: off).
         affine_norm: Learned scale and shift in the norms (`_norm`).
+        tanh: End in tanh (images in [-1, 1]); False returns the output convolution as it is (logits, e.g. the
+            utility benchmark's segmenter, `benchmark.utility`).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, image_size: int = 64, ngf: int = 64,
-                 dropout: bool = True, affine_norm: bool = True):
+                 dropout: bool = True, affine_norm: bool = True, tanh: bool = True):
         super().__init__()
         n_down = int(round(math.log2(image_size)))
         if 2**n_down != image_size or n_down < 3:
@@ -93,7 +95,7 @@ class UnetGenerator(nn.Module):
             c_out = out_channels if i == 0 else widths[i - 1]
             layers = [nn.ReLU(True), nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=i == 0)]
             if i == 0:
-                layers.append(nn.Tanh())
+                layers += [nn.Tanh()] if tanh else []
             else:
                 layers.append(_norm(c_out, affine_norm))
                 if dropout and 4 <= i <= n_down - 2:
