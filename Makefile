@@ -11,7 +11,7 @@ ARGS    ?=
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures archive regress regress-update weights perf clean
+.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures archive regress regress-update utility weights perf clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -68,6 +68,9 @@ regress: $(VENV)/.installed  ## every method on micro vs results/reference/regre
 
 regress-update: $(VENV)/.installed  ## rewrite the regression reference and print what changed
 	$(PY) -m benchmark regress --update
+
+utility: $(VENV)/.installed  ## downstream utility of finished runs (METHOD, SEEDS; sim2real and dose): Dice of a segmenter on real images
+	$(PY) -m benchmark utility --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --seeds $(SEEDS) --results-dir $(RESULTS)
 
 weights: $(VENV)/.installed  ## fetch Inception + AlexNet weights into WEIGHTS_DIR (default: torch hub cache)
 	$(PY) -m benchmark weights $(if $(WEIGHTS_DIR),--weights-dir $(WEIGHTS_DIR),)

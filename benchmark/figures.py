@@ -6,15 +6,19 @@ from pathlib import Path
 import pandas as pd
 
 from .collect import (
+    ORACLE,
     REALISM_RANK_ORDER,
+    attach_utility,
     base_method,
     load_records,
+    load_utility,
     method_group,
     method_info,
     realism_metric,
     split_variants,
     summary,
     test_records,
+    utility_summary,
 )
 from .metrics import METRICS
 
@@ -388,6 +392,55 @@ def cost_quality(df: pd.DataFrame, task: str, y: str | None = None):
     return fig
 
 
+# ------------------------------------------------------------------------------------------ downstream utility
+def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: list[str]):
+    """Downstream utility (mean Dice of the segmenter, `benchmark.utility`) against each realism metric in
+    `x_metrics` and against structure (SSIM to the source), one point per method at the setting its validation chose
+    most often, 95 % interval bars on both axes; the oracle (real training images) and no translation as horizontal
+    lines. Each panel's title gives Spearman's rank correlation of the metric with utility over the translation
+    methods (sign flipped for lower-is-better metrics, so +1 means the metric ranks them as utility does)."""
+    import matplotlib.pyplot as plt
+    from scipy.stats import spearmanr
+
+    part = usum[usum["task"] == task] if not usum.empty else usum
+    if part.empty:
+        return None
+    table = attach_utility(summary(df[df["task"] == task]), part)
+    rows = table[table["dice"].notna()]
+    if rows.empty:
+        return None
+    panels = list(x_metrics) + ["ssim_src"]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+    oracle = part[part["method"] == ORACLE]
+    for ax, x in zip(axes[0], panels, strict=True):
+        for _, r in rows.iterrows():
+            style = method_style(r["method"])
+            if method_group(r["method"]) == "paired":
+                style = dict(style, mfc="none", markeredgewidth=1.6)
+            xerr = [[max(r[x] - r.get(f"{x}_lo", r[x]), 0)], [max(r.get(f"{x}_hi", r[x]) - r[x], 0)]]
+            yerr = [[max(r["dice"] - r["dice_lo"], 0)], [max(r["dice_hi"] - r["dice"], 0)]]
+            ax.errorbar([r[x]], [r["dice"]], xerr=xerr, yerr=yerr, fmt="none", ecolor=style.get("color"), alpha=0.5)
+            ax.plot([r[x]], [r["dice"]], linestyle="none", markersize=8, **style)
+        for _, o in oracle.iterrows():
+            ax.axhspan(o["dice_lo"], o["dice_hi"], color="tab:green", alpha=0.15)
+            ax.axhline(o["dice"], color="tab:green", ls="--", lw=1, label="oracle (real training images)")
+        learned = rows[rows["method"].map(method_group) != "reference"]
+        title = METRICS[x].label
+        if len(learned) >= 3 and learned[x].notna().all():
+            sign = 1 if METRICS[x].higher_is_better else -1
+            rho = spearmanr(sign * learned[x], learned["dice"]).statistic
+            title += f": Spearman ρ = {rho:+.2f} over {len(learned)} methods"
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  ({METRICS[x].axis})")
+        ax.set_ylabel("utility: mean Dice on real test images ↑")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"{df['dataset'].iloc[0]}/{df['preset'].iloc[0]} {task}: does realism predict downstream utility? "
+                 "(a segmenter trained on each method's translated synthetic images, tested on real ones)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------------------------------ all figures
 def valid_realism(df: pd.DataFrame, tables_dir: Path) -> list[str]:
     """The realism metrics to plot: those that passed the metric-validity check on the records' preset (all
@@ -419,6 +472,7 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
     import matplotlib.pyplot as plt
 
     df = load_records(results_dir)
+    usum = utility_summary(load_utility(results_dir))
     tables_dir = tables_dir or Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -440,7 +494,8 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
         for name, fig in ((f"learning-{task}", learning_curves(configured, task)),
                           (f"qualitative-{task}", qualitative_grid(configured, task)),
                           (f"knob-surface-{task}", knob_surface(task_df, task)),
-                          (f"cost-{task}", cost_quality(configured, task, realism[0]))):
+                          (f"cost-{task}", cost_quality(configured, task, realism[0])),
+                          (f"utility-{task}", utility_figure(configured, usum, task, realism[:2]))):
             if fig is not None:
                 paths += _save(fig, out_dir, name)
     return paths

@@ -150,6 +150,16 @@ def test_utility_end_to_end_on_micro(tmp_path, micro, monkeypatch):
     assert gap["identity"] == pytest.approx(0) and gap["oracle"] == pytest.approx(1)
     assert usum["utility_rank"].isna().all()  # identity, histmatch and the oracle are reference rows
     assert "oracle (real images)" in set(formatted_utility(usum)["method"])
+    from benchmark.collect import attach_utility, load_records, summary
+    from benchmark.figures import utility_figure
+
+    df = load_records(results)
+    table = attach_utility(summary(df), usum)
+    hist_rows = table[(table["method"] == "histmatch") & (table["task"] == "sim2real")]
+    assert hist_rows["dice"].notna().sum() == 1  # on the row of the knob value validation chose
+    assert hist_rows.loc[hist_rows["dice"].notna(), "knob_value"].iloc[0] == hist["knob_value"]
+    fig = utility_figure(df, usum, "sim2real", ["nps_dist"])
+    assert len(fig.axes) == 2
     with pytest.raises(RunError, match="python -m benchmark run --method medshift"):
         U.find_run(results, "medshift", "skull-sim", "micro", 0, "sim2real")
 
