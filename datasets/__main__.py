@@ -1,4 +1,4 @@
-"""`python -m datasets {generate,preview}`."""
+"""`python -m datasets {generate,labels,preview}`."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--dicom", action="store_true", help="also write DX DICOM files")
     gen.add_argument("--workers", type=int, default=None)
     gen.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
+    lab = sub.add_parser("labels", help="per-structure label maps of a generated skull-sim set (cached beside it)")
+    lab.add_argument("--preset", default="tiny")
+    lab.add_argument("--seed", type=int, default=0)
+    lab.add_argument("--data-root", type=Path)
+    lab.add_argument("--workers", type=int, default=None)
     pre = sub.add_parser("preview", help="montage PNG (domains x views) of one subject")
     pre.add_argument("--dataset", default="skull-sim", choices=sorted(DATASETS))
     pre.add_argument("--preset", default="tiny")
@@ -55,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
                 generate(out, args.preset, args.seed, args.split_seed, args.jitter, args.dicom, args.workers,
                          args.force, progress=update)
             print(f"dataset ready: {out}")
+        elif args.command == "labels":
+            from .labels import ensure_labels
+
+            ds = load_dataset("skull-sim", preset=args.preset, data_root=args.data_root, seed=args.seed)
+            print(f"labels ready: {ensure_labels(ds, args.workers)}")
         else:
             from .preview import montage
 
