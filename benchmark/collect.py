@@ -347,7 +347,7 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
 
 
 def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | None = None) -> list[Path]:
-    """summary.{csv,md,tex}, headline.md, table1-<task>.tex, convergence.md (from the validation `records`, when
+    """summary.{csv,md,tex}, headline.md, table1-<task>.tex, gaps.md and convergence.md (from the `records`, when
     given) and variants.md under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
@@ -376,6 +376,14 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     for task in configured["task"].unique():
         paths.append(out_dir / f"table1-{task}.tex")
         atomic_write(paths[-1], paper_table(configured, task))
+    gaps = paired_gap(records, configured) if records is not None else pd.DataFrame()
+    if len(gaps):
+        paths.append(out_dir / "gaps.md")
+        atomic_write(paths[-1], gaps.to_markdown(index=False, floatfmt=".3f") + (
+            "\n\nWhat unpaired translation costs: per metric, the best unpaired row against the best paired upper "
+            "bound of the headline table; advantage_of_pairs = the bound's value minus the unpaired one, signed so "
+            "that > 0 favours the bound, with its 95% interval (lo, hi) from the two rows' replicates on the same "
+            "test subjects and seed draws.\n"))
     conv = convergence(records) if records is not None else pd.DataFrame()
     if len(conv):
         paths.append(out_dir / "convergence.md")
@@ -605,3 +613,47 @@ def write_utility(usum: pd.DataFrame, out_dir: Path) -> list[Path]:
         "paired replicates; the oracle's segmenter trains on real target images. Rows whose intervals overlap share "
         "a rank; references are not ranked.\n"))
     return paths
+
+
+# ------------------------------------------------------------------------------------------ the cost of no pairs
+GAP_METRICS = ("ssim_gt", "psnr_gt", "frd", "nps_dist", "nps_flat")
+
+
+def paired_gap(df: pd.DataFrame, configured: pd.DataFrame) -> pd.DataFrame:
+    """What unpaired translation costs against methods that see the answer: per task and metric, the best unpaired
+    row against the best paired row of the headline table (`configured`), their difference (paired minus unpaired,
+    signed so that > 0 means the paired bound is better) and its 95 % interval from the rows' replicates (the same
+    test-subject draws for both, seeds drawn alike: `seed_mean_replicates`)."""
+    tests = test_records(df)
+    rows = []
+    for task, part in configured.groupby("task", sort=False):
+        for metric in GAP_METRICS:
+            if metric not in part or part[metric].isna().all():
+                continue
+            sign = 1 if METRICS[metric].higher_is_better else -1
+            best = {}
+            for group in ("unpaired", "paired"):
+                g = part[(part["group"] == group) & part[metric].notna()]
+                if len(g):
+                    best[group] = g.loc[(sign * g[metric]).idxmax()]
+            if len(best) < 2:
+                continue
+            reps = []
+            for r in (best["paired"], best["unpaired"]):
+                recs = tests[(tests["task"] == task) & (tests["method"] == r["method"])
+                             & (tests["knob_value"].astype(str) == str(r["knob_value"]))]
+                rep = _seed_replicates(recs, metric)
+                reps.append(seed_mean_replicates(rep) if rep is not None else None)
+            diff = sign * (best["paired"][metric] - best["unpaired"][metric])
+            lo = hi = np.nan
+            if all(r is not None for r in reps) and len(reps[0]) == len(reps[1]):
+                d = sign * (reps[0] - reps[1])
+                d = d[np.isfinite(d)]
+                if len(d) > 1:
+                    lo, hi = np.quantile(d, [0.025, 0.975])
+            knob = lambda r: r["method"] + (f" ({r['knob']}={r['knob_value']})" if r["knob"] else "")  # noqa: E731
+            rows.append(dict(task=task, metric=f"{METRICS[metric].label} {METRICS[metric].arrow}",
+                             best_unpaired=f"{knob(best['unpaired'])}: {_fmt(best['unpaired'][metric], 0, metric)}",
+                             best_paired=f"{knob(best['paired'])}: {_fmt(best['paired'][metric], 0, metric)}",
+                             advantage_of_pairs=diff, lo=lo, hi=hi))
+    return pd.DataFrame(rows)

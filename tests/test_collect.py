@@ -184,3 +184,31 @@ def test_collect_and_figures_build_without_torch(tmp_path, micro):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "tables" / "summary.csv").is_file()
+
+
+def test_the_gap_to_the_paired_bound_uses_paired_replicates():
+    """gaps.md: the best unpaired row against the best paired bound, the difference signed so that > 0 favours the
+    bound, its interval from the replicate-wise differences (the same test-subject draws for both)."""
+    import numpy as np
+
+    from benchmark.collect import headline, paired_gap
+    from benchmark.records import RECORD_KEYS
+
+    rng = np.random.default_rng(1)
+    rows, reps = [], {}
+    for method, level in (("cyclegan", 0.90), ("medshift", 0.80), ("unet-regression", 0.92)):
+        common = rng.normal(0, 0.01, 200)  # subject-draw effect shared by every method
+        reps[method] = level + common + rng.normal(0, 0.002, 200)
+        knob = ("tau", 0.6) if method == "medshift" else ("", "")
+        rec = {k: None for k in RECORD_KEYS}
+        rec.update(method=method, dataset="d", preset="p", task="t", seed=0, source="s", knob=knob[0],
+                   knob_value=knob[1], ssim_gt=float(level), boot={"ssim_gt": reps[method].tolist()}, setting="",
+                   split="test")
+        rows.append(rec)
+    df = pd.DataFrame(rows)
+    gaps = paired_gap(df, headline(summary(df)))
+    row = gaps[gaps["metric"].str.startswith("SSIM (gt)")].iloc[0]
+    assert row["best_unpaired"].startswith("cyclegan") and row["best_paired"].startswith("unet-regression")
+    assert row["advantage_of_pairs"] == pytest.approx(0.02)
+    diff = reps["unet-regression"] - reps["cyclegan"]
+    assert (row["lo"], row["hi"]) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])))
