@@ -7,11 +7,12 @@ DATASET ?= skull-sim
 PRESET  ?= tiny
 TASK    ?= sim2real
 SEEDS   ?= 0 1 2
+JOBS    ?= 1
 ARGS    ?=
 RESULTS ?= results
 
 .DEFAULT_GOAL := help
-.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures archive regress regress-update utility weights perf clean
+.PHONY: help setup frd benchmark test lint test-slow data preview collect rescore figures archive regress regress-update utility sweep weights perf clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -68,6 +69,9 @@ regress: $(VENV)/.installed  ## every method on micro vs results/reference/regre
 
 regress-update: $(VENV)/.installed  ## rewrite the regression reference and print what changed
 	$(PY) -m benchmark regress --update
+
+sweep: $(VENV)/.installed  ## METHOD x SEEDS x TASK as independent fits, JOBS at a time (ARGS: --vary k=a,b, --executor slurm ...)
+	$(PY) -m benchmark sweep --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --task $(TASK) --seeds $(SEEDS) --results-dir $(RESULTS) --jobs $(JOBS) $(ARGS)
 
 utility: $(VENV)/.installed  ## downstream utility of finished runs (METHOD, SEEDS; sim2real and dose): Dice of a segmenter on real images
 	$(PY) -m benchmark utility --method $(METHOD) --dataset $(DATASET) --preset $(PRESET) --seeds $(SEEDS) --results-dir $(RESULTS)

@@ -1,5 +1,5 @@
-"""`python -m benchmark {run,rescore,collect,figures,archive,regress,validity,utility,perf,weights}`: a thin CLI
-over importable functions."""
+"""`python -m benchmark {run,sweep,rescore,collect,figures,archive,regress,validity,utility,perf,weights}`: a thin
+CLI over importable functions."""
 from __future__ import annotations
 
 import argparse
@@ -11,6 +11,32 @@ from pathlib import Path
 
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="fit, translate and score methods; append records under results/runs")
+    _add_fit_args(p)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_sweep(sub) -> None:
+    p = sub.add_parser("sweep", help="methods x seeds x tasks x --vary settings as independent jobs, here or on SLURM")
+    _add_fit_args(p)
+    p.add_argument("--vary", action="append", default=[], metavar="KEY=V1,V2",
+                   help="one fit per value (repeatable: the cartesian product)")
+    p.add_argument("--executor", default="local", choices=["local", "slurm", "submitit-local"])
+    p.add_argument("--jobs", type=int, default=1, help="local: fits at a time, each with cores/jobs threads")
+    p.add_argument("--log-dir", type=Path, default=None, help="submitit's folder (default: <results>/sweeps)")
+    p.add_argument("--slurm-config", type=Path, default=None, help="YAML of submitit AutoExecutor parameters")
+    p.add_argument("--partition", default=None, help="slurm_partition")
+    p.add_argument("--account", default=None, help="slurm_account")
+    p.add_argument("--time-min", type=int, default=None, help="timeout_min per job")
+    p.add_argument("--gpus", type=int, default=None, help="gpus_per_node")
+    p.add_argument("--cpus", type=int, default=None, help="cpus_per_task")
+    p.add_argument("--mem-gb", type=int, default=None, help="mem_gb")
+    p.add_argument("--array-parallelism", type=int, default=None, help="slurm_array_parallelism")
+    p.add_argument("--no-wait", action="store_true", help="submit and return (slurm)")
+    p.add_argument("--dry-run", action="store_true", help="print the jobs with their status and exit")
+
+
+def _add_fit_args(p) -> None:
     p.add_argument("--method", nargs="+", default=["medshift"], help="method name(s) or 'all'")
     p.add_argument("--dataset", default="skull-sim")
     p.add_argument("--preset", default="tiny")
@@ -30,8 +56,6 @@ def _add_run(sub) -> None:
     p.add_argument("--no-frd", action="store_true", help="skip FRD (radiomics, ~0.2 s per 64 px image on 1 core)")
     p.add_argument("--data-root", default=None)
     p.add_argument("--dataset-config", default=None, help="YAML for folder datasets")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
-    p.add_argument("--quiet", action="store_true")
 
 
 def cmd_run(args) -> int:
@@ -251,6 +275,58 @@ def cmd_validity(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """Expand the request into fits and run the missing ones here or through submitit (`benchmark.sweep`)."""
+    from benchmark import sweep as S
+    from benchmark.config import parse_set
+    from benchmark.run import RunContext, load_data
+    from benchmark.scorer import Scorer
+    from datasets import dataset_domains
+    from methods import METHODS
+
+    for m in args.method:
+        if m != "all" and m not in METHODS:
+            raise KeyError(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
+    domains, _ = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed, data_root=args.data_root,
+                                 config=args.dataset_config)
+    specs = S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
+                     dataset=args.dataset, preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
+                     budget=args.budget, curve=args.curve, accelerator=args.accelerator, precision=args.precision,
+                     dataset_config=args.dataset_config, data_root=args.data_root)
+    states = {s: S.status(s, args.results_dir) for s in specs}
+    for spec, state in states.items():
+        print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")
+    todo = [s for s in specs if states[s] != "done"]
+    print(f"{len(specs)} fit(s): {len(specs) - len(todo)} done, {len(todo)} to run")
+    if args.dry_run or not todo:
+        return 0
+    _check_writable(args.results_dir)
+    ctx = RunContext(args.results_dir, Scorer(cache_dir=args.results_dir / "cache", frd=False), quiet=True)
+    load_data(todo[0], ctx)  # generate the data once, before any job reads it
+    threads = S.default_threads(args.jobs) if args.executor == "local" else None
+    params = S.slurm_parameters(args.slurm_config, slurm_partition=args.partition, slurm_account=args.account,
+                                timeout_min=args.time_min, gpus_per_node=args.gpus, cpus_per_task=args.cpus,
+                                mem_gb=args.mem_gb, slurm_array_parallelism=args.array_parallelism)
+    results, previous = [], None
+    for wave in S.waves(todo):  # --vary sampling variants after the fits they re-use
+        jobs = [S.FitJob(spec, str(args.results_dir), frd=not args.no_frd, threads=threads,
+                         weights_dir=str(args.weights_dir) if args.weights_dir else None) for spec in wave]
+        if args.executor == "local":
+            results += S.run_local(jobs, args.jobs)
+            continue
+        out = S.submit(jobs, args.executor, args.log_dir or args.results_dir / "sweeps", params,
+                       wait=not args.no_wait, after=previous)
+        if args.no_wait:
+            previous = out
+        else:
+            results += out
+    if args.no_wait:
+        return 0
+    failed = [r for r in results if "error" in r]
+    print(f"{len(results) - len(failed)} fit(s) finished, {len(failed)} failed; `make collect` merges the records")
+    return 1 if failed else 0
+
+
 def cmd_utility(args) -> int:
     """Downstream utility of finished runs: translated training images train a segmenter tested on real images."""
     import torch
@@ -286,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmark", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run(sub)
+    _add_sweep(sub)
     r = sub.add_parser("rescore", help="add newly computable metrics to finished runs (translate again, no training)")
     r.add_argument("--method", nargs="+", default=None, help="only these methods' runs")
     r.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -340,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
                 "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity,
-                "archive": cmd_archive, "regress": cmd_regress, "utility": cmd_utility}[args.command](args)
+                "archive": cmd_archive, "regress": cmd_regress, "utility": cmd_utility,
+                "sweep": cmd_sweep}[args.command](args)
     except (KeyError, ValueError, FileNotFoundError, FileExistsError, RunError, WeightsUnavailable) as exc:
         msg = exc.args[0] if exc.args else str(exc)
         print(f"error: {msg}", file=sys.stderr)

@@ -272,6 +272,11 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     callbacks += [curve.hook] if curve is not None else []
     clock = _train_clock(curve)
     callbacks.append(clock)
+    plugins = []
+    if "SLURM_JOB_ID" in os.environ:  # a sweep job: submitit requeues it on preemption, not Lightning as well
+        from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     interactive = sys.stdout.isatty() and not ctx.quiet
     if interactive:
         from lightning.pytorch.callbacks import RichProgressBar
@@ -280,7 +285,7 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     trainer = L.Trainer(accelerator=spec.accelerator, devices=1, precision=spec.precision, callbacks=callbacks,
                         logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        deterministic=False, log_every_n_steps=10, **settings)
+                        deterministic=False, log_every_n_steps=10, plugins=plugins or None, **settings)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         for pattern in QUIET_WARNINGS:

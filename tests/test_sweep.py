@@ -1,0 +1,138 @@
+"""Sweeps: expansion into fits, local parallel runs, and the submitit path (real subprocesses and pickling) through
+a preemption and a kill, each resuming to what an uninterrupted fit records."""
+import json
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import RunSpec
+from benchmark.records import RunError, read_records
+from benchmark.sweep import FitJob, expand, parse_vary, status, waves
+
+DOMAINS = ("syn_low", "syn_high", "real_low", "real_normal", "real_high")
+SMALL = (("base_channels", 8), ("channel_mults", [1, 2]))
+
+
+def test_vary_is_a_cartesian_product_with_the_configured_default():
+    assert parse_vary([]) == [()]
+    assert parse_vary(["guidance=default,3"]) == [(), (("guidance", 3),)]
+    assert len(parse_vary(["guidance=1,3", "solver=euler,heun"])) == 4
+    with pytest.raises(RunError, match="expected KEY=V1"):
+        parse_vary(["guidance"])
+
+
+def test_expand_shares_fits_and_orders_sampling_variants_after_their_donor():
+    specs = expand(["medshift", "sdedit"], [0, 1], ["sim2real", "dose"], DOMAINS, ["guidance=default,1,3"],
+                   preset="micro")
+    medshift = [s for s in specs if s.method == "medshift"]
+    sdedit = [s for s in specs if s.method == "sdedit"]
+    assert len(medshift) == 2 * 3 and all(s.tasks == ("sim2real", "dose") for s in medshift)  # one fit, both tasks
+    assert len(sdedit) == 2 * 2 and not any(s.overrides for s in sdedit)  # no guidance setting: run once per task
+    first, second = waves(specs)
+    assert {s.overrides for s in second} == {(("guidance", 1),), (("guidance", 3),)}
+    assert all(replace(s, overrides=()) in first for s in second)  # each variant's donor trains in the first wave
+    assert waves([s for s in specs if not s.overrides]) == [[s for s in specs if not s.overrides]]
+    with pytest.raises(RunError, match="guidance takes a float"):
+        expand(["medshift"], [0], ["sim2real"], DOMAINS, ["guidance=abc"], preset="micro")
+
+
+def test_local_sweep_runs_fits_in_parallel_and_skips_what_is_done(tmp_path, micro, capsys):
+    from benchmark.__main__ import main
+
+    argv = ["sweep", "--method", "identity", "histmatch", "--preset", "micro", "--results-dir", str(tmp_path),
+            "--data-root", str(micro.root.parent.parent), "--no-frd", "--jobs", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 fit(s): 0 done, 2 to run" in out and "2 fit(s) finished, 0 failed" in out
+    assert len(list(tmp_path.glob("runs/*/*/*/done"))) == 2
+    assert main(argv) == 0
+    assert "2 fit(s): 2 done, 0 to run" in capsys.readouterr().out
+
+
+def _job(micro, results, steps=60):
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=steps,
+                   overrides=SMALL)
+    return FitJob(spec, str(results), frd=False, threads=1)
+
+
+def _metrics(folder):
+    keys = ("ssim_src", "ssim_gt", "psnr_gt", "nps_dist")
+    return {(r["split"], r["step"], r["task"], r["source"], r["knob_value"]): tuple(r[k] for k in keys)
+            for r in read_records(folder / "records.jsonl")}
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of `pid` (Linux /proc): submitit's local controller runs the job's task as its child."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def _when(predicate, timeout=300.0):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, micro):
+    """The reference: the same fit run straight through (single-threaded like the jobs)."""
+    import torch
+
+    results = tmp_path_factory.mktemp("whole")
+    before = torch.get_num_threads()
+    try:
+        _job(micro, results)()
+    finally:
+        torch.set_num_threads(before)
+    return _metrics(_job(micro, results).spec.folder(results))
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-4), k
+
+
+def test_a_preempted_submitit_job_requeues_and_resumes(tmp_path, micro, uninterrupted):
+    """submitit's local executor signals the job as a cluster would on preemption; FitJob.checkpoint requeues it and
+    the run continues from its last resume point to the records of an uninterrupted fit."""
+    from benchmark.sweep import submit
+
+    job = _job(micro, tmp_path / "r")
+    folder = job.spec.folder(tmp_path / "r")
+    handle = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, wait=False,
+                    progress=lambda *_: None)[0]
+    assert _when(lambda: (folder / "checkpoints" / "last.ckpt").is_file()), "training never saved a resume point"
+    assert not (folder / "checkpoints" / "final.ckpt").exists(), "preempted after training had finished"
+    for pid in _children(handle._process.pid):  # the job's task: SLURM signals it (USR2) before preempting it
+        os.kill(pid, signal.SIGUSR2)
+    assert handle.result()["records"] > 0
+    info = json.loads((folder / "train.json").read_text())
+    assert info["segments"][-1]["start_step"] > 0  # it resumed, it did not start over
+    assert "Requeued" in handle.stderr() + handle.stdout()
+    _same(uninterrupted, _metrics(folder))
+
+
+def test_a_killed_sweep_job_resumes_when_the_sweep_is_submitted_again(tmp_path, micro, uninterrupted):
+    from benchmark.sweep import submit
+
+    job = _job(micro, tmp_path / "r")
+    folder = job.spec.folder(tmp_path / "r")
+    handle = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, wait=False,
+                    progress=lambda *_: None)[0]
+    assert _when(lambda: (folder / "checkpoints" / "last.ckpt").is_file())
+    handle.cancel()  # Ctrl-C of the job: it stops, leaving its run folder unfinished
+    _when(lambda: handle.done())
+    assert status(job.spec, tmp_path / "r") == "interrupted"
+    results = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, progress=lambda *_: None)
+    assert "error" not in results[0] and status(job.spec, tmp_path / "r") == "done"
+    tests = [r for r in read_records(folder / "records.jsonl") if r["split"] == "test"]
+    assert {tuple(r["resumed_from_steps"]) for r in tests} == {(25,)}
+    _same(uninterrupted, _metrics(folder))
