@@ -50,6 +50,10 @@ def _add_fit_args(p) -> None:
     p.add_argument("--curve", action="store_true", help="also sweep the dense knob grid (for figures)")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
+    p.add_argument("--devices", type=int, default=1,
+                   help="devices one fit trains on (the method's batch is split over them: the same global batch, "
+                        "iterations and FLOPs)")
+    p.add_argument("--strategy", default="auto", help="Lightning strategy; with --devices > 1: ddp_fork")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--weights-dir", type=Path, default=None)
     p.add_argument("--clip-dir", type=Path, default=None, help="local CLIP folder for CMMD (optional)")
@@ -77,7 +81,8 @@ def cmd_run(args) -> int:
     specs = plan(args.method, args.seeds, args.task, domains, dataset=args.dataset, preset=args.preset,
                  data_seed=args.data_seed, max_steps=args.max_steps, budget=args.budget, overrides=parse_set(args.set),
                  curve=args.curve, accelerator=args.accelerator, precision=args.precision,
-                 dataset_config=args.dataset_config, data_root=args.data_root)
+                 dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
+                 strategy=_strategy(args))
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
                      method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
     if args.dry_run:
@@ -110,6 +115,11 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]unavailable[/] {', '.join(names)}: {reason}")
     _print_table(records, console)
     return 0
+
+
+def _strategy(args) -> str:
+    """--strategy, with the one multi-device strategy as the default of --devices > 1."""
+    return "ddp_fork" if args.devices > 1 and args.strategy == "auto" else args.strategy
 
 
 def _applicable(specs: list, methods: list[str], ctx, console) -> list:
@@ -292,7 +302,8 @@ def cmd_sweep(args) -> int:
     specs = S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
                      dataset=args.dataset, preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
                      budget=args.budget, curve=args.curve, accelerator=args.accelerator, precision=args.precision,
-                     dataset_config=args.dataset_config, data_root=args.data_root)
+                     dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
+                     strategy=_strategy(args))
     states = {s: S.status(s, args.results_dir) for s in specs}
     for spec, state in states.items():
         print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")

@@ -45,6 +45,8 @@ class RunSpec:
     precision: str = "32-true"
     dataset_config: str | None = None
     data_root: str | None = None
+    devices: int = 1
+    strategy: str = "auto"
 
     @property
     def data_identity(self) -> dict:
@@ -54,7 +56,7 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        d = asdict(self)
+        d = identity_fields(asdict(self))
         for k in ("data_root", "curve"):
             d.pop(k)
         d["data"] = self.data_identity
@@ -63,6 +65,19 @@ class RunSpec:
     def folder(self, results_dir: Path) -> Path:
         run = f"seed{self.seed}-{self.run_id}"
         return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
+
+
+#: Spec fields added after runs existed, with their defaults: a spec at a default leaves the field out of its run id
+#: and fit key, so runs made before the field keep theirs (`identity_fields`).
+LATER_FIELDS = {"devices": 1, "strategy": "auto"}
+#: Strategies for a fit over several devices of one machine (Lightning's): processes forked at `trainer.fit`, so
+#: nothing but the fit runs in them (`benchmark.run`: only the first rank scores and writes).
+MULTI_DEVICE_STRATEGIES = ("ddp_fork",)
+
+
+def identity_fields(spec: dict) -> dict:
+    """`asdict(RunSpec)` without the `LATER_FIELDS` that are at their defaults."""
+    return {k: v for k, v in spec.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
 
 def method_defaults(cls) -> dict:
@@ -120,6 +135,12 @@ def resolve_config(spec: RunSpec) -> dict:
         raise RunError(f"--max-steps {spec.max_steps}: a training budget is at least 1 step")
     if spec.budget is not None and not spec.budget > 0:
         raise RunError(f"--budget {spec.budget}: a FLOP budget is positive (e.g. 2.1e13)")
+    if spec.devices < 1:
+        raise RunError(f"--devices {spec.devices}: at least 1")
+    if spec.devices > 1 and spec.strategy not in MULTI_DEVICE_STRATEGIES:
+        raise RunError(f"--devices {spec.devices} --strategy {spec.strategy}: a fit over several devices runs with "
+                       f"--strategy {' or '.join(MULTI_DEVICE_STRATEGIES)} (one machine; several nodes are not "
+                       "supported yet)")
     for key, value in spec.overrides:
         if key not in cfg:
             raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
@@ -176,7 +197,7 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     cls = get_method(spec["method"])
     task = get_task(spec["tasks"][0], tuple(domains))
     sampling = set(cls.sampling_settings)
-    d = {k: v for k, v in spec.items() if k not in ("data_root", "curve", "overrides", "tasks")}
+    d = {k: v for k, v in identity_fields(spec).items() if k not in ("data_root", "curve", "overrides", "tasks")}
     d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target))
     d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -54,20 +54,30 @@ class ResumePoint(Callback):
         per_iteration: Optimizer steps per iteration (Lightning's `global_step` counts steps).
     """
 
-    def __init__(self, path: Path, every: int, per_iteration: int = 1):
+    def __init__(self, path: Path, every: int, per_iteration: int = 1, seed: int = 0):
         self.path, self.every, self.per_iteration = Path(path), max(1, int(every)), per_iteration
+        self.seed = seed
         self._skip = None  # the iteration a resumed fit started at: its resume point exists already
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._skip = trainer.global_step // self.per_iteration
+        if trainer.world_size > 1:
+            # forked ranks share the parent's generators, and a checkpoint holds the first rank's: give every rank
+            # its own streams, a function of (run seed, rank, start iteration), so that their noise differs and a
+            # resumed multi-device fit is reproducible (not bit-equal to an uninterrupted one: the streams restart)
+            seed = int(np.random.SeedSequence([self.seed, trainer.global_rank, self._skip]).generate_state(1)[0])
+            torch.manual_seed(seed)
+            np.random.seed(seed)
+            random.seed(seed)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         it, rest = divmod(trainer.global_step, self.per_iteration)
         if rest == 0 and it > 0 and it % self.every == 0 and it != self._skip:
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             try:
-                trainer.save_checkpoint(tmp)
-                tmp.replace(self.path)
+                trainer.save_checkpoint(tmp)  # collective: every rank takes part, the first writes
+                if trainer.is_global_zero:
+                    tmp.replace(self.path)
             finally:
                 tmp.unlink(missing_ok=True)
 

@@ -268,7 +268,9 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
                            "to train this run from scratch") from exc
     dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    callbacks = [ResumePoint(last, every=max(25, iterations // 10) if iterations else 10**9, per_iteration=per_iter)]
+    devices = spec.devices if iterations else 1  # a one-pass statistic (histmatch) has nothing to share out
+    callbacks = [ResumePoint(last, every=max(25, iterations // 10) if iterations else 10**9, per_iteration=per_iter,
+                             seed=spec.seed)]
     callbacks += [curve.hook] if curve is not None else []
     clock = _train_clock(curve)
     callbacks.append(clock)
@@ -282,7 +284,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
-    trainer = L.Trainer(accelerator=spec.accelerator, devices=1, precision=spec.precision, callbacks=callbacks,
+    trainer = L.Trainer(accelerator=spec.accelerator, devices=devices, precision=spec.precision, callbacks=callbacks,
+                        strategy=spec.strategy if devices > 1 else "auto", use_distributed_sampler=False,
                         logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                         deterministic=False, log_every_n_steps=10, plugins=plugins or None, **settings)
@@ -291,17 +294,23 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
         trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
-    sec = time.perf_counter() - t0 - (curve.eval_sec if curve is not None else 0.0)
+    # a multi-device fit ran in forked processes: what they measured comes back in the callback metrics
+    # (`TrainClock.on_train_end`), and the records its first rank wrote are on disk (`Evaluator.reload`)
+    here = dict(global_step=trainer.global_step, elapsed=clock.elapsed, eval_sec=curve.eval_sec if curve else 0.0)
+    ended = {k: float(trainer.callback_metrics.get(f"xraybench/{k}", v)) for k, v in here.items()}
+    sec = time.perf_counter() - t0 - ended["eval_sec"]
     _save_weights(trainer, ckpt_dir / "final.ckpt")
-    return dict(start_step=start_step // per_iter, end_step=int(trainer.global_step) // per_iter, sec=sec,
-                total_sec=clock.elapsed)
+    return dict(start_step=start_step // per_iter, end_step=int(ended["global_step"]) // per_iter, sec=sec,
+                total_sec=ended["elapsed"])
 
 
 def _save_weights(trainer, path: Path) -> None:
+    """Every rank takes part (Lightning's save is collective); the first writes the file and renames it into place."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         trainer.save_checkpoint(tmp, weights_only=True)
-        tmp.replace(path)
+        if trainer.is_global_zero:
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -340,6 +349,9 @@ def _train_clock(curve=None):
 
         def on_train_end(self, trainer, pl_module):
             self.elapsed, self._t0 = self._now(), None
+            evals = curve.eval_sec if curve is not None else 0.0
+            for key, value in (("global_step", trainer.global_step), ("elapsed", self.elapsed), ("eval_sec", evals)):
+                trainer.callback_metrics[f"xraybench/{key}"] = torch.tensor(float(value), dtype=torch.float64)
 
         def state_dict(self):
             return {"elapsed": self._now()}
@@ -366,10 +378,12 @@ class LearningCurve:
                 if it in outer.steps and trainer.global_step % outer.per_iteration == 0:
                     t0 = time.perf_counter()
                     _save_weights(trainer, outer.ckpt_dir / f"step{it}.ckpt")
-                    was_training = pl_module.training
-                    pl_module.eval()
-                    outer.score(pl_module, it)
-                    pl_module.train(was_training)
+                    if trainer.is_global_zero:  # on several devices the first rank scores, the others wait
+                        was_training = pl_module.training
+                        pl_module.eval()
+                        outer.score(pl_module, it)
+                        pl_module.train(was_training)
+                    trainer.strategy.barrier("learning-curve point")
                     outer.eval_sec += time.perf_counter() - t0
 
         self.hook = _Hook()
@@ -405,6 +419,8 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         curve = LearningCurve(steps, evaluator.curve_point, per_iteration, ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
+    if spec.devices > 1:
+        evaluator.reload()  # the learning-curve records were written by the first rank's process
     chosen = evaluator.curve_records()
     criterion = type(method).selection_criterion()
     step = V.best_checkpoint(chosen, criterion) if chosen else None
@@ -506,6 +522,10 @@ class Evaluator:
                    git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step)
         return rec
 
+    def reload(self) -> None:
+        """Take the records from disk (a multi-device fit's first rank wrote its learning curve there)."""
+        self.records[:] = read_records(self.path)
+
     def add(self, rec: dict) -> dict:
         """Seal `rec`, append it and rewrite records.jsonl (every record is on disk as soon as it is made)."""
         rec = seal(rec)
@@ -587,6 +607,14 @@ def check_data(dataset, spec: RunSpec) -> None:
                        "larger in the dataset config")
 
 
+def check_devices(spec: RunSpec, method) -> None:
+    """A fit over several devices splits the method's batch evenly over them (the same global batch, iterations and
+    FLOPs as on one device): a batch that does not split is refused before any work."""
+    if spec.devices > 1 and "max_steps" in method.hparams and method.train_batch_size % spec.devices:
+        raise RunError(f"--devices {spec.devices}: {spec.method} trains at a batch of {method.train_batch_size}, which "
+                       f"does not split over {spec.devices} devices; use a divisor of it, or --set batch_size=N")
+
+
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     """Fit, choose on validation, translate, score and record one spec; returns its records.
 
@@ -608,6 +636,7 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
     method = _build(spec, dataset, config)
+    check_devices(spec, method)
     todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
     if state.finished and not todo:
         return state.records

@@ -240,13 +240,14 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
     dataset = load_dataset(dataset_name, preset=preset, data_root=data_root)
     task = get_task(task_name, dataset.domains)
     if method == ORACLE:
-        translator, knob, knob_name, run_id, setting = None, None, None, None, ""
+        translator, knob, knob_name, run_id = None, None, None, None
         train_task = Task(ORACLE, (task.target,), task.target)
     else:
         folder = find_run(results_dir, method, dataset_name, preset, seed, task_name)
         translator, cfg = load_translator(folder)
-        knob, knob_name, run_id, setting = chosen_knob(folder, task_name), translator.knob_name, cfg["run_id"], ""
+        knob, knob_name, run_id = chosen_knob(folder, task_name), translator.knob_name, cfg["run_id"]
         train_task = task
+    torch.manual_seed(seed)  # a sampler that draws from torch's global generator translates reproducibly
     with torch.no_grad():
         x_train, scenes_train, sec_train = _translated(translator, dataset, train_task, "train", knob)
         x_val, scenes_val, sec_val = _translated(translator, dataset, train_task, "val", knob)
@@ -255,7 +256,7 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
     test = dataset.rows(task.target, "test")  # read once, after the segmenter's checkpoint is chosen
     pred = segment(net, dataset.load(test))
     scores = score_utility(pred, torch.from_numpy(load_labels(dataset, list(test["scene"]))), list(test["subject"]))
-    return dict(scores, method=method, setting=setting, dataset=dataset_name, preset=preset, task=task_name, seed=seed,
+    return dict(scores, method=method, setting="", dataset=dataset_name, preset=preset, task=task_name, seed=seed,
                 source="+".join(train_task.sources), target=task.target, knob=knob_name or "", knob_value=knob,
                 split="utility", n_train=len(x_train), translate_sec=sec_train + sec_val, seg_sec=info["sec"],
                 seg_selected_step=info["selected_step"], seg_val_dice=info["val_dice"], seg_curve=info["curve"],

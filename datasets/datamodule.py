@@ -80,14 +80,19 @@ class BatchStream(Sampler):
         n_b: Size of side B for unpaired pairs, else None.
         iterations: Batches of the whole fit; None: each `iter()` serves the next epoch.
         start: First batch served (a resumed fit's iteration); only with `iterations`.
+        rank, world: A fit over `world` devices: this rank serves items rank, rank + world, ... of every batch of
+            the one stream (the global batch is the single-device batch, split evenly).
     """
 
     def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, n_b: int | None = None,
-                 iterations: int | None = None, start: int = 0):
+                 iterations: int | None = None, start: int = 0, rank: int = 0, world: int = 1):
         if iterations is None and start:
             raise ValueError("a BatchStream starts after batch 0 only with a fixed number of iterations")
+        if world > 1 and (batch_size % world or not drop_last):
+            raise ValueError(f"a batch of {batch_size} cannot be split evenly over {world} devices"
+                             + ("" if drop_last else " (a method that sees every image once trains on one device)"))
         self.n, self.batch_size, self.drop_last, self.seed, self.n_b = n, batch_size, drop_last, seed, n_b
-        self.iterations, self.start = iterations, start
+        self.iterations, self.start, self.rank, self.world = iterations, start, rank, world
         self._epochs = None
 
     def per_epoch(self) -> int:
@@ -113,6 +118,10 @@ class BatchStream(Sampler):
         return self.iterations if self.iterations is not None else self.per_epoch()
 
     def __iter__(self):
+        for batch in self._batches():
+            yield batch[self.rank::self.world] if self.world > 1 else batch
+
+    def _batches(self):
         if self.iterations is not None:
             yield from itertools.islice(self._stream(), self.start, self.iterations)
             return
@@ -192,8 +201,10 @@ class TranslationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         n = len(self._train)
+        trainer = getattr(self, "trainer", None)  # a fit over several devices: this rank's share of each batch
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         stream = BatchStream(n, self.batch_size, self.drop_last and n > self.batch_size, self.seed,
                              n_b=len(self._train.b) if isinstance(self._train, _Unpaired) else None,
-                             iterations=self.iterations, start=self.start)
+                             iterations=self.iterations, start=self.start, rank=rank, world=world)
         # the stream owns the order; this generator only keeps the loader's base-seed draw off torch's global one
         return DataLoader(self._train, batch_sampler=stream, num_workers=0, generator=torch.Generator())
