@@ -47,6 +47,7 @@ class RunSpec:
     data_root: str | None = None
     devices: int = 1
     strategy: str = "auto"
+    speedups: tuple[str, ...] = ()
 
     @property
     def data_identity(self) -> dict:
@@ -69,7 +70,10 @@ class RunSpec:
 
 #: Spec fields added after runs existed, with their defaults: a spec at a default leaves the field out of its run id
 #: and fit key, so runs made before the field keep theirs (`identity_fields`).
-LATER_FIELDS = {"devices": 1, "strategy": "auto"}
+LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": ()}
+#: Opt-in speed-ups (`benchmark.run.speedups`): channels-last memory format, torch.compile of the networks, TF32
+#: matmuls and convolutions on NVIDIA GPUs.
+SPEEDUPS = ("channels_last", "compile", "tf32")
 #: Strategies for a fit over several devices of one machine (Lightning's): processes forked at `trainer.fit`, so
 #: nothing but the fit runs in them (`benchmark.run`: only the first rank scores and writes).
 MULTI_DEVICE_STRATEGIES = ("ddp_fork",)
@@ -77,7 +81,10 @@ MULTI_DEVICE_STRATEGIES = ("ddp_fork",)
 
 def identity_fields(spec: dict) -> dict:
     """`asdict(RunSpec)` without the `LATER_FIELDS` that are at their defaults."""
-    return {k: v for k, v in spec.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+    def at_default(k, v) -> bool:  # a JSON round trip turns tuples into lists
+        return k in LATER_FIELDS and (tuple(v) if isinstance(v, list) else v) == LATER_FIELDS[k]
+
+    return {k: v for k, v in spec.items() if not at_default(k, v)}
 
 
 def method_defaults(cls) -> dict:
@@ -135,6 +142,9 @@ def resolve_config(spec: RunSpec) -> dict:
         raise RunError(f"--max-steps {spec.max_steps}: a training budget is at least 1 step")
     if spec.budget is not None and not spec.budget > 0:
         raise RunError(f"--budget {spec.budget}: a FLOP budget is positive (e.g. 2.1e13)")
+    unknown = [x for x in spec.speedups if x not in SPEEDUPS]
+    if unknown:
+        raise RunError(f"--speedup {unknown[0]}: unknown; valid: {', '.join(SPEEDUPS)}")
     if spec.devices < 1:
         raise RunError(f"--devices {spec.devices}: at least 1")
     if spec.devices > 1 and spec.strategy not in MULTI_DEVICE_STRATEGIES:
@@ -236,6 +246,7 @@ def finished_specs(results_dir: Path, methods: list[str] | None = None) -> list[
         d = json.loads(cfg_path.read_text())["spec"]
         d["tasks"] = tuple(d["tasks"])
         d["overrides"] = tuple(tuple(kv) for kv in d["overrides"])
+        d["speedups"] = tuple(d.get("speedups", ()))
         spec = RunSpec(**d)
         if spec.folder(results_dir) != cfg_path.parent:
             raise RunError(f"{cfg_path}: its spec hashes to {spec.run_id}, not to its folder; was it edited?")

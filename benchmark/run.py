@@ -607,6 +607,52 @@ def check_data(dataset, spec: RunSpec) -> None:
                        "larger in the dataset config")
 
 
+def speedups(method, names: tuple[str, ...]):
+    """Apply opt-in speed-ups (`--speedup`) to a built method: `channels_last` (the networks' memory format; inputs
+    are converted by the convolutions), `compile` (`nn.Module.compile` of each network in place: `torch.compile`, the
+    state dict and checkpoints unchanged). `tf32` is a process setting (`tf32_matmuls`)."""
+    if "channels_last" in names:
+        method = method.to(memory_format=torch.channels_last)
+    if "compile" in names:
+        for net in _networks(method):
+            net.compile(backend=COMPILE_BACKEND)
+    return method
+
+
+def _networks(module):
+    """The networks a method calls: its children that define `forward`, looking inside containers without one
+    (ModuleDict, ModuleList, the EMA copy)."""
+    from torch import nn
+
+    for child in module.children():
+        if type(child).forward is nn.Module.forward:
+            yield from _networks(child)
+        else:
+            yield child
+
+
+#: torch.compile's backend for `--speedup compile` (tests use "eager": the same graph capture without code generation).
+COMPILE_BACKEND = "inductor"
+
+
+class tf32_matmuls:  # noqa: N801 - a context manager used like a function
+    """TF32 matmuls and cuDNN convolutions on NVIDIA GPUs while a run with `--speedup tf32` trains and evaluates (the
+    previous settings restored after; no effect on a CPU)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.before = enabled, None
+
+    def __enter__(self):
+        if self.enabled:
+            self.before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.before is not None:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.before
+
+
 def check_devices(spec: RunSpec, method) -> None:
     """A fit over several devices splits the method's batch evenly over them (the same global batch, iterations and
     FLOPs as on one device): a batch that does not split is refused before any work."""
@@ -622,7 +668,7 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     again from its selected weights and those metrics are added (`benchmark.rescore`).
     """
     folder = spec.folder(ctx.results_dir)
-    with RunLock(folder):
+    with RunLock(folder), tf32_matmuls("tf32" in spec.speedups):
         clean_stale_temporaries(folder)
         clean_stale_temporaries(folder / "checkpoints")
         return _run_locked(spec, ctx, folder)
@@ -635,7 +681,7 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     check_data(dataset, spec)
     _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
-    method = _build(spec, dataset, config)
+    method = speedups(_build(spec, dataset, config), spec.speedups)
     check_devices(spec, method)
     todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
     if state.finished and not todo:

@@ -1,5 +1,6 @@
-"""One fit over several devices: Lightning's DDP (forked processes, gloo on the CPU), the method's batch split over
-the ranks, the first rank alone scoring and writing; resumed after a kill; refused when the batch does not split."""
+"""Scale: one fit over several devices (Lightning's DDP with forked processes, gloo on the CPU; the method's batch
+split over the ranks, the first rank alone scoring and writing; resumed after a kill; refused when the batch does not
+split), and the opt-in speed-ups (channels-last, torch.compile, TF32) where a CPU can test them."""
 import json
 import os
 import signal
@@ -90,3 +91,41 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(tmp_path, micro)
     assert not list(tmp_path.glob("runs/*/*/*/checkpoints"))
     with pytest.raises(RunError, match="--strategy ddp_fork"):
         run_one(RunSpec("unet-regression", preset="micro", devices=2, strategy="ddp"), ctx)
+
+
+def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path, micro, monkeypatch):
+    """channels-last and torch.compile (graph capture through the "eager" backend here: inductor's code generation
+    is what a GPU run adds) give the records of the plain fit to float noise, and checkpoints load into a plain
+    model; `tf32` switches TF32 on for the run (a no-op on a CPU) and restores the setting after."""
+    import torch
+
+    import benchmark.run as R
+
+    monkeypatch.setattr(R, "COMPILE_BACKEND", "eager")
+    seen = []
+    real_fit = R._fit
+
+    def spy(*a, **k):
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(R, "_fit", spy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    out = {}
+    for name, fast in (("plain", ()), ("fast", ("channels_last", "compile", "tf32"))):
+        spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=8,
+                       speedups=fast)
+        ctx = RunContext(tmp_path / name, Scorer(cache_dir=tmp_path / name / "c", frd=False), quiet=True)
+        run_one(spec, ctx)
+        out[name] = _metrics(tmp_path / name)[1]
+    assert seen == [before, True] and torch.backends.cuda.matmul.allow_tf32 == before
+    assert counters["stats"]["unique_graphs"] > 0  # the networks did go through torch.compile
+    assert out["plain"].keys() == out["fast"].keys()
+    for k in out["plain"]:
+        assert out["fast"][k] == pytest.approx(out["plain"][k], abs=1e-3), k
+    fast = next((tmp_path / "fast").glob("runs/*/*/*"))
+    state = torch.load(fast / "checkpoints" / "selected.ckpt", weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)  # compiled in place: the plain model's keys
