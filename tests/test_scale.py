@@ -129,3 +129,15 @@ def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path,
     fast = next((tmp_path / "fast").glob("runs/*/*/*"))
     state = torch.load(fast / "checkpoints" / "selected.ckpt", weights_only=True)["state_dict"]
     assert not any("_orig_mod" in key for key in state)  # compiled in place: the plain model's keys
+
+
+def test_perf_times_training_iterations_at_two_precisions(micro, capsys, monkeypatch):
+    """`perf --train` times each learned method's training iterations at fp32 and bf16 autocast, side by side."""
+    from benchmark.__main__ import main
+
+    monkeypatch.setenv("XRAYBENCH_DATA", str(micro.root.parent.parent))
+    assert main(["perf", "--train", "--methods", "unet-regression", "identity", "--preset", "micro",
+                 "--iterations", "2", "--repeats", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("unet-regression")  # identity trains nothing: no line
+    assert "32-true" in lines[1] and "bf16-mixed" in lines[1] and "(1.00x)" in lines[1]
