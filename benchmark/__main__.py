@@ -219,6 +219,7 @@ def cmd_collect(args) -> int:
     from benchmark.collect import (
         attach_utility,
         formatted,
+        headline,
         load_records,
         load_utility,
         summary,
@@ -234,7 +235,7 @@ def cmd_collect(args) -> int:
              .itertuples(index=False)}
     usum = utility_summary(load_utility(args.results_dir))
     table = attach_utility(summary(df, {k: v for k, v in valid.items() if v is not None}), usum)
-    paths = write_tables(table, out_dir, records=df) + write_utility(usum, out_dir)
+    paths = write_tables(table, out_dir, records=df) + write_utility(usum, out_dir, headline(table))
     print(formatted(table).to_markdown(index=False))
     print("written: " + ", ".join(map(str, paths)))
     return 0

@@ -598,13 +598,40 @@ def attach_utility(table: pd.DataFrame, usum: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_utility(usum: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """`utility.md` and `utility.csv` (nothing when there are no utility records)."""
+def utility_correlations(table: pd.DataFrame) -> pd.DataFrame:
+    """Does an image metric rank the translation methods (unpaired and paired) as downstream utility does? Per task
+    and metric: Spearman's rank correlation of the metric (sign flipped where lower is better, so +1 = the same
+    order) with utility, over the methods at the setting their validation chose (`attach_utility`)."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    if "dice" not in table:
+        return pd.DataFrame()
+    shown = [m for m in TABLE_METRICS if METRICS[m].axis in ("realism", "fidelity", "structure")]
+    for task, part in table[table["dice"].notna()].groupby("task", sort=False):
+        learned = part[part["method"].map(method_group) != "reference"]
+        for m in shown:
+            if m not in learned or learned[m].notna().sum() < 4:
+                continue
+            ok = learned[learned[m].notna()]
+            sign = 1 if METRICS[m].higher_is_better else -1
+            rows.append(dict(task=task, metric=f"{METRICS[m].label} {METRICS[m].arrow}", axis=METRICS[m].axis,
+                             methods=len(ok), spearman_rho=float(spearmanr(sign * ok[m], ok["dice"]).statistic)))
+    return pd.DataFrame(rows)
+
+
+def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None = None) -> list[Path]:
+    """`utility.md` and `utility.csv` (nothing when there are no utility records); with the summary `table` (utility
+    attached), the metrics' rank correlations with utility under the table."""
     if usum.empty:
         return []
     paths = [out_dir / "utility.csv", out_dir / "utility.md"]
     atomic_write(paths[0], usum.to_csv(index=False, float_format="%.6g"))
-    atomic_write(paths[1], formatted_utility(usum).to_markdown(index=False) + (
+    corr = utility_correlations(table) if table is not None else pd.DataFrame()
+    corr_md = ("\n\nDo the image metrics rank the translation methods as utility does? Spearman's rho over the methods "
+               "(unpaired and paired, at their validation-chosen setting; lower-is-better metrics sign-flipped, so +1 "
+               "= the same order):\n\n" + corr.to_markdown(index=False, floatfmt=".2f") if len(corr) else "")
+    atomic_write(paths[1], formatted_utility(usum).to_markdown(index=False) + corr_md + (
         "\n\nDownstream utility (`benchmark/utility.py`): each method translates the task's synthetic training images "
         "at its validation-chosen setting; one fixed segmenter (pix2pix U-Net, the same budget and seed for every "
         "method) learns six skull structures from them and is tested on the target domain's real test images. Mean "

@@ -212,3 +212,14 @@ def test_the_gap_to_the_paired_bound_uses_paired_replicates():
     assert row["advantage_of_pairs"] == pytest.approx(0.02)
     diff = reps["unet-regression"] - reps["cyclegan"]
     assert (row["lo"], row["hi"]) == pytest.approx(tuple(np.quantile(diff, [0.025, 0.975])))
+
+
+def test_utility_correlations_are_signed_so_that_one_means_the_same_order():
+    from benchmark.collect import utility_correlations
+
+    table = pd.DataFrame(dict(task="t", method=["cyclegan", "medshift", "sdedit", "contourdiff", "identity"],
+                              dice=[0.9, 0.8, 0.7, 0.6, 0.5], frd=[5.0, 6.0, 7.0, 8.0, 1.0],
+                              ssim_src=[0.1, 0.2, 0.3, 0.4, 1.0]))
+    corr = utility_correlations(table).set_index("metric")["spearman_rho"]
+    assert corr["FRD ↓"] == pytest.approx(1.0)  # lower FRD, higher utility: the same order
+    assert corr["SSIM (src) ↑"] == pytest.approx(-1.0)  # identity (a reference row) is left out
