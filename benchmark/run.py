@@ -30,6 +30,10 @@ method's `sampling_settings` starts from that run's final weights (`fit_key`); c
 
 Realism is scored against the target domain's images of the `ref` split (other subjects, never trained on),
 fidelity against each test scene's aligned counterpart (`datasets.splits`).
+
+A fit over several devices (`RunSpec.devices`, Lightning's `ddp_fork`) runs only `trainer.fit` in forked processes:
+the method's batch is split over the ranks (`datasets.datamodule.BatchStream`), the first rank alone scores the
+learning curve and writes checkpoints, and this process alone writes everything else and evaluates afterwards.
 """
 from __future__ import annotations
 
