@@ -518,8 +518,10 @@ def _knob_label(g: pd.DataFrame) -> str:
 def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, preset, task, method): mean Dice and per-structure Dice over seeds with the combined
     seed-and-subject interval, the fraction of the gap between no translation (`identity`) and the oracle that the
-    method closes (with its interval from the same paired replicates), and the utility rank (overlapping intervals
-    share a rank; unpaired and paired methods ranked apart; identity, histmatch and the oracle unranked)."""
+    method closes (with its interval from the same paired replicates; undefined, with `gap_note` saying why, on a task
+    where the oracle's Dice minus no translation's has a 95% interval reaching 0: no gap to close, so no method's
+    share of it means anything), and the utility rank (overlapping intervals share a rank; unpaired and paired
+    methods ranked apart; identity, histmatch and the oracle unranked)."""
     if udf.empty:
         return pd.DataFrame()
     metrics = ["dice"] + sorted(c for c in udf.columns if c.startswith("dice_") and not c.endswith(("_lo", "_hi")))
@@ -540,10 +542,17 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     for col in ("gap_closed", "gap_closed_lo", "gap_closed_hi", "utility_rank"):
         out[col] = np.nan
+    out["gap_note"] = ""
     for (dataset, preset, task), part in out.groupby(["dataset", "preset", "task"], sort=False):
         low, high = (dataset, preset, task, "identity"), (dataset, preset, task, ORACLE)
         if low in reps_of and high in reps_of:
             lo_mean, hi_mean = (part.loc[part["method"] == k[3], "dice"].iloc[0] for k in (low, high))
+            if len(reps_of[low]) == len(reps_of[high]):
+                g_lo, g_hi = np.quantile(reps_of[high] - reps_of[low], [0.025, 0.975])
+                if g_lo <= 0:  # the oracle is not surely better than no translation: no gap to close on this task
+                    out.loc[part.index, "gap_note"] = (f"no gap: oracle - no translation = {hi_mean - lo_mean:+.3f} "
+                                                       f"[{g_lo:+.3f}, {g_hi:+.3f}]")
+                    continue
             for i, r in part.iterrows():
                 out.loc[i, "gap_closed"] = (r["dice"] - lo_mean) / (hi_mean - lo_mean)
                 key = (dataset, preset, task, r["method"])
@@ -570,7 +579,8 @@ def formatted_utility(usum: pd.DataFrame) -> pd.DataFrame:
                "method": "oracle (real images)" if r["method"] == ORACLE else r["method"], "setting": r["knob"],
                "seeds": f"{r['n_seeds']:g}", UTILITY_LABEL: _fmt(r["dice"], r["dice_ci"], "dice")}
         gap = r["gap_closed"]
-        row["gap closed"] = "n/a" if pd.isna(gap) else f"{gap:.0%}" + (
+        note = f"n/a ({r['gap_note']})" if r.get("gap_note") else "n/a"
+        row["gap closed"] = note if pd.isna(gap) else f"{gap:.0%}" + (
             "" if pd.isna(r["gap_closed_lo"]) else f" [{r['gap_closed_lo']:.0%}, {r['gap_closed_hi']:.0%}]")
         for c in structures:
             row[c.removeprefix("dice_").replace("_", " ")] = _fmt(r[c], 0, c)
@@ -637,7 +647,8 @@ def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None 
         "method) learns six skull structures from them and is tested on the target domain's real test images. Mean "
         "Dice over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds; gap "
         "closed = (Dice - no translation's) / (the oracle's - no translation's), with its interval from the same "
-        "paired replicates; the oracle's segmenter trains on real target images. Rows whose intervals overlap share "
+        "paired replicates (n/a where the oracle is not surely better than no translation: no gap to close); the "
+        "oracle's segmenter trains on real target images. Rows whose intervals overlap share "
         "a rank; references are not ranked.\n"))
     return paths
 

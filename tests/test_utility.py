@@ -178,3 +178,35 @@ def test_the_oracle_beats_no_translation_on_tiny(tmp_path, tiny):
     recs = {r["method"]: r for r in U.run_utility(results, ["identity"], "skull-sim", "tiny", [0], ["sim2real"],
                                                    str(tiny.root.parent.parent), progress=lambda *_: None)}
     assert recs["oracle"]["dice_lo"] > recs["identity"]["dice_hi"]
+
+
+def _utility_rows(method: str, seed: int, dice: np.ndarray) -> dict:
+    """A utility record whose subject-bootstrap replicates are `dice` (its mean is the point estimate)."""
+    return dict(dataset="skull-sim", preset="tiny", task="dose", method=method, seed=seed, knob="", knob_value=np.nan,
+                dice=float(dice.mean()), seg_val_dice=0.9, translate_sec=0.0, boot={"dice": dice.tolist()})
+
+
+def test_no_gap_closed_where_the_oracle_is_not_surely_better():
+    """Gap closed = (Dice - identity's) / (oracle's - identity's) with its interval from paired replicates; where the
+    oracle's lead over no translation has an interval reaching 0 the ratio is noise over noise, so it is n/a and says
+    why, while a task with a clear gap gets the closed form."""
+    import pandas as pd
+
+    from benchmark.collect import formatted_utility, utility_summary
+
+    rng = np.random.default_rng(0)
+    base = 0.8 + rng.normal(0, 0.01, 200)  # shared subject draws: the methods' replicates move together
+    rows = []
+    for seed in (0, 1):
+        rows += [_utility_rows("identity", seed, base), _utility_rows("oracle", seed, base + 0.1),
+                 _utility_rows("histmatch", seed, base + 0.025 + rng.normal(0, 0.002, 200))]
+        flat = dict(identity=base, oracle=base + 0.002 + rng.normal(0, 0.004, 200), histmatch=base + 0.001)
+        rows += [{**_utility_rows(m, seed, d), "task": "sim2real"} for m, d in flat.items()]
+    usum = utility_summary(pd.DataFrame(rows)).set_index(["task", "method"])
+    assert usum.loc[("dose", "histmatch"), "gap_closed"] == pytest.approx(0.25, abs=0.01)
+    assert usum.loc[("dose", "histmatch"), "gap_closed_lo"] < 0.25 < usum.loc[("dose", "histmatch"), "gap_closed_hi"]
+    assert usum.loc[("dose", "histmatch"), "gap_note"] == ""
+    flat_rows = usum.loc["sim2real"]
+    assert flat_rows["gap_closed"].isna().all() and flat_rows["gap_note"].str.startswith("no gap").all()
+    shown = formatted_utility(usum.reset_index()).set_index(["task", "method"])
+    assert shown.loc[("sim2real", "histmatch"), "gap closed"].startswith("n/a (no gap: oracle - no translation = +0.0")
