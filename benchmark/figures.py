@@ -325,8 +325,9 @@ def knob_surface(df: pd.DataFrame, task: str, method: str = "medshift", setting:
         ax.set_yticks(range(grid.shape[0]), [f"{v:g}" for v in grid.index])
         ax.set_xlabel(f"{method_info(method).get('knob')} (knob)")
         ax.set_ylabel(setting)
-        for (r, c), v in np.ndenumerate(grid.to_numpy()):
-            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color="w")
+        for (r, c), v in np.ndenumerate(grid.to_numpy()):  # dark text on the bright (better) half of the scale
+            bright = sum(im.cmap(im.norm(v))[:3]) > 1.5
+            ax.text(c, r, f"{v:.3g}", ha="center", va="center", fontsize=7, color="k" if bright else "w")
         ax.set_title(f"{METRICS[metric].label} {METRICS[metric].arrow} (brighter = better)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle(f"{recs['dataset'].iloc[0]}/{recs['preset'].iloc[0]} {task}: {method}, {len(seeds)} seed(s), "
@@ -407,7 +408,7 @@ def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: l
         return None
     table = attach_utility(summary(df[df["task"] == task]), part)
     rows = table[table["dice"].notna()]
-    if rows.empty:
+    if (rows["method"].map(method_group) == "reference").all():  # no translation method scored: nothing to compare
         return None
     panels = list(x_metrics) + ["ssim_src"]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)

@@ -158,6 +158,11 @@ def test_utility_end_to_end_on_micro(tmp_path, micro, monkeypatch):
     hist_rows = table[(table["method"] == "histmatch") & (table["task"] == "sim2real")]
     assert hist_rows["dice"].notna().sum() == 1  # on the row of the knob value validation chose
     assert hist_rows.loc[hist_rows["dice"].notna(), "knob_value"].iloc[0] == hist["knob_value"]
+    assert utility_figure(df, usum, "sim2real", ["nps_dist"]) is None  # reference rows only: nothing to compare
+    import benchmark.figures as F
+
+    group = F.method_group
+    monkeypatch.setattr(F, "method_group", lambda m: "unpaired" if m == "histmatch" else group(m))
     fig = utility_figure(df, usum, "sim2real", ["nps_dist"])
     assert len(fig.axes) == 2
     with pytest.raises(RunError, match="python -m benchmark run --method medshift"):
