@@ -216,6 +216,7 @@ def cmd_rescore(args) -> int:
 
 
 def cmd_collect(args) -> int:
+    from benchmark.archive import unfinished_runs
     from benchmark.collect import (
         attach_utility,
         formatted,
@@ -229,7 +230,12 @@ def cmd_collect(args) -> int:
     )
     from benchmark.validity import valid_realism_metrics
 
-    df = load_records(args.results_dir)
+    df = load_records(args.results_dir, partial=args.partial)
+    skipped = unfinished_runs(args.results_dir)
+    if skipped:
+        print(f"{'included' if args.partial else 'left out'} {len(skipped)} unfinished run(s) ("
+              + "; ".join(f"{f.relative_to(args.results_dir)}: {why}" for f, why in skipped[:3])
+              + ("; ..." if len(skipped) > 3 else "") + ")" + ("" if args.partial else "; --partial includes them"))
     out_dir = args.out or args.results_dir / "tables"
     valid = {(d, p): valid_realism_metrics(out_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
              .itertuples(index=False)}
@@ -385,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect", help="records -> results/tables/summary.{csv,md,tex}")
     c.add_argument("--results-dir", type=Path, default=Path("results"))
     c.add_argument("--out", type=Path, default=None)
+    c.add_argument("--partial", action="store_true",
+                   help="also the records of runs not yet done (a table mid-sweep; rows may rest on part of a run)")
     g = sub.add_parser("regress", help="every method on micro vs results/reference/regress.json, plus invariants")
     g.add_argument("--update", action="store_true", help="rewrite the reference (and print what changed)")
     g.add_argument("--repeat", type=int, default=1, help="runs of REPEATS (seed, threads); --update: tolerances")

@@ -56,11 +56,18 @@ def archive_runs(results_dir: Path, out: Path | None = None, all_samples: bool =
     return written
 
 
-def record_files(results_dir: Path) -> list[Path]:
-    """The records files `collect` reads: `runs/*/*/*/records.jsonl`, then the archived runs that are not also
-    under `runs/` (`records/*/*/*/records.jsonl.gz`)."""
+def unfinished_runs(results_dir: Path) -> list[tuple[Path, str]]:
+    """Run folders under `results_dir/runs` whose `done` marker does not vouch for their records, with why."""
+    found = ((f.parent, verify_done(f.parent)) for f in sorted(Path(results_dir).glob("runs/*/*/*/records.jsonl")))
+    return [(folder, why) for folder, why in found if why is not None]
+
+
+def record_files(results_dir: Path, partial: bool = False) -> list[Path]:
+    """The records files `collect` reads: `runs/*/*/*/records.jsonl` of finished runs (`done` verified; with
+    `partial`, also of runs still training or interrupted), then the archived runs not read from `runs/`
+    (`records/*/*/*/records.jsonl.gz`; a finished copy stands in while its live run is being extended)."""
     results_dir = Path(results_dir)
-    live = sorted(results_dir.glob("runs/*/*/*/records.jsonl"))
+    live = sorted(f for f in results_dir.glob("runs/*/*/*/records.jsonl") if partial or verify_done(f.parent) is None)
     names = {f.parent.relative_to(results_dir / "runs") for f in live}
     archived = [f for f in sorted(results_dir.glob(f"{ARCHIVE}/*/*/*/records.jsonl.gz"))
                 if f.parent.relative_to(results_dir / ARCHIVE) not in names]

@@ -80,9 +80,10 @@ def _read_method_info(files: list[Path]) -> None:
             _METHOD_INFO.setdefault(name, info)
 
 
-def load_records(results_dir: Path) -> pd.DataFrame:
-    """All records under `results_dir/runs` and `results_dir/records` (the archive, `benchmark.archive`), or a folder
-    of .jsonl fixtures, as one DataFrame.
+def load_records(results_dir: Path, partial: bool = False) -> pd.DataFrame:
+    """All records of the finished runs under `results_dir/runs` (with `partial`, of unfinished ones too: a table
+    mid-sweep) and `results_dir/records` (the archive, `benchmark.archive`), or a folder of .jsonl fixtures, as one
+    DataFrame.
 
     Raises:
         ValueError: records of two protocol versions, or two run folders recording the same point.
@@ -90,7 +91,7 @@ def load_records(results_dir: Path) -> pd.DataFrame:
     from .archive import record_files
 
     results_dir = Path(results_dir)
-    files = record_files(results_dir) or sorted(results_dir.glob("*.jsonl"))
+    files = record_files(results_dir, partial) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
     _read_method_info(files)
     if not rows:

@@ -80,6 +80,39 @@ def test_figures_from_archived_records_alone(micro_runs, tmp_path):
     assert len(load_records(tmp_path)) == len(load_records(micro_runs))
 
 
+def test_collect_reads_finished_runs_unless_asked(micro_runs, tmp_path):
+    """A run still training (no `done`, or records appended after it) is left out of the tables, named by collect,
+    and read with --partial; while a finished copy of it is archived, the archive stands in for it."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmark.archive import archive_runs, unfinished_runs
+    from benchmark.collect import load_records, summary
+    from benchmark.records import seal
+
+    shutil.copytree(micro_runs / "runs", tmp_path / "runs")
+    full = load_records(tmp_path)
+    run = sorted((tmp_path / "runs").glob("*/*/*/done"))[0].parent
+    archive_runs(tmp_path)
+    first = json.loads((run / "records.jsonl").read_text().splitlines()[0])
+    with open(run / "records.jsonl", "a") as f:  # an extension in progress (a new record): done no longer vouches
+        f.write(json.dumps(seal(dict(first, split="val", step=10 ** 6))) + "\n")
+    assert [(f, why) for f, why in unfinished_runs(tmp_path)] == [
+        (run, "records.jsonl does not match the checksum in done")]
+    def table(df):
+        out = summary(df)
+        return out.sort_values(["method", "knob_value"]).reset_index(drop=True)[sorted(out.columns)]
+
+    pd.testing.assert_frame_equal(table(load_records(tmp_path)), table(full))  # the archived copy stands in
+    shutil.rmtree(tmp_path / "records")
+    (run / "done").unlink()
+    assert len(load_records(tmp_path)) < len(full) and len(load_records(tmp_path, partial=True)) == len(full) + 1
+    out = subprocess.run([sys.executable, "-m", "benchmark", "collect", "--results-dir", str(tmp_path), "--out",
+                          str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
+    assert f"left out 1 unfinished run(s) ({run.relative_to(tmp_path)}: no done marker)" in out
+
+
 def _check_latex_structure(text: str) -> int:
     """A small LaTeX syntax check: balanced braces, matched environments, every tabular row with the column
     count of its spec. Returns the number of rows checked."""
