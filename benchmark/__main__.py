@@ -216,7 +216,7 @@ def cmd_rescore(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from benchmark.archive import unfinished_runs
+    from benchmark.archive import run_status
     from benchmark.collect import (
         attach_utility,
         formatted,
@@ -230,8 +230,9 @@ def cmd_collect(args) -> int:
     )
     from benchmark.validity import valid_realism_metrics
 
-    df = load_records(args.results_dir, partial=args.partial)
-    skipped = unfinished_runs(args.results_dir)
+    status = run_status(args.results_dir)  # each run's done marker verified once
+    df = load_records(args.results_dir, partial=args.partial, status=status)
+    skipped = [(folder, why) for folder, why in status if why is not None]
     if skipped:
         print(f"{'included' if args.partial else 'left out'} {len(skipped)} unfinished run(s) ("
               + "; ".join(f"{f.relative_to(args.results_dir)}: {why}" for f, why in skipped[:3])

@@ -28,7 +28,7 @@ def archive_runs(results_dir: Path, out: Path | None = None, all_samples: bool =
     """
     results_dir = Path(results_dir)
     out = Path(out) if out is not None else results_dir / ARCHIVE
-    runs = sorted(p.parent for p in results_dir.glob("runs/*/*/*/records.jsonl") if not verify_done(p.parent))
+    runs = [folder for folder, why in run_status(results_dir) if why is None]
     if not runs:
         raise RunError(f"no finished runs under {results_dir / 'runs'} to archive (run `python -m benchmark run`)")
     lowest: dict[tuple, int] = {}
@@ -56,18 +56,24 @@ def archive_runs(results_dir: Path, out: Path | None = None, all_samples: bool =
     return written
 
 
-def unfinished_runs(results_dir: Path) -> list[tuple[Path, str]]:
-    """Run folders under `results_dir/runs` whose `done` marker does not vouch for their records, with why."""
-    found = ((f.parent, verify_done(f.parent)) for f in sorted(Path(results_dir).glob("runs/*/*/*/records.jsonl")))
-    return [(folder, why) for folder, why in found if why is not None]
+def run_status(results_dir: Path) -> list[tuple[Path, str | None]]:
+    """Every run folder with records under `results_dir/runs`, sorted, with `verify_done`'s verdict: None when its
+    `done` marker vouches for its records (finished), else why not (still training, interrupted, or extended)."""
+    return [(f.parent, verify_done(f.parent)) for f in sorted(Path(results_dir).glob("runs/*/*/*/records.jsonl"))]
 
 
-def record_files(results_dir: Path, partial: bool = False) -> list[Path]:
+def record_files(results_dir: Path, partial: bool = False,
+                 status: list[tuple[Path, str | None]] | None = None) -> list[Path]:
     """The records files `collect` reads: `runs/*/*/*/records.jsonl` of finished runs (`done` verified; with
     `partial`, also of runs still training or interrupted), then the archived runs not read from `runs/`
-    (`records/*/*/*/records.jsonl.gz`; a finished copy stands in while its live run is being extended)."""
+    (`records/*/*/*/records.jsonl.gz`; a finished copy stands in while its live run is being extended).
+
+    Args:
+        status: `run_status(results_dir)`, when the caller already has it.
+    """
     results_dir = Path(results_dir)
-    live = sorted(f for f in results_dir.glob("runs/*/*/*/records.jsonl") if partial or verify_done(f.parent) is None)
+    status = run_status(results_dir) if status is None else status
+    live = [folder / "records.jsonl" for folder, why in status if partial or why is None]
     names = {f.parent.relative_to(results_dir / "runs") for f in live}
     archived = [f for f in sorted(results_dir.glob(f"{ARCHIVE}/*/*/*/records.jsonl.gz"))
                 if f.parent.relative_to(results_dir / ARCHIVE) not in names]

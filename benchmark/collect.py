@@ -80,10 +80,10 @@ def _read_method_info(files: list[Path]) -> None:
             _METHOD_INFO.setdefault(name, info)
 
 
-def load_records(results_dir: Path, partial: bool = False) -> pd.DataFrame:
+def load_records(results_dir: Path, partial: bool = False, status: list | None = None) -> pd.DataFrame:
     """All records of the finished runs under `results_dir/runs` (with `partial`, of unfinished ones too: a table
     mid-sweep) and `results_dir/records` (the archive, `benchmark.archive`), or a folder of .jsonl fixtures, as one
-    DataFrame.
+    DataFrame; `status`: `benchmark.archive.run_status(results_dir)` when the caller already has it.
 
     Raises:
         ValueError: records of two protocol versions, or two run folders recording the same point.
@@ -91,7 +91,7 @@ def load_records(results_dir: Path, partial: bool = False) -> pd.DataFrame:
     from .archive import record_files
 
     results_dir = Path(results_dir)
-    files = record_files(results_dir, partial) or sorted(results_dir.glob("*.jsonl"))
+    files = record_files(results_dir, partial, status) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
     _read_method_info(files)
     if not rows:
@@ -609,24 +609,25 @@ def attach_utility(table: pd.DataFrame, usum: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def utility_correlations(table: pd.DataFrame) -> pd.DataFrame:
+def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, min_methods: int = 4) -> pd.DataFrame:
     """Does an image metric rank the translation methods (unpaired and paired) as downstream utility does? Per task
-    and metric: Spearman's rank correlation of the metric (sign flipped where lower is better, so +1 = the same
-    order) with utility, over the methods at the setting their validation chose (`attach_utility`)."""
+    and metric (default: the table's realism, fidelity and structure metrics): Spearman's rank correlation of the
+    metric (sign flipped where lower is better, so +1 = the same order) with utility, over the methods at the setting
+    their validation chose (`attach_utility`) that have the metric, when there are at least `min_methods`."""
     from scipy.stats import spearmanr
 
     rows = []
     if "dice" not in table:
         return pd.DataFrame()
-    shown = [m for m in TABLE_METRICS if METRICS[m].axis in ("realism", "fidelity", "structure")]
+    shown = metrics or [m for m in TABLE_METRICS if METRICS[m].axis in ("realism", "fidelity", "structure")]
     for task, part in table[table["dice"].notna()].groupby("task", sort=False):
         learned = part[part["method"].map(method_group) != "reference"]
         for m in shown:
-            if m not in learned or learned[m].notna().sum() < 4:
+            if m not in learned or learned[m].notna().sum() < min_methods:
                 continue
             ok = learned[learned[m].notna()]
             sign = 1 if METRICS[m].higher_is_better else -1
-            rows.append(dict(task=task, metric=f"{METRICS[m].label} {METRICS[m].arrow}", axis=METRICS[m].axis,
+            rows.append(dict(task=task, key=m, metric=f"{METRICS[m].label} {METRICS[m].arrow}", axis=METRICS[m].axis,
                              methods=len(ok), spearman_rho=float(spearmanr(sign * ok[m], ok["dice"]).statistic)))
     return pd.DataFrame(rows)
 
@@ -641,7 +642,8 @@ def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None 
     corr = utility_correlations(table) if table is not None else pd.DataFrame()
     corr_md = ("\n\nDo the image metrics rank the translation methods as utility does? Spearman's rho over the methods "
                "(unpaired and paired, at their validation-chosen setting; lower-is-better metrics sign-flipped, so +1 "
-               "= the same order):\n\n" + corr.to_markdown(index=False, floatfmt=".2f") if len(corr) else "")
+               "= the same order):\n\n" + corr.drop(columns="key").to_markdown(index=False, floatfmt=".2f") if len(corr)
+               else "")
     atomic_write(paths[1], formatted_utility(usum).to_markdown(index=False) + corr_md + (
         "\n\nDownstream utility (`benchmark/utility.py`): each method translates the task's synthetic training images "
         "at its validation-chosen setting; one fixed segmenter (pix2pix U-Net, the same budget and seed for every "

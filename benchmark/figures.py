@@ -18,6 +18,7 @@ from .collect import (
     split_variants,
     summary,
     test_records,
+    utility_correlations,
     utility_summary,
 )
 from .metrics import METRICS
@@ -401,7 +402,6 @@ def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: l
     lines. Each panel's title gives Spearman's rank correlation of the metric with utility over the translation
     methods (sign flipped for lower-is-better metrics, so +1 means the metric ranks them as utility does)."""
     import matplotlib.pyplot as plt
-    from scipy.stats import spearmanr
 
     part = usum[usum["task"] == task] if not usum.empty else usum
     if part.empty:
@@ -425,12 +425,9 @@ def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: l
         for _, o in oracle.iterrows():
             ax.axhspan(o["dice_lo"], o["dice_hi"], color="tab:green", alpha=0.15)
             ax.axhline(o["dice"], color="tab:green", ls="--", lw=1, label="oracle (real training images)")
-        learned = rows[rows["method"].map(method_group) != "reference"]
         title = METRICS[x].label
-        if len(learned) >= 3 and learned[x].notna().all():
-            sign = 1 if METRICS[x].higher_is_better else -1
-            rho = spearmanr(sign * learned[x], learned["dice"]).statistic
-            title += f": Spearman ρ = {rho:+.2f} over {len(learned)} methods"
+        if len(rho := utility_correlations(rows, [x], min_methods=3)):
+            title += f": Spearman ρ = {rho['spearman_rho'].iloc[0]:+.2f} over {rho['methods'].iloc[0]} methods"
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  ({METRICS[x].axis})")
         ax.set_ylabel("utility: mean Dice on real test images ↑")
