@@ -54,6 +54,9 @@ def _add_fit_args(p) -> None:
                    help="devices one fit trains on (the method's batch is split over them: the same global batch, "
                         "iterations and FLOPs)")
     p.add_argument("--strategy", default="auto", help="Lightning strategy; with --devices > 1: ddp_fork")
+    p.add_argument("--accumulate", type=int, default=1, metavar="N",
+                   help="gradient accumulation: each device's share of the batch in N micro-batches (the same global "
+                        "batch, iterations and FLOPs; less memory)")
     p.add_argument("--speedup", nargs="+", default=[], choices=["channels_last", "compile", "tf32"],
                    help="opt-in: channels-last memory format, torch.compile of the networks, TF32 on NVIDIA GPUs")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
@@ -84,7 +87,8 @@ def cmd_run(args) -> int:
                  data_seed=args.data_seed, max_steps=args.max_steps, budget=args.budget, overrides=parse_set(args.set),
                  curve=args.curve, accelerator=args.accelerator, precision=args.precision,
                  dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
-                 strategy=_strategy(args), speedups=tuple(args.speedup))
+                 strategy=_strategy(args), speedups=tuple(args.speedup),
+                 accumulate=args.accumulate)
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
                      method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
     if args.dry_run:
@@ -313,7 +317,7 @@ def cmd_sweep(args) -> int:
                      dataset=args.dataset, preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
                      budget=args.budget, curve=args.curve, accelerator=args.accelerator, precision=args.precision,
                      dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
-                     strategy=_strategy(args), speedups=tuple(args.speedup))
+                     strategy=_strategy(args), speedups=tuple(args.speedup), accumulate=args.accumulate)
     states = {s: S.status(s, args.results_dir) for s in specs}
     for spec, state in states.items():
         print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")

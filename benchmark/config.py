@@ -48,6 +48,7 @@ class RunSpec:
     devices: int = 1
     strategy: str = "auto"
     speedups: tuple[str, ...] = ()
+    accumulate: int = 1
 
     @property
     def data_identity(self) -> dict:
@@ -70,7 +71,7 @@ class RunSpec:
 
 #: Spec fields added after runs existed, with their defaults: a spec at a default leaves the field out of its run id
 #: and fit key, so runs made before the field keep theirs (`identity_fields`).
-LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": ()}
+LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": (), "accumulate": 1}
 #: Opt-in speed-ups (`benchmark.run.speedups`): channels-last memory format, torch.compile of the networks, TF32
 #: matmuls and convolutions on NVIDIA GPUs.
 SPEEDUPS = ("channels_last", "compile", "tf32")
@@ -147,6 +148,8 @@ def resolve_config(spec: RunSpec) -> dict:
         raise RunError(f"--speedup {unknown[0]}: unknown; valid: {', '.join(SPEEDUPS)}")
     if spec.devices < 1:
         raise RunError(f"--devices {spec.devices}: at least 1")
+    if spec.accumulate < 1:
+        raise RunError(f"--accumulate {spec.accumulate}: at least 1 (1: no gradient accumulation)")
     if spec.devices > 1 and spec.strategy not in MULTI_DEVICE_STRATEGIES:
         raise RunError(f"--devices {spec.devices} --strategy {spec.strategy}: a fit over several devices runs with "
                        f"--strategy {' or '.join(MULTI_DEVICE_STRATEGIES)} (one machine; several nodes are not "
@@ -162,7 +165,27 @@ def resolve_config(spec: RunSpec) -> dict:
     for key, rule in getattr(cls, "allowed", {}).items():
         if key in cfg:
             check_allowed(spec.method, key, cfg[key], rule, defaults[key])
+    check_split(spec, cls, cfg)
     return cfg
+
+
+def check_split(spec: RunSpec, cls, cfg: dict) -> None:
+    """A fit over several devices and/or with gradient accumulation splits the method's batch evenly over the
+    devices, then over the micro-batches (the same global batch, iterations and FLOPs as one device without
+    accumulation). A batch that does not split, or accumulation for a method that optimises manually (Lightning
+    accumulates only automatic optimisation), is refused with the config, before any work."""
+    if "max_steps" not in cfg or "batch_size" not in cfg:
+        return  # one pass over the data (histmatch) or nothing trained: nothing to split
+    if spec.accumulate > 1 and cls.manual_optimization:
+        raise RunError(f"--accumulate {spec.accumulate}: {spec.method} steps its optimisers itself (manual "
+                       "optimisation), which Lightning does not accumulate; train it with --accumulate 1")
+    parts = spec.devices * spec.accumulate
+    if parts > 1 and cfg["batch_size"] % parts:
+        how = " x ".join(f"{n} {what}" for n, what in ((spec.devices, "devices"), (spec.accumulate, "micro-batches"))
+                         if n > 1)
+        raise RunError(f"--devices {spec.devices} --accumulate {spec.accumulate}: {spec.method} trains at a batch of "
+                       f"{cfg['batch_size']}, which does not split over {how}; use divisors of it, or "
+                       "--set batch_size=N")
 
 
 def check_allowed(method: str, key: str, value, rule, default) -> None:

@@ -11,6 +11,8 @@ restarts where the uninterrupted fit would be:
 A resume point is saved at the *start* of an iteration (`on_train_batch_start`), when everything the previous
 iteration did is finished (the module's own `on_train_batch_end`, e.g. its EMA update, runs after the callbacks'
 and so after Lightning's `ModelCheckpoint` would have saved) and nothing of the next has drawn a random number.
+With gradient accumulation an iteration is several loader batches: the point is saved before the first of them
+(no gradient accumulated yet; Lightning restores its batch count, so the micro-batches stay aligned).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+
+from methods.base import starts_optimizer_step
 
 
 def rng_state() -> dict:
@@ -72,7 +76,8 @@ class ResumePoint(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         it, rest = divmod(trainer.global_step, self.per_iteration)
-        if rest == 0 and it > 0 and it % self.every == 0 and it != self._skip:
+        if rest == 0 and it > 0 and it % self.every == 0 and it != self._skip \
+                and starts_optimizer_step(trainer, batch_idx):  # not mid-way through accumulating gradients
             tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
             try:
                 trainer.save_checkpoint(tmp)  # collective: every rank takes part, the first writes

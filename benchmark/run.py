@@ -51,6 +51,8 @@ from pathlib import Path
 
 import torch
 
+from methods.base import ends_optimizer_step
+
 from . import validation as V
 from .budget import flops_per_iteration, iterations_for, preset_budget
 from .config import RunSpec, find_donor, fit_key, resolve_config, setting
@@ -195,9 +197,10 @@ def _build(spec: RunSpec, dataset, config: dict):
                                    image_size=dataset.size, **config)
 
 
-def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int | None = None, start: int = 0):
+def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int | None = None, start: int = 0,
+                accumulate: int = 1):
     """The training batches; a fit of `iterations` resumed at iteration `start` serves the uninterrupted fit's
-    batches from `start` on (`datasets.datamodule.BatchStream`)."""
+    batches from `start` on (`datasets.datamodule.BatchStream`), each as `accumulate` micro-batches."""
     from datasets import get_task
     from datasets.datamodule import TranslationDataModule
 
@@ -205,7 +208,7 @@ def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int
     domains = type(method).training_domains(dataset.domains, task.sources, task.target)
     return TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, seed=spec.seed,
                                  pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last,
-                                 iterations=iterations, start=start)
+                                 iterations=iterations, start=start, accumulate=accumulate)
 
 
 def prepare(spec: RunSpec, method, dataset, ctx: RunContext) -> None:
@@ -270,9 +273,11 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         except Exception as exc:  # torch raises pickle, zip and runtime errors here
             raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
                            "to train this run from scratch") from exc
-    dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
     devices = spec.devices if iterations else 1  # a one-pass statistic (histmatch) has nothing to share out
+    accumulate = spec.accumulate if iterations else 1
+    dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter,
+                     accumulate=accumulate)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
     callbacks = [ResumePoint(last, every=max(25, iterations // 10) if iterations else 10**9, per_iteration=per_iter,
                              seed=spec.seed)]
     callbacks += [curve.hook] if curve is not None else []
@@ -292,7 +297,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
                         strategy=spec.strategy if devices > 1 else "auto", use_distributed_sampler=False,
                         logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        deterministic=False, log_every_n_steps=10, plugins=plugins or None, **settings)
+                        deterministic=False, log_every_n_steps=10, plugins=plugins or None,
+                        accumulate_grad_batches=accumulate, **settings)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         for pattern in QUIET_WARNINGS:
@@ -379,7 +385,8 @@ class LearningCurve:
         class _Hook(Callback):
             def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
                 it = trainer.global_step // outer.per_iteration
-                if it in outer.steps and trainer.global_step % outer.per_iteration == 0:
+                if it in outer.steps and trainer.global_step % outer.per_iteration == 0 \
+                        and ends_optimizer_step(trainer, batch_idx):
                     t0 = time.perf_counter()
                     _save_weights(trainer, outer.ckpt_dir / f"step{it}.ckpt")
                     if trainer.is_global_zero:  # on several devices the first rank scores, the others wait
@@ -657,14 +664,6 @@ class tf32_matmuls:  # noqa: N801 - a context manager used like a function
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.before
 
 
-def check_devices(spec: RunSpec, method) -> None:
-    """A fit over several devices splits the method's batch evenly over them (the same global batch, iterations and
-    FLOPs as on one device): a batch that does not split is refused before any work."""
-    if spec.devices > 1 and "max_steps" in method.hparams and method.train_batch_size % spec.devices:
-        raise RunError(f"--devices {spec.devices}: {spec.method} trains at a batch of {method.train_batch_size}, which "
-                       f"does not split over {spec.devices} devices; use a divisor of it, or --set batch_size=N")
-
-
 def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     """Fit, choose on validation, translate, score and record one spec; returns its records.
 
@@ -686,7 +685,6 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
     method = speedups(_build(spec, dataset, config), spec.speedups)
-    check_devices(spec, method)
     todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
     if state.finished and not todo:
         return state.records

@@ -82,17 +82,20 @@ class BatchStream(Sampler):
         start: First batch served (a resumed fit's iteration); only with `iterations`.
         rank, world: A fit over `world` devices: this rank serves items rank, rank + world, ... of every batch of
             the one stream (the global batch is the single-device batch, split evenly).
+        micro: Gradient accumulation: each (rank's share of a) batch is served as `micro` consecutive micro-batches
+            of equal size, so the stream serves `micro` loader batches per iteration; `start` counts iterations.
     """
 
     def __init__(self, n: int, batch_size: int, drop_last: bool, seed: int, n_b: int | None = None,
-                 iterations: int | None = None, start: int = 0, rank: int = 0, world: int = 1):
+                 iterations: int | None = None, start: int = 0, rank: int = 0, world: int = 1, micro: int = 1):
         if iterations is None and start:
             raise ValueError("a BatchStream starts after batch 0 only with a fixed number of iterations")
-        if world > 1 and (batch_size % world or not drop_last):
-            raise ValueError(f"a batch of {batch_size} cannot be split evenly over {world} devices"
-                             + ("" if drop_last else " (a method that sees every image once trains on one device)"))
+        if world * micro > 1 and (batch_size % (world * micro) or not drop_last):
+            raise ValueError(f"a batch of {batch_size} cannot be split evenly over {world} devices x {micro} "
+                             "micro-batches" + ("" if drop_last else " (a method that sees every image once trains on "
+                                                                     "one device, without accumulation)"))
         self.n, self.batch_size, self.drop_last, self.seed, self.n_b = n, batch_size, drop_last, seed, n_b
-        self.iterations, self.start, self.rank, self.world = iterations, start, rank, world
+        self.iterations, self.start, self.rank, self.world, self.micro = iterations, start, rank, world, micro
         self._epochs = None
 
     def per_epoch(self) -> int:
@@ -115,11 +118,14 @@ class BatchStream(Sampler):
                 torch.randperm(self.n, generator=g)
 
     def __len__(self) -> int:
-        return self.iterations if self.iterations is not None else self.per_epoch()
+        return (self.iterations if self.iterations is not None else self.per_epoch()) * self.micro
 
     def __iter__(self):
         for batch in self._batches():
-            yield batch[self.rank::self.world] if self.world > 1 else batch
+            share = batch[self.rank::self.world] if self.world > 1 else batch
+            size = len(share) // self.micro
+            for k in range(self.micro):
+                yield share[k * size:(k + 1) * size] if self.micro > 1 else share
 
     def _batches(self):
         if self.iterations is not None:
@@ -153,11 +159,12 @@ class TranslationDataModule(L.LightningDataModule):
         iterations: Batches of the whole fit (its `max_steps` iterations), or None (epochs until the trainer stops).
         start: The first batch to serve: a fit resumed at iteration k serves batches k, k+1, ... of the stream
             an uninterrupted fit serves (`BatchStream`).
+        accumulate: Gradient accumulation: every batch (every rank's share of it) served as this many micro-batches.
     """
 
     def __init__(self, dataset: XrayDataset, domains: tuple[str, ...], batch_size: int = 16,
                  split: str = "train", seed: int = 0, pairing: str = "mixed", target: str | None = None,
-                 drop_last: bool = True, iterations: int | None = None, start: int = 0):
+                 drop_last: bool = True, iterations: int | None = None, start: int = 0, accumulate: int = 1):
         super().__init__()
         if pairing not in PAIRINGS:
             raise ValueError(f"unknown pairing {pairing!r}; use {', '.join(PAIRINGS)}")
@@ -168,7 +175,7 @@ class TranslationDataModule(L.LightningDataModule):
         self.dataset, self.domains, self.batch_size = dataset, tuple(domains), batch_size
         self.split, self.seed = split, seed
         self.pairing, self.target, self.drop_last = pairing, target, drop_last
-        self.iterations, self.start = iterations, start
+        self.iterations, self.start, self.accumulate = iterations, start, accumulate
         self._train: Dataset | None = None
 
     def _images(self, domains: tuple[str, ...]) -> _Images:
@@ -205,6 +212,7 @@ class TranslationDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         stream = BatchStream(n, self.batch_size, self.drop_last and n > self.batch_size, self.seed,
                              n_b=len(self._train.b) if isinstance(self._train, _Unpaired) else None,
-                             iterations=self.iterations, start=self.start, rank=rank, world=world)
+                             iterations=self.iterations, start=self.start, rank=rank, world=world,
+                             micro=self.accumulate)
         # the stream owns the order; this generator only keeps the loader's base-seed draw off torch's global one
         return DataLoader(self._train, batch_sampler=stream, num_workers=0, generator=torch.Generator())

@@ -14,9 +14,9 @@ The whole contract of a subclass:
   `knob_curve` (dense values for curves), `knob_name = None` for a single point; `pairing` (batch
   layout; "paired" makes a paired upper bound); `sampling_settings` (config keys that only change
   translation: a run differing from a finished one only in these re-uses its fit);
-  `optimizer_steps_per_iteration` (for Lightning's step count); `drop_last`; `reference_row` (shown
-  unranked); `style` (colour, marker, label in figures); the table group and the checkpoint criterion follow
-  from `pairing` and `reference_row` (`group`, `selection_criterion`);
+  `optimizer_steps_per_iteration` (for Lightning's step count); `manual_optimization`; `drop_last`;
+  `reference_row` (shown unranked); `style` (colour, marker, label in figures); the table group and the
+  checkpoint criterion follow from `pairing` and `reference_row` (`group`, `selection_criterion`);
   `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
   (ranges and choices of settings, checked with the config before any work);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
@@ -24,7 +24,8 @@ The whole contract of a subclass:
   read the `batch_size` / `max_steps` settings and fail loudly without them);
 * `prepare_fit(data: FitData)`: anything it must derive from the training data before fitting
   (MedShift's suite autoencoder); the runner calls it before every fit;
-* Lightning's `training_step` / `configure_optimizers`;
+* Lightning's `training_step` / `configure_optimizers`; per-step work such as an EMA update goes in
+  `after_optimizer_step` (Lightning's `on_train_batch_end` runs per micro-batch under gradient accumulation);
 * `translate(images, source, target, knob_value)` and `nfe(knob_value)` (network evaluations per image);
   `knob(knob_value)` maps None to the default knob value.
 """
@@ -53,6 +54,18 @@ class FitData:
     identity: dict
 
 
+def starts_optimizer_step(trainer, batch_idx: int) -> bool:
+    """Whether loader batch `batch_idx` is the first micro-batch of an optimizer step (where Lightning zeroes the
+    gradients, `batch_idx % accumulate_grad_batches == 0`); always true without gradient accumulation."""
+    return trainer is None or batch_idx % trainer.accumulate_grad_batches == 0
+
+
+def ends_optimizer_step(trainer, batch_idx: int) -> bool:
+    """Whether loader batch `batch_idx` is the last micro-batch of an optimizer step (the optimizer steps after its
+    backward pass); always true without gradient accumulation."""
+    return trainer is None or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
+
+
 class TranslationMethod(L.LightningModule):
     """A trainable translator between X-ray domains (base class; see module docstring)."""
 
@@ -68,6 +81,9 @@ class TranslationMethod(L.LightningModule):
     #: `optimizer.step()` calls per `training_step`. Lightning counts every optimizer step of manual
     #: optimisation in `global_step` (and so in `max_steps`); a budget counts iterations of the method's loop.
     optimizer_steps_per_iteration: ClassVar[int] = 1
+    #: Whether `training_step` steps its optimisers itself (Lightning's manual optimisation, e.g. a GAN's
+    #: alternating updates). Lightning accumulates gradients only for automatic optimisation.
+    manual_optimization: ClassVar[bool] = False
     #: A reference row of the tables (no translation, a classical baseline): shown, never ranked.
     reference_row: ClassVar[bool] = False
     #: Whether training batches drop the incomplete last batch (False for one-pass statistics: every image counts).
@@ -88,6 +104,7 @@ class TranslationMethod(L.LightningModule):
     def __init__(self, domains: tuple[str, ...], sources: tuple[str, ...], target: str, image_size: int):
         super().__init__()
         self.domains, self.sources, self.target, self.image_size = tuple(domains), tuple(sources), target, image_size
+        self.automatic_optimization = not self.manual_optimization
 
     @classmethod
     def table_info(cls) -> dict:
@@ -151,6 +168,14 @@ class TranslationMethod(L.LightningModule):
     def nfe(self, knob_value=None) -> int:
         """Network evaluations per translated image at `knob_value` (0 for analytic methods)."""
         return 0
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        if ends_optimizer_step(self._trainer, batch_idx):
+            self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
+        """Per optimizer step, after it (e.g. an EMA update): with gradient accumulation a step spans several loader
+        batches, and Lightning's `on_train_batch_end` runs after each of them."""
 
     # ------------------------------------------------------------------ shared helpers
     @property

@@ -117,7 +117,7 @@ class CDM(TranslationMethod):
         self.log_dict({f"train/{k}": v for k, v in parts.items()}, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def after_optimizer_step(self) -> None:
         self.ema.update(self.nets)
 
     def configure_optimizers(self):

@@ -28,6 +28,7 @@ class CycleGAN(TranslationMethod):
     """Two generators and two PatchGAN discriminators trained with cycle consistency."""
 
     pairing = "unpaired"
+    manual_optimization = True
     optimizer_steps_per_iteration = 2  # generators, then discriminators: max_steps iterations = 2 * max_steps steps
     style = dict(color="tab:blue", marker="^", label="CycleGAN")
     smoke_settings = dict(ngf=8, ndf=8, n_blocks=1, max_steps=3)
@@ -40,7 +41,6 @@ class CycleGAN(TranslationMethod):
                  beta1: float = 0.5, max_steps: int = 2000, batch_size: int = 1):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
-        self.automatic_optimization = False
         blocks = n_blocks if n_blocks is not None else (9 if image_size >= 256 else 6)
         self.g_ab, self.g_ba = (init_normal(ResnetGenerator(1, 1, ngf, blocks)) for _ in range(2))
         self.d_a, self.d_b = (init_normal(PatchDiscriminator(1, ndf, 3)) for _ in range(2))

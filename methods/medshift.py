@@ -133,7 +133,7 @@ class MedShift(TranslationMethod):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def after_optimizer_step(self) -> None:
         self.ema.update(self.net)
 
     def configure_optimizers(self):

@@ -55,6 +55,7 @@ class Pix2Pix(TranslationMethod):
     """U-Net generator + (source, image) PatchGAN, trained on aligned pairs."""
 
     pairing = "paired"
+    manual_optimization = True
     optimizer_steps_per_iteration = 2  # discriminator, then generator
     style = dict(color="tab:cyan", marker="*", label="pix2pix (paired)")
     smoke_settings = dict(ngf=8, ndf=8, max_steps=3)
@@ -66,7 +67,6 @@ class Pix2Pix(TranslationMethod):
                  beta1: float = 0.5, max_steps: int = 2000, batch_size: int = 1, dropout: bool = True):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
-        self.automatic_optimization = False
         self.g = init_normal(UnetGenerator(1, 1, image_size, ngf, dropout=dropout, affine_norm=True))
         self.d = init_normal(PatchDiscriminator(2, ndf, 3, affine_norm=True))
         # the dropout seed of translation: drawn from the run's seeded generator, kept in checkpoints

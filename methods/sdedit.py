@@ -56,7 +56,7 @@ class SDEdit(TranslationMethod):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def after_optimizer_step(self) -> None:
         self.ddpm.update_ema()
 
     def configure_optimizers(self):

@@ -1,12 +1,15 @@
 """Scale: one fit over several devices (Lightning's DDP with forked processes, gloo on the CPU; the method's batch
 split over the ranks, the first rank alone scoring and writing; resumed after a kill; refused when the batch does not
-split), and the opt-in speed-ups (channels-last, torch.compile, TF32) where a CPU can test them."""
+split), gradient accumulation (the same global batch in micro-batches: one optimizer step, EMA update, scheduler step
+and learning-curve point per global batch, resumable), and the opt-in speed-ups (channels-last, torch.compile, TF32)
+where a CPU can test them."""
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,10 +33,103 @@ def test_each_rank_serves_its_share_of_every_global_batch():
         BatchStream(40, 6, True, seed=0, world=4)
 
 
-def _cli(results, micro, devices, steps=16):
+def test_micro_batches_partition_every_ranks_share_of_every_global_batch():
+    whole = list(BatchStream(40, 8, True, seed=3, iterations=7))
+    parts = {r: list(BatchStream(40, 8, True, seed=3, iterations=7, rank=r, world=2, micro=2)) for r in (0, 1)}
+    assert all(len(p) == 14 == len(BatchStream(40, 8, True, seed=3, iterations=7, micro=2)) for p in parts.values())
+    for k, batch in enumerate(whole):  # iteration k: micro-batches 2k and 2k+1 of each rank, 2 items each
+        got = [i for r in (0, 1) for m in parts[r][2 * k:2 * k + 2] for i in m]
+        assert sorted(got) == sorted(batch) and {len(m) for r in (0, 1) for m in parts[r][2 * k:2 * k + 2]} == {2}
+    resumed = list(BatchStream(40, 8, True, seed=3, iterations=7, start=4, micro=2))
+    assert resumed == list(BatchStream(40, 8, True, seed=3, iterations=7, micro=2))[8:]  # start counts iterations
+    with pytest.raises(ValueError, match="2 devices x 3 micro-batches"):
+        BatchStream(40, 8, True, seed=0, world=2, micro=3)
+
+
+class _Stop(Exception):
+    """Raised by a test inside the fit to cut it short."""
+
+
+def test_accumulation_steps_once_per_global_batch_and_resumes_to_the_uninterrupted_records(tmp_path, micro,
+                                                                                          monkeypatch):
+    """MedShift (an EMA, a warm-up/cosine schedule) at a batch of 8 in 2 micro-batches of 4 for 30 iterations:
+    Lightning calls training_step 60 times and steps the optimizer 30 times; the EMA is updated, the scheduler
+    stepped and the learning curve scored once per optimizer step, never per micro-batch. A fit cut after the resume
+    point (iteration 25, saved before the first micro-batch) resumes to the uninterrupted fit's records."""
+    import torch
+
+    import benchmark.resume as R
+    from benchmark.validation import curve_steps
+    from methods.medshift import MedShift
+
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=30, accumulate=2,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2]), ("batch_size", 8)))
+    calls = []
+    real_step = MedShift.training_step
+
+    def counted(self, batch, batch_idx):
+        calls.append((len(batch["image"]), self.trainer.global_step))
+        return real_step(self, batch, batch_idx)
+
+    monkeypatch.setattr(MedShift, "training_step", counted)
+    ctx = RunContext(tmp_path / "whole", Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True)
+    whole = run_one(spec, ctx)
+    assert len(calls) == 60 and {n for n, _ in calls} == {4}
+    assert [g for _, g in calls] == [k // 2 for k in range(60)]  # the step comes after every second micro-batch
+    ckpt = spec.folder(ctx.results_dir) / "checkpoints"
+    last = torch.load(ckpt / "last.ckpt", weights_only=False)
+    assert last["global_step"] == 25 and int(last["state_dict"]["ema.num_updates"]) == 25
+    assert last["lr_schedulers"][0]["last_epoch"] == 25
+    assert last["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"] == 50
+    final = torch.load(ckpt / "final.ckpt", weights_only=True)
+    assert final["global_step"] == 30 and int(final["state_dict"]["ema.num_updates"]) == 30
+    curve = Counter(r["step"] for r in whole if r["split"] == "val" and isinstance(r["step"], int))
+    assert set(curve) == set(curve_steps(30)) and len(set(curve.values())) == 1  # each point scored once
+
+    real_start = R.ResumePoint.on_train_batch_start
+
+    def cut(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == 27 and batch_idx == 55:  # mid-way through accumulating iteration 27
+            raise _Stop
+        return real_start(self, trainer, pl_module, batch, batch_idx)
+
+    monkeypatch.setattr(R.ResumePoint, "on_train_batch_start", cut)
+    ctx = RunContext(tmp_path / "cut", Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True)
+    with pytest.raises(_Stop):
+        run_one(spec, ctx)
+    monkeypatch.setattr(R.ResumePoint, "on_train_batch_start", real_start)
+    resumed = run_one(spec, ctx)
+    keys = ("ssim_src", "ssim_gt", "psnr_gt", "nps_dist")
+    a = {(r["split"], r["step"], r["source"], r["knob_value"]): [r[k] for k in keys] for r in whole}
+    b = {(r["split"], r["step"], r["source"], r["knob_value"]): [r[k] for k in keys] for r in resumed}
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-4), k
+    assert {tuple(r["resumed_from_steps"]) for r in resumed if r["split"] == "test"} == {(25,)}
+
+
+def test_accumulated_fit_records_what_the_whole_batch_records(tmp_path, micro):
+    """The regression U-Net (no noise, per-image norms, a mean loss) at its batch of 16 in 4 micro-batches: Lightning
+    scales each micro-batch's loss by 1/4, so the summed gradient is the whole batch's and every record equals the
+    plain fit's to float noise."""
+    out = {}
+    for name, accumulate in (("plain", 1), ("accumulated", 4)):
+        spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=16,
+                       accumulate=accumulate)
+        run_one(spec, RunContext(tmp_path / name, Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True))
+        out[name] = _metrics(tmp_path / name)
+    (_, a), (folder, b) = out["plain"], out["accumulated"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=1e-3), k
+    info = json.loads((folder / "train.json").read_text())
+    assert info["train_steps"] == 16 and info["images_seen"] == 16 * 16  # the same budget
+
+
+def _cli(results, micro, devices, steps=16, accumulate=1):
     return [sys.executable, "-m", "benchmark", "run", "--method", "unet-regression", "--preset", "micro", "--quiet",
             "--results-dir", str(results), "--data-root", str(micro.root.parent.parent), "--max-steps", str(steps),
-            "--no-frd", "--devices", str(devices)]
+            "--no-frd", "--devices", str(devices), "--accumulate", str(accumulate)]
 
 
 def _metrics(results):
@@ -44,21 +140,27 @@ def _metrics(results):
 
 
 def test_a_fit_on_two_processes_records_what_one_process_records(tmp_path, micro):
-    """The regression U-Net (no noise, no dropout, per-image norms) on 2 gloo ranks, half the batch each: the same
-    global batches and averaged gradients, so every validation and test record equals the one-process run's to float
-    noise; the learning curve (scored by the first rank) and the run's files are written once."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    for results, devices in ((one, 1), (two, 2)):
-        out = subprocess.run(_cli(results, micro, devices), cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)
+    """The regression U-Net (no noise, no dropout, per-image norms) on 2 gloo ranks, half the batch each (and then
+    in 2 micro-batches each): the same global batches and averaged gradients, so every validation and test record
+    equals the one-process run's to float noise; the learning curve (scored by the first rank) and the run's files
+    are written once."""
+    runs = {(1, 1): tmp_path / "one", (2, 1): tmp_path / "two", (2, 2): tmp_path / "two-accumulated"}
+    for (devices, accumulate), results in runs.items():
+        out = subprocess.run(_cli(results, micro, devices, accumulate=accumulate), cwd=ROOT, capture_output=True,
+                             text=True, env=ONE_THREAD)
         assert out.returncode == 0, out.stderr[-2000:]
-    (_, a), (folder, b) = _metrics(one), _metrics(two)
-    assert a.keys() == b.keys() and len([k for k in a if k[0] == "val"]) == 8 + 2  # curve + knob choice
-    for k in a:
-        assert b[k] == pytest.approx(a[k], abs=2e-3), k
-    info = json.loads((folder / "train.json").read_text())
-    assert info["train_steps"] == 16 and info["images_seen"] == 16 * 16 and info["selection_metric"] == "ssim_gt"
-    assert verify_done(folder) is None and json.loads((folder / "config.json").read_text())["spec"]["devices"] == 2
-    assert not list(folder.glob("**/.*tmp-*"))  # no rank left a temporary behind
+    _, a = _metrics(runs[1, 1])
+    assert len([k for k in a if k[0] == "val"]) == 8 + 2  # curve + knob choice
+    for (devices, accumulate), results in list(runs.items())[1:]:
+        folder, b = _metrics(results)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert b[k] == pytest.approx(a[k], abs=2e-3), (devices, accumulate, k)
+        info = json.loads((folder / "train.json").read_text())
+        assert info["train_steps"] == 16 and info["images_seen"] == 16 * 16 and info["selection_metric"] == "ssim_gt"
+        spec = json.loads((folder / "config.json").read_text())["spec"]
+        assert verify_done(folder) is None and (spec["devices"], spec["accumulate"]) == (devices, accumulate)
+        assert not list(folder.glob("**/.*tmp-*"))  # no rank left a temporary behind
 
 
 def test_a_killed_two_process_fit_resumes_from_its_checkpoint(tmp_path, micro):
@@ -91,6 +193,11 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(tmp_path, micro)
     assert not list(tmp_path.glob("runs/*/*/*/checkpoints"))
     with pytest.raises(RunError, match="--strategy ddp_fork"):
         run_one(RunSpec("unet-regression", preset="micro", devices=2, strategy="ddp"), ctx)
+    with pytest.raises(RunError, match="2 devices x 3 micro-batches"):
+        run_one(RunSpec("medshift", preset="micro", devices=2, strategy="ddp_fork", accumulate=3), ctx)
+    with pytest.raises(RunError, match="cyclegan steps its optimisers itself"):
+        run_one(RunSpec("cyclegan", preset="micro", accumulate=2), ctx)
+    assert not list(tmp_path.glob("runs/*/*/*/checkpoints"))
 
 
 def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path, micro, monkeypatch):
