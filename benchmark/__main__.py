@@ -53,7 +53,12 @@ def _add_fit_args(p) -> None:
     p.add_argument("--devices", type=int, default=1,
                    help="devices one fit trains on (the method's batch is split over them: the same global batch, "
                         "iterations and FLOPs)")
-    p.add_argument("--strategy", default="auto", help="Lightning strategy; with --devices > 1: ddp_fork")
+    p.add_argument("--num-nodes", type=int, default=1,
+                   help="nodes one fit trains on (with --strategy ddp: one process per device on every node, started "
+                        "by srun or torchrun, each running this command)")
+    p.add_argument("--strategy", default="auto",
+                   help="Lightning strategy: ddp_fork (the default of --devices > 1: forked on one machine) or ddp "
+                        "(the default of --num-nodes > 1: processes started by srun or torchrun)")
     p.add_argument("--accumulate", type=int, default=1, metavar="N",
                    help="gradient accumulation: each device's share of the batch in N micro-batches (the same global "
                         "batch, iterations and FLOPs; less memory)")
@@ -88,13 +93,15 @@ def cmd_run(args) -> int:
                  curve=args.curve, accelerator=args.accelerator, precision=args.precision,
                  dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
                  strategy=_strategy(args), speedups=tuple(args.speedup),
-                 accumulate=args.accumulate)
+                 accumulate=args.accumulate, num_nodes=args.num_nodes)
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
                      method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
     if args.dry_run:
         print(json.dumps(resolved, indent=2, default=str))
         return 0
     _check_writable(args.results_dir)
+    if specs[0].launched_outside and specs[0].world > 1:
+        return _run_launched(specs, args)
     from rich.console import Console
     from rich.progress import Progress
 
@@ -123,9 +130,33 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _run_launched(specs: list, args) -> int:
+    """One fit whose processes a launcher started (`--strategy ddp`): every process runs it, the first rank alone
+    writes and prints. One fit per launch: the other ranks would otherwise wait, idle and against the process group's
+    timeout, while the first evaluates."""
+    from benchmark.records import RunError
+    from benchmark.run import RunContext, launch_rank, run_one
+    from benchmark.scorer import Scorer
+
+    spec = specs[0]
+    if len(specs) > 1:
+        raise RunError(f"--strategy ddp over {spec.world} processes runs one fit per launch, and this request makes "
+                       f"{len(specs)} (methods x seeds); launch one each, or use `python -m benchmark sweep --executor "
+                       "slurm`, which submits one job per fit")
+    ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
+                                              clip_dir=args.clip_dir, frd=not args.no_frd), quiet=True)
+    records = run_one(spec, ctx)
+    if launch_rank(spec) == 0:
+        tests = [r for r in records if r.get("split", "test") == "test"]
+        print(f"{spec.method} seed {spec.seed}: {len(tests)} test records in {spec.folder(args.results_dir)}")
+    return 0
+
+
 def _strategy(args) -> str:
-    """--strategy, with the one multi-device strategy as the default of --devices > 1."""
-    return "ddp_fork" if args.devices > 1 and args.strategy == "auto" else args.strategy
+    """--strategy; `auto` is ddp over several nodes and ddp_fork over several devices of one."""
+    if args.strategy != "auto":
+        return args.strategy
+    return "ddp" if args.num_nodes > 1 else "ddp_fork" if args.devices > 1 else "auto"
 
 
 def _applicable(specs: list, methods: list[str], ctx, console) -> list:
@@ -317,7 +348,8 @@ def cmd_sweep(args) -> int:
                      dataset=args.dataset, preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
                      budget=args.budget, curve=args.curve, accelerator=args.accelerator, precision=args.precision,
                      dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
-                     strategy=_strategy(args), speedups=tuple(args.speedup), accumulate=args.accumulate)
+                     strategy=_strategy(args), speedups=tuple(args.speedup), accumulate=args.accumulate,
+                     num_nodes=args.num_nodes)
     states = {s: S.status(s, args.results_dir) for s in specs}
     for spec, state in states.items():
         print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")

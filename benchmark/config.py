@@ -49,6 +49,7 @@ class RunSpec:
     strategy: str = "auto"
     speedups: tuple[str, ...] = ()
     accumulate: int = 1
+    num_nodes: int = 1
 
     @property
     def data_identity(self) -> dict:
@@ -64,6 +65,17 @@ class RunSpec:
         d["data"] = self.data_identity
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
+    @property
+    def world(self) -> int:
+        """Processes (devices) the fit trains on: devices per node x nodes."""
+        return self.devices * self.num_nodes
+
+    @property
+    def launched_outside(self) -> bool:
+        """The fit's processes are started by a launcher (srun, torchrun), one per device on every node, each running
+        this whole command (`--strategy ddp`); otherwise Lightning forks them at `trainer.fit` (`ddp_fork`)."""
+        return self.strategy == "ddp"
+
     def folder(self, results_dir: Path) -> Path:
         run = f"seed{self.seed}-{self.run_id}"
         return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
@@ -71,13 +83,15 @@ class RunSpec:
 
 #: Spec fields added after runs existed, with their defaults: a spec at a default leaves the field out of its run id
 #: and fit key, so runs made before the field keep theirs (`identity_fields`).
-LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": (), "accumulate": 1}
+LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": (), "accumulate": 1, "num_nodes": 1}
 #: Opt-in speed-ups (`benchmark.run.speedups`): channels-last memory format, torch.compile of the networks, TF32
 #: matmuls and convolutions on NVIDIA GPUs.
 SPEEDUPS = ("channels_last", "compile", "tf32")
-#: Strategies for a fit over several devices of one machine (Lightning's): processes forked at `trainer.fit`, so
-#: nothing but the fit runs in them (`benchmark.run`: only the first rank scores and writes).
-MULTI_DEVICE_STRATEGIES = ("ddp_fork",)
+#: Strategies for a fit over several devices (Lightning's): `ddp_fork`, one machine, processes forked at
+#: `trainer.fit` so that nothing but the fit runs in them; `ddp`, one process per device on one or several nodes,
+#: started by srun or torchrun, each running the whole command (`benchmark.run.follow`: the ranks after the first
+#: only train). In both only the first rank scores and writes.
+MULTI_DEVICE_STRATEGIES = ("ddp_fork", "ddp")
 
 
 def identity_fields(spec: dict) -> dict:
@@ -150,10 +164,14 @@ def resolve_config(spec: RunSpec) -> dict:
         raise RunError(f"--devices {spec.devices}: at least 1")
     if spec.accumulate < 1:
         raise RunError(f"--accumulate {spec.accumulate}: at least 1 (1: no gradient accumulation)")
-    if spec.devices > 1 and spec.strategy not in MULTI_DEVICE_STRATEGIES:
+    if spec.num_nodes < 1:
+        raise RunError(f"--num-nodes {spec.num_nodes}: at least 1")
+    if spec.world > 1 and spec.strategy not in MULTI_DEVICE_STRATEGIES:
         raise RunError(f"--devices {spec.devices} --strategy {spec.strategy}: a fit over several devices runs with "
-                       f"--strategy {' or '.join(MULTI_DEVICE_STRATEGIES)} (one machine; several nodes are not "
-                       "supported yet)")
+                       f"--strategy {' or '.join(MULTI_DEVICE_STRATEGIES)}")
+    if spec.num_nodes > 1 and spec.strategy != "ddp":
+        raise RunError(f"--num-nodes {spec.num_nodes} --strategy {spec.strategy}: a fit over several nodes runs with "
+                       "--strategy ddp, one process per device started by srun or torchrun on every node")
     for key, value in spec.overrides:
         if key not in cfg:
             raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
@@ -175,17 +193,20 @@ def check_split(spec: RunSpec, cls, cfg: dict) -> None:
     accumulation). A batch that does not split, or accumulation for a method that optimises manually (Lightning
     accumulates only automatic optimisation), is refused with the config, before any work."""
     if "max_steps" not in cfg or "batch_size" not in cfg:
+        if spec.launched_outside and spec.world > 1:
+            raise RunError(f"--strategy ddp: {spec.method} trains nothing to share over {spec.world} processes; run it "
+                           "in one process")
         return  # one pass over the data (histmatch) or nothing trained: nothing to split
     if spec.accumulate > 1 and cls.manual_optimization:
         raise RunError(f"--accumulate {spec.accumulate}: {spec.method} steps its optimisers itself (manual "
                        "optimisation), which Lightning does not accumulate; train it with --accumulate 1")
-    parts = spec.devices * spec.accumulate
+    parts = spec.world * spec.accumulate
     if parts > 1 and cfg["batch_size"] % parts:
-        how = " x ".join(f"{n} {what}" for n, what in ((spec.devices, "devices"), (spec.accumulate, "micro-batches"))
+        how = " x ".join(f"{n} {what}" for n, what in ((spec.world, "devices"), (spec.accumulate, "micro-batches"))
                          if n > 1)
-        raise RunError(f"--devices {spec.devices} --accumulate {spec.accumulate}: {spec.method} trains at a batch of "
-                       f"{cfg['batch_size']}, which does not split over {how}; use divisors of it, or "
-                       "--set batch_size=N")
+        raise RunError(f"--devices {spec.devices} --num-nodes {spec.num_nodes} --accumulate {spec.accumulate}: "
+                       f"{spec.method} trains at a batch of {cfg['batch_size']}, which does not split over {how}; use "
+                       "divisors of it, or --set batch_size=N")
 
 
 def check_allowed(method: str, key: str, value, rule, default) -> None:

@@ -273,7 +273,8 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         except Exception as exc:  # torch raises pickle, zip and runtime errors here
             raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
                            "to train this run from scratch") from exc
-    devices = spec.devices if iterations else 1  # a one-pass statistic (histmatch) has nothing to share out
+    # a one-pass statistic (histmatch) has nothing to share out (and is refused a launch over several processes)
+    devices, num_nodes = (spec.devices, spec.num_nodes) if iterations else (1, 1)
     accumulate = spec.accumulate if iterations else 1
     dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter,
                      accumulate=accumulate)
@@ -293,8 +294,9 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
-    trainer = L.Trainer(accelerator=spec.accelerator, devices=devices, precision=spec.precision, callbacks=callbacks,
-                        strategy=spec.strategy if devices > 1 else "auto", use_distributed_sampler=False,
+    trainer = L.Trainer(accelerator=spec.accelerator, devices=devices, num_nodes=num_nodes, precision=spec.precision,
+                        callbacks=callbacks, strategy=spec.strategy if devices * num_nodes > 1 else "auto",
+                        use_distributed_sampler=False,
                         logger=CSVLogger(folder, name="logs"), enable_progress_bar=interactive,
                         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
                         deterministic=False, log_every_n_steps=10, plugins=plugins or None,
@@ -430,7 +432,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         curve = LearningCurve(steps, evaluator.curve_point, per_iteration, ckpt_dir)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
-    if spec.devices > 1:
+    if spec.world > 1:
         evaluator.reload()  # the learning-curve records were written by the first rank's process
     chosen = evaluator.curve_records()
     criterion = type(method).selection_criterion()
@@ -670,11 +672,56 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     With `ctx.rescore`, a finished run whose test records lack metrics the scorer can now compute is translated
     again from its selected weights and those metrics are added (`benchmark.rescore`).
     """
+    if spec.launched_outside and spec.world > 1 and launch_rank(spec) != 0:
+        return follow(spec, ctx)
     folder = spec.folder(ctx.results_dir)
     with RunLock(folder), tf32_matmuls("tf32" in spec.speedups):
         clean_stale_temporaries(folder)
         clean_stale_temporaries(folder / "checkpoints")
         return _run_locked(spec, ctx, folder)
+
+
+def launch_rank(spec: RunSpec) -> int:
+    """This process's global rank among the processes a launcher started for the fit, read where Lightning reads it
+    (the first environment it detects): SLURM's (srun), torchrun's, else Lightning's own NODE_RANK and LOCAL_RANK."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        return int(os.environ["SLURM_PROCID"])
+    if TorchElasticEnvironment.detect():
+        return int(os.environ["RANK"])
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return node * spec.devices + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def follow(spec: RunSpec, ctx: RunContext) -> list[dict]:
+    """A rank after the first of a fit whose processes a launcher started (`--strategy ddp`, e.g. `srun` over
+    `--num-nodes`): it takes part in `trainer.fit` and writes nothing. The first rank holds the run folder, writes
+    config.json, scores the learning curve, evaluates and writes every record; this rank decides from the same files
+    whether that rank will train (not when the run has its selected weights, or reuses a donor's) and otherwise joins
+    the fit, resuming from the same `last.ckpt`. Returns no records (the first rank's are the run's)."""
+    folder = spec.folder(ctx.results_dir)
+    dataset = load_data(spec, ctx)
+    check_data(dataset, spec)
+    config, plan = _resolve(spec, dataset, ctx, folder)
+    method = speedups(_build(spec, dataset, config), spec.speedups)
+    _check_same_data(folder, dataset)  # the checks on which the first rank stops before the fit
+    _check_can_evaluate(folder, _RunState(read_records(folder / "records.jsonl"), verify_done(folder) is None, {},
+                                          set()))
+    selected, info = folder / "checkpoints" / "selected.ckpt", folder / "train.json"
+    if selected.is_file() and info.is_file():
+        return []  # trained: the first rank only evaluates
+    key = fit_key(asdict(spec), config, dataset.domains)
+    if not (selected.is_file() or info.is_file()) and find_donor(folder, key, dataset.domains, dataset.fingerprint):
+        return []  # the first rank copies a finished fit's weights (`_write_config`, `final_weights`)
+    prepare(spec, method, dataset, ctx)
+    per_iteration = type(method).optimizer_steps_per_iteration
+    iterations = method.trainer_settings(spec.max_steps).get("max_steps", 0) // per_iteration
+    steps = V.curve_steps(iterations) if iterations > 0 else []
+    curve = LearningCurve(steps, None, per_iteration, folder / "checkpoints") if steps else None  # scored by rank 0
+    with tf32_matmuls("tf32" in spec.speedups):
+        _fit(spec, method, dataset, folder, ctx, curve)
+    return []
 
 
 def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:

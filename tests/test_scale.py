@@ -163,6 +163,50 @@ def test_a_fit_on_two_processes_records_what_one_process_records(tmp_path, micro
         assert not list(folder.glob("**/.*tmp-*"))  # no rank left a temporary behind
 
 
+def _srun_env(rank: int, port: int) -> dict:
+    """The variables `srun --nodes 2 --ntasks-per-node 1` gives task `rank` (Lightning's SLURMEnvironment reads them
+    and checks them against --num-nodes and --devices); the first node's address is this machine's."""
+    return dict(ONE_THREAD, SLURM_JOB_ID="4242", SLURM_JOB_NAME="xraybench", SLURM_NTASKS="2", SLURM_NNODES="2",
+                SLURM_NTASKS_PER_NODE="1", SLURM_PROCID=str(rank), SLURM_LOCALID="0", SLURM_NODEID=str(rank),
+                SLURM_NODELIST="localhost", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def _launch(cmd, port):
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=_srun_env(rank, port), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    return [out for out, _ in outs]
+
+
+def test_a_fit_over_two_nodes_started_by_srun_records_what_one_process_records(tmp_path, micro):
+    """`--num-nodes 2 --strategy ddp` in two processes started as srun starts them, each running the whole command:
+    the second rank joins the fit and writes and prints nothing, the first writes the run, and every record equals
+    the one-process run's. Started again on the finished run, both processes return without a fit to wait for."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    one, two = tmp_path / "one", tmp_path / "two-nodes"
+    out = subprocess.run(_cli(one, micro, 1), cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cmd = _cli(two, micro, 1) + ["--num-nodes", "2"]
+    first, second = _launch(cmd, port)
+    assert "test records in" in first and second == ""
+    (_, a), (folder, b) = _metrics(one), _metrics(two)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k] == pytest.approx(a[k], abs=2e-3), k
+    spec = json.loads((folder / "config.json").read_text())["spec"]
+    assert (spec["num_nodes"], spec["strategy"], spec["devices"]) == (2, "ddp", 1) and verify_done(folder) is None
+    assert json.loads((folder / "train.json").read_text())["train_steps"] == 16
+    assert not list(folder.glob("**/.*tmp-*")) and not (folder / ".lock").exists()
+    first, second = _launch(cmd, port)  # finished: nothing to train (a rank waiting for a fit would time out)
+    assert "test records in" in first and second == ""
+
+
 def test_a_killed_two_process_fit_resumes_from_its_checkpoint(tmp_path, micro):
     cmd = _cli(tmp_path, micro, 2, steps=60)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_THREAD,
