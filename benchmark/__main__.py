@@ -364,6 +364,7 @@ def cmd_sweep(args) -> int:
     params = S.slurm_parameters(args.slurm_config, slurm_partition=args.partition, slurm_account=args.account,
                                 timeout_min=args.time_min, gpus_per_node=args.gpus, cpus_per_task=args.cpus,
                                 mem_gb=args.mem_gb, slurm_array_parallelism=args.array_parallelism)
+    params = S.launch_parameters(todo, args.executor, params)
     results, previous = [], None
     for wave in S.waves(todo):  # --vary sampling variants after the fits they re-use
         jobs = [S.FitJob(spec, str(args.results_dir), frd=not args.no_frd, threads=threads,

@@ -167,6 +167,25 @@ def _line(job: FitJob, result: dict) -> str:
     return f"finished {what}: {result['records']} records in {result['run']}"
 
 
+def launch_parameters(specs: list[RunSpec], kind: str, parameters: dict) -> dict:
+    """`parameters` with what the fits' devices need, where the flags or YAML did not say: a fit over several nodes
+    (`--strategy ddp`) is one SLURM job of `num_nodes` nodes x `devices` tasks, srun starting every task (submitit's
+    `nodes` and `tasks_per_node`); a GPU fit asks for its devices per node (`gpus_per_node`). A fit whose processes a
+    launcher starts cannot run under the local executors, which start one process per job."""
+    spec = specs[0]  # one sweep: the same devices for every fit
+    launched = [s for s in specs if s.launched_outside and s.world > 1]
+    if launched and kind != "slurm":
+        raise RunError(f"--strategy ddp over {spec.world} processes needs a launcher (srun): use --executor slurm, or "
+                       "--strategy ddp_fork for several devices of one machine")
+    out = dict(parameters)
+    if launched:
+        out.setdefault("nodes", spec.num_nodes)
+        out.setdefault("tasks_per_node", spec.devices)
+    if spec.accelerator == "gpu":
+        out.setdefault("gpus_per_node", spec.devices)
+    return out
+
+
 def submitit_executor(kind: str, log_dir: Path, parameters: dict):
     """submitit's executor for `kind` ("slurm" or "submitit-local") with `parameters` (AutoExecutor's names)."""
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark import sweep as S
 from benchmark.config import RunSpec
 from benchmark.records import RunError, read_records
 from benchmark.sweep import FitJob, expand, parse_vary, status, waves
@@ -136,3 +137,26 @@ def test_a_killed_sweep_job_resumes_when_the_sweep_is_submitted_again(tmp_path, 
     tests = [r for r in read_records(folder / "records.jsonl") if r["split"] == "test"]
     assert {tuple(r["resumed_from_steps"]) for r in tests} == {(25,)}
     _same(uninterrupted, _metrics(folder))
+
+
+def test_a_fit_over_nodes_is_one_slurm_job_whose_tasks_srun_starts(tmp_path, monkeypatch):
+    """`--num-nodes 2 --devices 4 --strategy ddp` on SLURM: submitit's sbatch script asks for 2 nodes x 4 tasks (and
+    4 GPUs per node for a GPU fit) and runs the job under srun, so that every task runs the fit (`run.follow` for
+    the ranks after the first); flags and YAML still win. The local executors cannot start such a fit."""
+    import shutil
+
+    import submitit.slurm.slurm as slurm
+
+    specs = [RunSpec("medshift", accelerator="gpu", devices=4, num_nodes=2, strategy="ddp", seed=s) for s in (0, 1)]
+    params = S.launch_parameters(specs, "slurm", {"timeout_min": 60})
+    assert params == {"timeout_min": 60, "nodes": 2, "tasks_per_node": 4, "gpus_per_node": 4}
+    assert S.launch_parameters(specs, "slurm", {"gpus_per_node": 8})["gpus_per_node"] == 8
+    real_which = shutil.which
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/srun" if name == "srun" else real_which(name))
+    script = S.submitit_executor("slurm", tmp_path, params)._executor._make_submission_file_text("python job", "u1")
+    assert {"#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4", "#SBATCH --gpus-per-node=4"} <= set(script.split("\n"))
+    assert "\nsrun " in script
+    with pytest.raises(RunError, match="needs a launcher"):
+        S.launch_parameters(specs, "submitit-local", {})
+    one_machine = [RunSpec("medshift", devices=2, strategy="ddp_fork")]
+    assert S.launch_parameters(one_machine, "local", {}) == {}
