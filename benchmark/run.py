@@ -46,7 +46,7 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -724,8 +724,9 @@ def follow(spec: RunSpec, ctx: RunContext) -> list[dict]:
     return []
 
 
-def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
-    """The stages of one run, each a function below; every stage can be interrupted and resumed."""
+def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path, child: bool = False) -> list[dict]:
+    """The stages of one run, each a function below; every stage can be interrupted and resumed. `child`: this is
+    the process `evaluated_in_child` started."""
     state = _read_state(folder, ctx)
     dataset = load_data(spec, ctx)
     check_data(dataset, spec)
@@ -741,9 +742,53 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     evaluator.train = dict(plan)
     evaluator.train = final_weights(spec, method, dataset, folder, ctx, donor, plan, evaluator)
     method.eval()
-    _evaluate(spec, ctx, folder, evaluator, todo, state)
+    device = evaluation_device(spec)
+    if not child and evaluate_in_child(spec, device):
+        return evaluated_in_child(spec, ctx, folder)
+    _evaluate(spec, ctx, folder, evaluator, todo, state, device)
     write_done(folder, state.records)
     return state.records
+
+
+def evaluation_device(spec: RunSpec) -> torch.device:
+    """Where a run translates its validation and test sets: the accelerator it trained on, as Lightning picks it
+    (CUDA, else Apple's MPS, for `gpu` and `auto`), this process's first device. Lightning moves the model back to the
+    CPU when a fit ends, so without this a GPU run would evaluate on the CPU."""
+    if spec.accelerator in ("gpu", "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda", 0)
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+    return torch.device("cpu")
+
+
+def evaluate_in_child(spec: RunSpec, device: torch.device) -> bool:
+    """A ddp_fork fit evaluating on a CUDA device does so in a child process: the next ddp_fork fit of this process
+    forks its ranks, which Lightning refuses once CUDA is initialised here."""
+    return spec.strategy == "ddp_fork" and spec.world > 1 and device.type == "cuda"
+
+
+def evaluated_in_child(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
+    """Evaluate the run (its selected weights are on disk) in a spawned process, which writes every record and `done`
+    as this process would, and return its records. Spawned, not forked: a child forked after this process ran
+    OpenMP-parallel CPU kernels can hang in its first one."""
+    import multiprocessing as mp
+
+    light = replace(ctx, datasets={}, progress=None, _val_scorer=None)  # the child loads the data itself
+    child = mp.get_context("spawn").Process(target=_child_run, args=(spec, light, folder, torch.get_num_threads()),
+                                            name="xraybench-evaluate")
+    child.start()
+    child.join()
+    problem = verify_done(folder)
+    if child.exitcode != 0 or problem:
+        raise RunError(f"the evaluation process of {folder} failed (exit code {child.exitcode}; its error is printed "
+                       "above); the records it finished are on disk: run the same command again to resume")
+    return read_records(folder / "records.jsonl")
+
+
+def _child_run(spec: RunSpec, ctx: RunContext, folder: Path, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _run_locked(spec, ctx, folder, child=True)  # this run's lock is held by the parent, which waits
 
 
 @dataclass
@@ -815,9 +860,12 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
     return donor
 
 
-def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState):
-    """Choose the knob on validation, then score the missing test points (or re-score stale ones), each written
-    as soon as it is made."""
+def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState,
+              device: torch.device | None = None):
+    """On `device`, choose the knob on validation, then score the missing test points (or re-score stale ones),
+    each written as soon as it is made."""
+    if device is not None:
+        evaluator.method.to(device)
     choice = evaluator.choose_knobs()
     records = state.records
     bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None

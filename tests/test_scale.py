@@ -244,6 +244,41 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(tmp_path, micro)
     assert not list(tmp_path.glob("runs/*/*/*/checkpoints"))
 
 
+def test_evaluation_runs_on_the_accelerator_the_run_trained_on(monkeypatch):
+    """Lightning moves the model back to the CPU when a fit ends; the runner moves it to the run's accelerator."""
+    import torch
+
+    from benchmark.run import evaluate_in_child, evaluation_device
+
+    assert evaluation_device(RunSpec("medshift", accelerator="gpu")).type in ("cpu", "mps")  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    gpu = RunSpec("medshift", accelerator="gpu", devices=8, strategy="ddp_fork")
+    assert evaluation_device(gpu) == torch.device("cuda", 0)
+    assert evaluation_device(RunSpec("medshift", accelerator="cpu")) == torch.device("cpu")
+    assert evaluate_in_child(gpu, evaluation_device(gpu))
+    assert not evaluate_in_child(RunSpec("medshift", accelerator="gpu"), torch.device("cuda", 0))  # one device
+
+
+def test_an_evaluation_in_a_child_process_records_what_one_in_process_records(tmp_path, micro, monkeypatch):
+    """The path of a ddp_fork fit on GPUs (forced here on the CPU): a spawned child loads the selected weights,
+    translates and writes every record and `done`, this process evaluates nothing and returns the child's records,
+    equal to an in-process evaluation's."""
+    import benchmark.run as R
+
+    calls = []
+    real = R._evaluate
+    monkeypatch.setattr(R, "_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = {}
+    for name, child in (("here", False), ("child", True)):
+        monkeypatch.setattr(R, "evaluate_in_child", lambda spec, device, child=child: child)
+        spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=8)
+        records = run_one(spec, RunContext(tmp_path / name, Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True))
+        folder, out[name] = _metrics(tmp_path / name)
+        assert verify_done(folder) is None and len(records) == len(out[name])
+        assert len([r for r in records if r["split"] == "test"]) == 2
+    assert out["here"] == out["child"] and calls == [1]  # the parent evaluated the first run only
+
+
 def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path, micro, monkeypatch):
     """channels-last and torch.compile (graph capture through the "eager" backend here: inductor's code generation
     is what a GPU run adds) give the records of the plain fit to float noise, and checkpoints load into a plain
