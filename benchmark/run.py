@@ -33,7 +33,11 @@ fidelity against each test scene's aligned counterpart (`datasets.splits`).
 
 A fit over several devices (`RunSpec.devices`, Lightning's `ddp_fork`) runs only `trainer.fit` in forked processes:
 the method's batch is split over the ranks (`datasets.datamodule.BatchStream`), the first rank alone scores the
-learning curve and writes checkpoints, and this process alone writes everything else and evaluates afterwards.
+learning curve and writes checkpoints, and this process alone writes everything else and evaluates afterwards (on
+GPUs in a spawned child, `evaluated_in_child`). A fit over several nodes (`--strategy ddp`) runs this whole module in
+every process a launcher started: the first rank as above, the others only join the fit (`follow`). Gradient
+accumulation splits each rank's share into micro-batches; whatever happens per optimizer step happens once per
+global batch (`methods.base.ends_optimizer_step`). Evaluation runs on the run's accelerator (`evaluation_device`).
 """
 from __future__ import annotations
 
