@@ -234,6 +234,11 @@ def test_bad_set_values_fail_before_any_work(key, value, message):
     (["--max-steps", "-5"], "--max-steps -5"),
     (["--set", "guidance=abc"], "guidance takes a float"),
     (["--task", "real_normal->real_normal"], "needs at least one source domain other than its target"),
+    (["--accumulate", "0"], "--accumulate 0: at least 1"),
+    (["--accumulate", "3"], "which does not split over 3 micro-batches"),
+    (["--num-nodes", "2", "--strategy", "ddp_fork"], "a fit over several nodes runs with --strategy ddp"),
+    (["--method", "cyclegan", "--accumulate", "2"], "cyclegan steps its optimisers itself"),
+    (["--method", "histmatch", "--num-nodes", "2"], "histmatch trains nothing to share over 2 processes"),
 ])
 def test_cli_rejects_bad_values_in_one_line(argv, message, capsys):
     from benchmark.__main__ import main

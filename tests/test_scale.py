@@ -327,3 +327,13 @@ def test_perf_times_training_iterations_at_two_precisions(micro, capsys, monkeyp
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[1].startswith("unet-regression")  # identity trains nothing: no line
     assert "32-true" in lines[1] and "bf16-mixed" in lines[1] and "(1.00x)" in lines[1]
+
+
+def test_a_launch_over_several_processes_runs_one_fit(tmp_path, capsys):
+    from benchmark.__main__ import main
+
+    assert main(["run", "--method", "medshift", "--seeds", "0", "1", "--num-nodes", "2", "--results-dir",
+                 str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "runs one fit per launch, and this request makes 2" in err and "\n" not in err
+    assert not list(tmp_path.glob("runs/*"))
