@@ -136,6 +136,13 @@ class BatchStream(Sampler):
         yield from itertools.islice(self._epochs, self.per_epoch())
 
 
+def _on_cuda(trainer) -> bool:
+    """Whether `trainer` (or None) trains on CUDA devices: its batches are then copied from page-locked memory."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    return trainer is not None and isinstance(getattr(trainer, "accelerator", None), CUDAAccelerator)
+
+
 class TranslationDataModule(L.LightningDataModule):
     """Batches `{"image": (B, 1, H, W) in [-1, 1], "domain": (B,) int64, "id": list[str]}`.
 
@@ -214,5 +221,7 @@ class TranslationDataModule(L.LightningDataModule):
                              n_b=len(self._train.b) if isinstance(self._train, _Unpaired) else None,
                              iterations=self.iterations, start=self.start, rank=rank, world=world,
                              micro=self.accumulate)
-        # the stream owns the order; this generator only keeps the loader's base-seed draw off torch's global one
-        return DataLoader(self._train, batch_sampler=stream, num_workers=0, generator=torch.Generator())
+        # the stream owns the order; this generator only keeps the loader's base-seed draw off torch's global one.
+        # The images are in memory, so batches are gathered in this process (no workers); page-locked for a CUDA fit
+        return DataLoader(self._train, batch_sampler=stream, num_workers=0, generator=torch.Generator(),
+                          pin_memory=_on_cuda(trainer))

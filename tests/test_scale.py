@@ -337,3 +337,19 @@ def test_a_launch_over_several_processes_runs_one_fit(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "runs one fit per launch, and this request makes 2" in err and "\n" not in err
     assert not list(tmp_path.glob("runs/*"))
+
+
+def test_batches_are_page_locked_for_a_cuda_fit_only(micro):
+    """The loader pins its batches when the Trainer trains on CUDA devices (checked without one: the flag, not the
+    copy), and not on the CPU."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+
+    from datasets.datamodule import TranslationDataModule
+
+    dm = TranslationDataModule(micro, micro.domains, batch_size=4, iterations=2)
+    assert dm.train_dataloader().pin_memory is False  # no trainer
+    for accelerator, pinned in ((CPUAccelerator(), False), (CUDAAccelerator(), True)):
+        dm.trainer = SimpleNamespace(accelerator=accelerator, global_rank=0, world_size=1)
+        assert dm.train_dataloader().pin_memory is pinned
