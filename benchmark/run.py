@@ -33,11 +33,12 @@ fidelity against each test scene's aligned counterpart (`datasets.splits`).
 
 A fit over several devices (`RunSpec.devices`, Lightning's `ddp_fork`) runs only `trainer.fit` in forked processes:
 the method's batch is split over the ranks (`datasets.datamodule.BatchStream`), the first rank alone scores the
-learning curve and writes checkpoints, and this process alone writes everything else and evaluates afterwards (on
-GPUs in a spawned child, `evaluated_in_child`). A fit over several nodes (`--strategy ddp`) runs this whole module in
-every process a launcher started: the first rank as above, the others only join the fit (`follow`). Gradient
-accumulation splits each rank's share into micro-batches; whatever happens per optimizer step happens once per
-global batch (`methods.base.ends_optimizer_step`). Evaluation runs on the run's accelerator (`evaluation_device`).
+learning curve and writes checkpoints, and this process alone writes everything else and scores the evaluation
+afterwards, translated in one spawned process per device (`translate_sharded`). A fit over several nodes
+(`--strategy ddp`) runs this whole module in every process a launcher started: the first rank as above, the others
+only join the fit (`follow`). Gradient accumulation splits each rank's share into micro-batches; whatever happens per
+optimizer step happens once per global batch (`methods.base.ends_optimizer_step`). Evaluation runs on the run's
+accelerator (`evaluation_device`).
 """
 from __future__ import annotations
 
@@ -457,10 +458,15 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+#: Images per sampler call when translating (measured: a 64-px U-Net on 2 cores runs 2x faster per image than at 64).
+#: The same on every device: a stochastic sampler seeds its noise per call, so the batch decides each image's noise.
+EVAL_BATCH = 16
+
+
 @torch.no_grad()
 def _translate(method, x: torch.Tensor, source: str, target: str, knob,
-               batch_size: int = 16) -> tuple[torch.Tensor, float]:
-    """Translate in batches of 16 (measured: a 64-px U-Net on 2 cores runs 2x faster per image than at 64)."""
+               batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, float]:
+    """Translate in batches of `EVAL_BATCH`; returns the translations and the seconds per image."""
     device = method.device
     t0 = time.perf_counter()
     out = [method.translate(x[i:i + batch_size].to(device), source, target, knob).float().cpu()
@@ -495,6 +501,8 @@ class Evaluator:
         self.sets, self.references = {}, {}
         self.sha, self.setting = git_sha(), setting(spec)
         self.train: dict = {}
+        #: translations made elsewhere with the selected weights (`translate_sharded`), used once each
+        self.translated: dict = {}
 
     # ------------------------------------------------------------------ data
     def _set(self, split: str, task_name: str, source: str, subset: bool = False):
@@ -522,7 +530,8 @@ class Evaluator:
     def _record(self, method, split: str, task_name: str, source: str, knob, step=None, subset=False) -> dict:
         x_src, x_gt, gt_reason, subjects, scenes = self._set(split, task_name, source, subset)
         target = self.tasks[task_name].target
-        x_hat, sec = _translate(method, x_src, source, target, knob)
+        done = self.translated.pop((split, task_name, source, knob, subset), None)
+        x_hat, sec = done if done is not None else _translate(method, x_src, source, target, knob)
         if split == "test":
             save_samples(self.path.parent, task_name, scenes, sample_scenes(self.dataset, target), source, target,
                          knob, x_src, x_gt, x_hat)
@@ -563,6 +572,14 @@ class Evaluator:
 
     def curve_records(self) -> list[dict]:
         return [r for r in self.records if r.get("split") == "val" and isinstance(r.get("step"), int)]
+
+    def plan(self, todo: list[tuple]) -> list[tuple]:
+        """The translations an evaluation of the test points `todo` makes with the selected weights, as keys
+        (split, task, source, knob, subset): the knob choice's validation points not yet recorded, then `todo`."""
+        have = {point_key(r) for r in self.records}
+        keys = [("val", t, s, k, False) for t, task in self.tasks.items() for s in task.sources
+                for k in self.method.knob_grid if ("val", "selected", t, s, k) not in have]
+        return keys + [("test", t, s, k, False) for t, s, k in todo]
 
     def choose_knobs(self, bar=None) -> dict:
         """Score every table knob value on the whole validation set; {task: the best value}."""
@@ -694,6 +711,10 @@ def launch_rank(spec: RunSpec) -> int:
         return int(os.environ["SLURM_PROCID"])
     if TorchElasticEnvironment.detect():
         return int(os.environ["RANK"])
+    if "LOCAL_RANK" not in os.environ:  # Lightning would start the other ranks itself, re-running this command
+        raise RunError(f"--strategy ddp over {spec.world} processes: start one process per device with srun or "
+                       "torchrun (see the README, Running at scale); for the devices of this machine use "
+                       "--strategy ddp_fork")
     node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
     return node * spec.devices + int(os.environ.get("LOCAL_RANK", 0))
 
@@ -728,9 +749,8 @@ def follow(spec: RunSpec, ctx: RunContext) -> list[dict]:
     return []
 
 
-def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path, child: bool = False) -> list[dict]:
-    """The stages of one run, each a function below; every stage can be interrupted and resumed. `child`: this is
-    the process `evaluated_in_child` started."""
+def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
+    """The stages of one run, each a function below; every stage can be interrupted and resumed."""
     state = _read_state(folder, ctx)
     dataset = load_data(spec, ctx)
     check_data(dataset, spec)
@@ -746,10 +766,12 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path, child: bool = Fals
     evaluator.train = dict(plan)
     evaluator.train = final_weights(spec, method, dataset, folder, ctx, donor, plan, evaluator)
     method.eval()
-    device = evaluation_device(spec)
-    if not child and evaluate_in_child(spec, device):
-        return evaluated_in_child(spec, ctx, folder)
-    _evaluate(spec, ctx, folder, evaluator, todo, state, device)
+    shards = translation_shards(spec, config)
+    if shards > 1:  # this process scores; it never moves the model to a GPU (`translate_sharded`)
+        evaluator.translated = translate_sharded(spec, ctx, folder, evaluator.plan(todo), shards)
+    else:
+        method.to(evaluation_device(spec))
+    _evaluate(spec, ctx, folder, evaluator, todo, state)
     write_done(folder, state.records)
     return state.records
 
@@ -766,33 +788,83 @@ def evaluation_device(spec: RunSpec) -> torch.device:
     return torch.device("cpu")
 
 
-def evaluate_in_child(spec: RunSpec, device: torch.device) -> bool:
-    """A ddp_fork fit evaluating on a CUDA device does so in a child process: the next ddp_fork fit of this process
-    forks its ranks, which Lightning refuses once CUDA is initialised here."""
-    return spec.strategy == "ddp_fork" and spec.world > 1 and device.type == "cuda"
+def translation_shards(spec: RunSpec, config: dict) -> int:
+    """Processes a learned method's evaluation translates in: one per device of this node for a fit over several
+    devices, else none besides this one (1)."""
+    return spec.devices if spec.world > 1 and "max_steps" in config else 1
 
 
-def evaluated_in_child(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
-    """Evaluate the run (its selected weights are on disk) in a spawned process, which writes every record and `done`
-    as this process would, and return its records. Spawned, not forked: a child forked after this process ran
-    OpenMP-parallel CPU kernels can hang in its first one."""
+def translate_sharded(spec: RunSpec, ctx: RunContext, folder: Path, keys: list[tuple], shards: int) -> dict:
+    """Translate the evaluation's `keys` ((split, task, source, knob, subset), `Evaluator.plan`) with the selected
+    weights in `shards` spawned processes, one per device (`shard_device`), and return {key: (translations,
+    seconds per image)} for this process to score. The batches are the in-process evaluation's (`EVAL_BATCH`
+    images, each sampler call seeding its own noise), dealt round-robin over the processes, so the translations are
+    the ones a single process makes. Spawned, not forked: a child forked after this process ran OpenMP-parallel CPU
+    kernels can hang in its first one, and this process never initialises CUDA (its next ddp_fork fit could not
+    fork). A failed process is a RunError; nothing is recorded from a partial translation."""
     import multiprocessing as mp
 
-    light = replace(ctx, datasets={}, progress=None, _val_scorer=None)  # the child loads the data itself
-    child = mp.get_context("spawn").Process(target=_child_run, args=(spec, light, folder, torch.get_num_threads()),
-                                            name="xraybench-evaluate")
-    child.start()
-    child.join()
-    problem = verify_done(folder)
-    if child.exitcode != 0 or problem:
-        raise RunError(f"the evaluation process of {folder} failed (exit code {child.exitcode}; its error is printed "
-                       "above); the records it finished are on disk: run the same command again to resume")
-    return read_records(folder / "records.jsonl")
+    out = folder / ".shards"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    light = replace(ctx, datasets={}, progress=None, _val_scorer=None)  # each process loads the data itself
+    threads = max(1, torch.get_num_threads() // shards)
+    if torch.cuda.is_initialized():  # this process trained on a GPU (a launched rank): free what its cache holds
+        torch.cuda.empty_cache()
+    procs = [mp.get_context("spawn").Process(target=_translate_shard, name=f"xraybench-translate-{r}",
+                                             args=(spec, light, folder, keys, r, shards, threads))
+             for r in range(shards)]
+    try:
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        failed = [f"{proc.name} (exit code {proc.exitcode})" for proc in procs if proc.exitcode != 0]
+        if failed:
+            raise RunError(f"{folder}: translating the evaluation failed in {', '.join(failed)} (its error is printed "
+                           "above); nothing of it was recorded: run the same command again")
+        parts = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(shards)]
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+        shutil.rmtree(out, ignore_errors=True)
+    merged = {}
+    for i, key in enumerate(keys):
+        batches = {b: xs for part in parts for b, xs in part.get(i, {}).items()}
+        x_hat = torch.cat([batches[b][0] for b in sorted(batches)])
+        merged[key] = (x_hat, sum(float(t) for _, t in batches.values()) / max(len(x_hat), 1))
+    return merged
 
 
-def _child_run(spec: RunSpec, ctx: RunContext, folder: Path, threads: int) -> None:
+def shard_device(spec: RunSpec, rank: int) -> torch.device:
+    """The device of translation process `rank`: the rank-th GPU of this node, else the CPU."""
+    device = evaluation_device(spec)
+    return torch.device("cuda", rank) if device.type == "cuda" else device
+
+
+def _translate_shard(spec: RunSpec, ctx: RunContext, folder: Path, keys: list[tuple], rank: int, world: int,
+                     threads: int) -> None:
+    """One process of `translate_sharded`: batches rank, rank + world, ... of the evaluation, written to
+    `.shards/rank<r>.pt` as {key index: {batch: (translations, seconds)}}."""
     torch.set_num_threads(threads)
-    _run_locked(spec, ctx, folder, child=True)  # this run's lock is held by the parent, which waits
+    dataset = load_data(spec, ctx)
+    config, _ = _resolve(spec, dataset, ctx, folder)
+    method = speedups(_build(spec, dataset, config), spec.speedups)
+    _load_weights(method, folder / "checkpoints" / "selected.ckpt")
+    method.eval().to(shard_device(spec, rank))
+    evaluator = Evaluator(spec, method, dataset, ctx, [], folder / "records.jsonl")
+    sets = [evaluator._set(split, task, source, subset)[0] for split, task, source, _, subset in keys]
+    items = [(i, b) for i, x in enumerate(sets) for b in range(-(-len(x) // EVAL_BATCH))]
+    mine: dict = {}
+    for i, b in items[rank::world]:
+        _, task, source, knob, _ = keys[i]
+        x = sets[i][b * EVAL_BATCH:(b + 1) * EVAL_BATCH]
+        x_hat, sec = _translate(method, x, source, evaluator.tasks[task].target, knob)
+        mine.setdefault(i, {})[b] = (x_hat, sec * len(x))
+    tmp = folder / ".shards" / f".rank{rank}.pt.tmp"
+    torch.save(mine, tmp)
+    tmp.replace(tmp.with_name(f"rank{rank}.pt"))
 
 
 @dataclass
@@ -864,12 +936,9 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
     return donor
 
 
-def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState,
-              device: torch.device | None = None):
-    """On `device`, choose the knob on validation, then score the missing test points (or re-score stale ones),
-    each written as soon as it is made."""
-    if device is not None:
-        evaluator.method.to(device)
+def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState):
+    """Choose the knob on validation, then score the missing test points (or re-score stale ones), each written
+    as soon as it is made."""
     choice = evaluator.choose_knobs()
     records = state.records
     bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None

@@ -22,6 +22,7 @@ from datasets.datamodule import BatchStream
 
 ROOT = Path(__file__).resolve().parents[1]
 ONE_THREAD = dict(os.environ, OMP_NUM_THREADS="1")
+KEYS = ("ssim_src", "ssim_gt", "psnr_gt", "nps_dist")
 
 
 def test_each_rank_serves_its_share_of_every_global_batch():
@@ -235,8 +236,8 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(tmp_path, micro)
     with pytest.raises(RunError, match="does not split over 3 devices"):
         run_one(spec, ctx)
     assert not list(tmp_path.glob("runs/*/*/*/checkpoints"))
-    with pytest.raises(RunError, match="--strategy ddp_fork"):
-        run_one(RunSpec("unet-regression", preset="micro", devices=2, strategy="ddp"), ctx)
+    with pytest.raises(RunError, match="start one process per device with srun or torchrun"):
+        run_one(RunSpec("unet-regression", preset="micro", devices=2, strategy="ddp"), ctx)  # no launcher here
     with pytest.raises(RunError, match="2 devices x 3 micro-batches"):
         run_one(RunSpec("medshift", preset="micro", devices=2, strategy="ddp_fork", accumulate=3), ctx)
     with pytest.raises(RunError, match="cyclegan steps its optimisers itself"):
@@ -245,38 +246,55 @@ def test_a_batch_that_does_not_split_is_refused_before_any_work(tmp_path, micro)
 
 
 def test_evaluation_runs_on_the_accelerator_the_run_trained_on(monkeypatch):
-    """Lightning moves the model back to the CPU when a fit ends; the runner moves it to the run's accelerator."""
+    """Lightning moves the model back to the CPU when a fit ends; the runner moves it to the run's accelerator, and a
+    sharded evaluation's process r to the r-th GPU."""
     import torch
 
-    from benchmark.run import evaluate_in_child, evaluation_device
+    from benchmark.run import evaluation_device, shard_device, translation_shards
 
     assert evaluation_device(RunSpec("medshift", accelerator="gpu")).type in ("cpu", "mps")  # no CUDA here
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     gpu = RunSpec("medshift", accelerator="gpu", devices=8, strategy="ddp_fork")
-    assert evaluation_device(gpu) == torch.device("cuda", 0)
+    assert evaluation_device(gpu) == torch.device("cuda", 0) and shard_device(gpu, 5) == torch.device("cuda", 5)
     assert evaluation_device(RunSpec("medshift", accelerator="cpu")) == torch.device("cpu")
-    assert evaluate_in_child(gpu, evaluation_device(gpu))
-    assert not evaluate_in_child(RunSpec("medshift", accelerator="gpu"), torch.device("cuda", 0))  # one device
+    assert translation_shards(gpu, {"max_steps": 10}) == 8 and translation_shards(gpu, {}) == 1  # histmatch: none
+    nodes = RunSpec("medshift", accelerator="gpu", devices=4, num_nodes=2, strategy="ddp")
+    assert translation_shards(nodes, {"max_steps": 10}) == 4  # the first node's devices
 
 
-def test_an_evaluation_in_a_child_process_records_what_one_in_process_records(tmp_path, micro, monkeypatch):
-    """The path of a ddp_fork fit on GPUs (forced here on the CPU): a spawned child loads the selected weights,
-    translates and writes every record and `done`, this process evaluates nothing and returns the child's records,
-    equal to an in-process evaluation's."""
+@pytest.mark.parametrize("method, overrides", [
+    ("unet-regression", ()),
+    ("sdedit", (("base_channels", 8), ("channel_mults", [1, 2]), ("num_inference_steps", 10))),  # noise per call
+])
+def test_a_sharded_evaluation_records_what_one_process_records(tmp_path, micro, monkeypatch, method, overrides):
+    """The evaluation of a fit over several devices, translated in 3 spawned processes (the batches dealt unevenly)
+    and scored here, records what an in-process evaluation records, and this process translates nothing of it."""
     import benchmark.run as R
 
-    calls = []
-    real = R._evaluate
-    monkeypatch.setattr(R, "_evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls, scoring = [], []
+    real_translate, real_evaluate = R._translate, R._evaluate
+
+    def evaluate(*a, **k):
+        scoring.append(True)
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(R, "_translate", lambda *a, **k: calls.append(bool(scoring)) or real_translate(*a, **k))
+    monkeypatch.setattr(R, "_evaluate", evaluate)
     out = {}
-    for name, child in (("here", False), ("child", True)):
-        monkeypatch.setattr(R, "evaluate_in_child", lambda spec, device, child=child: child)
-        spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=8)
+    for name, shards in (("here", 1), ("sharded", 3)):
+        monkeypatch.setattr(R, "translation_shards", lambda spec, config, shards=shards: shards)
+        calls.clear()
+        scoring.clear()
+        spec = RunSpec(method, preset="micro", data_root=str(micro.root.parent.parent), max_steps=8,
+                       overrides=overrides)
         records = run_one(spec, RunContext(tmp_path / name, Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True))
-        folder, out[name] = _metrics(tmp_path / name)
-        assert verify_done(folder) is None and len(records) == len(out[name])
-        assert len([r for r in records if r["split"] == "test"]) == 2
-    assert out["here"] == out["child"] and calls == [1]  # the parent evaluated the first run only
+        folder = spec.folder(tmp_path / name)
+        out[name] = {(r["split"], r["step"], r["source"], r["knob_value"]): [r[k] for k in KEYS] for r in records}
+        assert verify_done(folder) is None and len(records) == len(out[name]) and not (folder / ".shards").exists()
+        assert any(calls) == (shards == 1)  # sharded: every evaluation translation came from the processes
+    assert out["here"].keys() == out["sharded"].keys()
+    for k in out["here"]:
+        assert out["sharded"][k] == pytest.approx(out["here"][k], abs=1e-5), k
 
 
 def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path, micro, monkeypatch):
