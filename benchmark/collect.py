@@ -119,7 +119,8 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
         files = list(dict.fromkeys(df[key == key[dup.index[0]]]["_file"]))
         raise ValueError(f"two fits record {r['method']} seed {r['seed']} {r['task']} {r['source']} "
                          f"knob={r['knob_value']!r}: {Path(files[0]).parent} and {Path(files[-1]).parent}; one fit per "
-                         "(method, setting, seed, data): delete one of the folders")
+                         "(method, setting, seed, data): delete one of the folders, or keep fits that differ in how "
+                         "they ran (--precision, --accelerator, --devices) under another --results-dir")
     # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
     df["method"] = df["method"].where(df["setting"] == "", df["method"] + " (" + df["setting"] + ")")
     return df
