@@ -804,6 +804,8 @@ def translate_sharded(spec: RunSpec, ctx: RunContext, folder: Path, keys: list[t
     fork). A failed process is a RunError; nothing is recorded from a partial translation."""
     import multiprocessing as mp
 
+    if not keys:
+        return {}
     out = folder / ".shards"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
