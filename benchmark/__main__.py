@@ -77,7 +77,6 @@ def cmd_run(args) -> int:
 
     from benchmark.config import parse_set, plan, resolve_config
     from benchmark.run import RunContext, data_key
-    from benchmark.scorer import Scorer
     from datasets import dataset_domains
     from methods import METHODS
 
@@ -107,9 +106,7 @@ def cmd_run(args) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     with Progress(console=console, disable=args.quiet) as progress:
-        ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
-                                                         clip_dir=args.clip_dir, frd=not args.no_frd),
-                         progress=progress, quiet=args.quiet)
+        ctx = RunContext(args.results_dir, _run_scorer(args), progress=progress, quiet=args.quiet)
         if loaded is not None:  # a folder dataset was scanned to learn its domains: not again
             ctx.datasets[data_key(specs[0])] = loaded
         _prepare_data(specs[0], ctx, progress)
@@ -130,22 +127,27 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _run_scorer(args):
+    """The scorer of `run`'s options."""
+    from benchmark.scorer import Scorer
+
+    return Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache", clip_dir=args.clip_dir,
+                  frd=not args.no_frd)
+
+
 def _run_launched(specs: list, args) -> int:
     """One fit whose processes a launcher started (`--strategy ddp`): every process runs it, the first rank alone
     writes and prints. One fit per launch: the other ranks would otherwise wait, idle and against the process group's
     timeout, while the first evaluates."""
     from benchmark.records import RunError
     from benchmark.run import RunContext, launch_rank, run_one
-    from benchmark.scorer import Scorer
 
     spec = specs[0]
     if len(specs) > 1:
         raise RunError(f"--strategy ddp over {spec.world} processes runs one fit per launch, and this request makes "
                        f"{len(specs)} (methods x seeds); launch one each, or use `python -m benchmark sweep --executor "
                        "slurm`, which submits one job per fit")
-    ctx = RunContext(args.results_dir, Scorer(weights_dir=args.weights_dir, cache_dir=args.results_dir / "cache",
-                                              clip_dir=args.clip_dir, frd=not args.no_frd), quiet=True)
-    records = run_one(spec, ctx)
+    records = run_one(spec, RunContext(args.results_dir, _run_scorer(args), quiet=True))
     if launch_rank(spec) == 0:
         tests = [r for r in records if r.get("split", "test") == "test"]
         print(f"{spec.method} seed {spec.seed}: {len(tests)} test records in {spec.folder(args.results_dir)}")

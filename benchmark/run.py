@@ -407,6 +407,18 @@ class LearningCurve:
         self.hook = _Hook()
 
 
+def learning_curve(spec: RunSpec, method, score, ckpt_dir: Path) -> LearningCurve | None:
+    """The fit's learning curve (`validation.curve_steps` of its iterations; `score` None on the ranks that only
+    train), or None for a method without iterations."""
+    per_iteration = type(method).optimizer_steps_per_iteration
+    iterations = method.trainer_settings(spec.max_steps).get("max_steps", 0) // per_iteration
+    steps = V.curve_steps(iterations) if iterations > 0 else []
+    if not steps:
+        return None
+    Path(ckpt_dir).mkdir(parents=True, exist_ok=True)
+    return LearningCurve(steps, score, per_iteration, ckpt_dir)
+
+
 def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, donor: Path | None,
                   plan: dict, evaluator) -> dict:
     """Bring `method` to the run's selected weights and return `train.json`.
@@ -429,13 +441,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
         return json.loads(info_path.read_text())
     info = json.loads(info_path.read_text()) if info_path.is_file() else dict(segments=[], fit_from=None)
     prepare(spec, method, dataset, ctx)
-    per_iteration = type(method).optimizer_steps_per_iteration
-    iterations = method.trainer_settings(spec.max_steps).get("max_steps", 0) // per_iteration
-    steps = V.curve_steps(iterations) if iterations > 0 else []
-    curve = None
-    if steps:
-        curve = LearningCurve(steps, evaluator.curve_point, per_iteration, ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    curve = learning_curve(spec, method, evaluator.curve_point, ckpt_dir)
     info["segments"].append(_fit(spec, method, dataset, folder, ctx, curve))
     if spec.world > 1:
         evaluator.reload()  # the learning-curve records were written by the first rank's process
@@ -573,27 +579,28 @@ class Evaluator:
     def curve_records(self) -> list[dict]:
         return [r for r in self.records if r.get("split") == "val" and isinstance(r.get("step"), int)]
 
+    def _knob_choice_points(self) -> list[tuple]:
+        """(task, source, knob) of the knob choice: every table knob value on the whole validation set."""
+        return [(t, s, k) for t, task in self.tasks.items() for s in task.sources for k in self.method.knob_grid]
+
     def plan(self, todo: list[tuple]) -> list[tuple]:
         """The translations an evaluation of the test points `todo` makes with the selected weights, as keys
         (split, task, source, knob, subset): the knob choice's validation points not yet recorded, then `todo`."""
         have = {point_key(r) for r in self.records}
-        keys = [("val", t, s, k, False) for t, task in self.tasks.items() for s in task.sources
-                for k in self.method.knob_grid if ("val", "selected", t, s, k) not in have]
+        keys = [("val", *p, False) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
         return keys + [("test", t, s, k, False) for t, s, k in todo]
 
     def choose_knobs(self, bar=None) -> dict:
         """Score every table knob value on the whole validation set; {task: the best value}."""
-        choice = {}
-        for task_name, task in self.tasks.items():
-            recs = []
-            for source in task.sources:
-                for knob in self.method.knob_grid:
-                    key = ("val", "selected", task_name, source, knob)
-                    done = [r for r in self.records if point_key(r) == key]
-                    recs.append(done[0] if done else self.add(
-                        self._record(self.method, "val", task_name, source, knob, step="selected")))
-            choice[task_name] = V.best_knob(recs)
-        return choice
+        have: dict[tuple, dict] = {}
+        for r in self.records:
+            have.setdefault(point_key(r), r)
+        recs: dict[str, list] = {}
+        for task_name, source, knob in self._knob_choice_points():
+            done = have.get(("val", "selected", task_name, source, knob))
+            recs.setdefault(task_name, []).append(done if done is not None else self.add(
+                self._record(self.method, "val", task_name, source, knob, step="selected")))
+        return {task_name: V.best_knob(r) for task_name, r in recs.items()}
 
     def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
         """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""
@@ -726,41 +733,36 @@ def follow(spec: RunSpec, ctx: RunContext) -> list[dict]:
     whether that rank will train (not when the run has its selected weights, or reuses a donor's) and otherwise joins
     the fit, resuming from the same `last.ckpt`. Returns no records (the first rank's are the run's)."""
     folder = spec.folder(ctx.results_dir)
+    dataset, config, _, method = _prepared(spec, ctx, folder)  # with the checks on which the first rank stops
+    _check_can_evaluate(folder, read_records(folder / "records.jsonl"), verify_done(folder) is None)
+    if (folder / "checkpoints" / "selected.ckpt").is_file() and (folder / "train.json").is_file():
+        return []  # trained: the first rank only evaluates
+    if _donor(spec, folder, config, dataset) is not None:
+        return []  # the first rank copies a finished fit's weights (`final_weights`)
+    prepare(spec, method, dataset, ctx)
+    with tf32_matmuls("tf32" in spec.speedups):
+        _fit(spec, method, dataset, folder, ctx, learning_curve(spec, method, None, folder / "checkpoints"))
+    return []
+
+
+def _prepared(spec: RunSpec, ctx: RunContext, folder: Path):
+    """The run's data (checked for the spec's method and against the folder's config.json), its resolved config and
+    budget plan, and the method built from them: (dataset, config, plan, method)."""
     dataset = load_data(spec, ctx)
     check_data(dataset, spec)
+    _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
-    method = speedups(_build(spec, dataset, config), spec.speedups)
-    _check_same_data(folder, dataset)  # the checks on which the first rank stops before the fit
-    _check_can_evaluate(folder, _RunState(read_records(folder / "records.jsonl"), verify_done(folder) is None, {},
-                                          set()))
-    selected, info = folder / "checkpoints" / "selected.ckpt", folder / "train.json"
-    if selected.is_file() and info.is_file():
-        return []  # trained: the first rank only evaluates
-    key = fit_key(asdict(spec), config, dataset.domains)
-    if not (selected.is_file() or info.is_file()) and find_donor(folder, key, dataset.domains, dataset.fingerprint):
-        return []  # the first rank copies a finished fit's weights (`_write_config`, `final_weights`)
-    prepare(spec, method, dataset, ctx)
-    per_iteration = type(method).optimizer_steps_per_iteration
-    iterations = method.trainer_settings(spec.max_steps).get("max_steps", 0) // per_iteration
-    steps = V.curve_steps(iterations) if iterations > 0 else []
-    curve = LearningCurve(steps, None, per_iteration, folder / "checkpoints") if steps else None  # scored by rank 0
-    with tf32_matmuls("tf32" in spec.speedups):
-        _fit(spec, method, dataset, folder, ctx, curve)
-    return []
+    return dataset, config, plan, speedups(_build(spec, dataset, config), spec.speedups)
 
 
 def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     """The stages of one run, each a function below; every stage can be interrupted and resumed."""
     state = _read_state(folder, ctx)
-    dataset = load_data(spec, ctx)
-    check_data(dataset, spec)
-    _check_same_data(folder, dataset)
-    config, plan = _resolve(spec, dataset, ctx, folder)
-    method = speedups(_build(spec, dataset, config), spec.speedups)
+    dataset, config, plan, method = _prepared(spec, ctx, folder)
     todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
     if state.finished and not todo:
         return state.records
-    _check_can_evaluate(folder, state)
+    _check_can_evaluate(folder, state.records, state.finished)
     donor = _write_config(spec, folder, dataset, config, plan, method, state)
     evaluator = Evaluator(spec, method, dataset, ctx, state.records, folder / "records.jsonl")
     evaluator.train = dict(plan)
@@ -850,9 +852,7 @@ def _translate_shard(spec: RunSpec, ctx: RunContext, folder: Path, keys: list[tu
     """One process of `translate_sharded`: batches rank, rank + world, ... of the evaluation, written to
     `.shards/rank<r>.pt` as {key index: {batch: (translations, seconds)}}."""
     torch.set_num_threads(threads)
-    dataset = load_data(spec, ctx)
-    config, _ = _resolve(spec, dataset, ctx, folder)
-    method = speedups(_build(spec, dataset, config), spec.speedups)
+    dataset, _, _, method = _prepared(spec, ctx, folder)
     _load_weights(method, folder / "checkpoints" / "selected.ckpt")
     method.eval().to(shard_device(spec, rank))
     evaluator = Evaluator(spec, method, dataset, ctx, [], folder / "records.jsonl")
@@ -912,8 +912,9 @@ def _resolve(spec: RunSpec, dataset, ctx: RunContext, folder: Path) -> tuple[dic
     return dict(config, **({"max_steps": plan["max_steps"]} if plan else {})), plan
 
 
-def _check_can_evaluate(folder: Path, state: _RunState) -> None:
-    if state.records and not (folder / "checkpoints" / "selected.ckpt").is_file() and (state.tests or state.finished):
+def _check_can_evaluate(folder: Path, records: list[dict], finished: bool) -> None:
+    tests = any(r.get("split", "test") == "test" for r in records)
+    if records and not (folder / "checkpoints" / "selected.ckpt").is_file() and (tests or finished):
         raise RunError(f"cannot evaluate {folder} again: checkpoints/selected.ckpt is missing, and training again "
                        "would not reproduce the recorded values; delete the run folder and run it again instead")
 
@@ -924,8 +925,7 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
     weights this run reuses, if any (`config.find_donor`)."""
     fingerprint = dataset.fingerprint
     key = fit_key(asdict(spec), config, dataset.domains)
-    trained = (folder / "checkpoints" / "selected.ckpt").is_file() or (folder / "train.json").is_file()
-    donor = None if trained else find_donor(folder, key, dataset.domains, fingerprint)
+    donor = _donor(spec, folder, config, dataset)
     if not (folder / "config.json").is_file() or not state.finished:
         atomic_write(folder / "config.json", json.dumps(dict(
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
@@ -936,6 +936,14 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
             fit_key=key, protocol=PROTOCOL_VERSION,
             budget=plan or None, fit_from=donor.name if donor else None), indent=2, default=str))
     return donor
+
+
+def _donor(spec: RunSpec, folder: Path, config: dict, dataset) -> Path | None:
+    """The finished run whose weights this run reuses (`config.find_donor`), unless it has trained weights of its own
+    (a selected checkpoint or a train.json)."""
+    if (folder / "checkpoints" / "selected.ckpt").is_file() or (folder / "train.json").is_file():
+        return None
+    return find_donor(folder, fit_key(asdict(spec), config, dataset.domains), dataset.domains, dataset.fingerprint)
 
 
 def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState):

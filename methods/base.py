@@ -174,8 +174,9 @@ class TranslationMethod(L.LightningModule):
             self.after_optimizer_step()
 
     def after_optimizer_step(self) -> None:
-        """Per optimizer step, after it (e.g. an EMA update): with gradient accumulation a step spans several loader
-        batches, and Lightning's `on_train_batch_end` runs after each of them."""
+        """Once per iteration, after its optimizer step(s) (e.g. an EMA update): with gradient accumulation an
+        iteration spans several loader batches, and Lightning's `on_train_batch_end` runs after each of them; a
+        method that optimises manually steps inside `training_step` and gets one call per iteration."""
 
     # ------------------------------------------------------------------ shared helpers
     @property
