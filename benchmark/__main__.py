@@ -269,6 +269,8 @@ def cmd_collect(args) -> int:
 
     status = run_status(args.results_dir)  # each run's done marker verified once
     df = load_records(args.results_dir, partial=args.partial, status=status)
+    for note in df.attrs.get("notes", []):
+        print(note)
     skipped = [(folder, why) for folder, why in status if why is not None]
     if skipped:
         print(f"{'included' if args.partial else 'left out'} {len(skipped)} unfinished run(s) ("
@@ -481,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--weights-dir", type=Path, default=None)
     args = parser.parse_args(argv)
     from benchmark.records import RunError, WeightsUnavailable
+    from benchmark.stopping import Stopped, install
+
+    install()  # SIGTERM stops with one line and exit 143, as Ctrl-C does with 130
 
     try:
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
@@ -499,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: every finished record is on disk; run the same command again to resume",
               file=sys.stderr)
         return 130
+    except Stopped as exc:
+        print(exc.message(), file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

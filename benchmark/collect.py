@@ -113,6 +113,7 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
     df["knob_value"] = df["knob_value"].astype(object).where(df["knob_value"].notna(), "")
     point = ["dataset", "preset", "task", "method", "setting", "seed", "source", "knob_value", "split", "step"]
     key = df[[c for c in point if c in df]].map(str).agg("|".join, axis=1)
+    df, key, notes = _live_stands_in(df, key, results_dir)
     dup = df[key.duplicated(keep=False)]
     if len(dup):
         r = dup.iloc[0]
@@ -121,9 +122,54 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
                          f"knob={r['knob_value']!r}: {Path(files[0]).parent} and {Path(files[-1]).parent}; one fit per "
                          "(method, setting, seed, data): delete one of the folders, or keep fits that differ in how "
                          "they ran (--precision, --accelerator, --devices) under another --results-dir")
+    df.attrs["notes"] = notes
     # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
     df["method"] = df["method"].where(df["setting"] == "", df["method"] + " (" + df["setting"] + ")")
     return df
+
+
+def _live_stands_in(df: pd.DataFrame, key: pd.Series, results_dir: Path) -> tuple[pd.DataFrame, pd.Series, list[str]]:
+    """Drop the archived records of points that a live run (under `runs/`) records too: for a reader they are the
+    same (method, setting, seed, data) point, e.g. a newcomer's fit of a method whose fit for more tasks is archived.
+    Returns the records, their keys and one line per archived run that a live run stands in for, saying whether their
+    test records agree."""
+    archived = df["_file"].str.endswith(".jsonl.gz")
+    shadowed = archived & key.isin(set(key[~archived]))
+    if not shadowed.any():
+        return df, key, []
+    live_of = dict(zip(key[~archived], df.loc[~archived, "_file"], strict=True))
+    notes = []
+    for old_file, idx in df[shadowed].groupby("_file").groups.items():
+        for new_file in dict.fromkeys(live_of[k] for k in key[idx]):
+            both = [i for i in idx if live_of[key[i]] == new_file and df.at[i, "split"] == "test"]
+            notes.append(f"{_rel(new_file, results_dir)} stands in for the archived "
+                         f"{_rel(old_file, results_dir)}: {_agreement(df, key, both, ~archived)}")
+    return df[~shadowed], key[~shadowed], notes
+
+
+def _rel(file: str, results_dir: Path) -> str:
+    folder = Path(file).parent
+    return str(folder.relative_to(results_dir)) if folder.is_relative_to(results_dir) else str(folder)
+
+
+def _agreement(df: pd.DataFrame, key: pd.Series, archived_rows: list, live: pd.Series) -> str:
+    """How the archived test records `archived_rows` compare with the live records of the same points."""
+    if not archived_rows:
+        return "no test points in common"
+    live_rows = pd.Series(df.index[live], index=key[live].values)
+    metrics = [m for m in METRICS if m in df]
+    diffs = []
+    for i in archived_rows:
+        j = live_rows[key[i]]
+        for m in metrics:
+            a, b = df.at[i, m], df.at[j, m]
+            if all(pd.api.types.is_number(v) and not isinstance(v, bool) and np.isfinite(v) for v in (a, b)):
+                diffs.append((abs(float(a) - float(b)), m))
+    if not diffs:
+        return f"{len(archived_rows)} test points, no metric in common"
+    worst, metric = max(diffs)
+    verdict = "agree" if worst <= 1e-4 else "differ"
+    return f"{len(archived_rows)} test points {verdict} (largest difference {worst:.2g}, {metric})"
 
 
 def _seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,11 @@ class RunSpec:
     identity: `--curve` on a finished run adds the missing points to the same folder. The data enter it through
     `datasets.dataset_identity` (skull-sim's generator version, wherever its data root is; a folder dataset's
     config content and data root); the files' fingerprint is recorded in config.json and checked on reuse.
+
+    The tasks stay in the run id: the checkpoint is selected on the learning curves of the tasks requested, so a
+    MedShift fit for `sim2real` and one for `sim2real dose` can hold other selected weights. What is the same in
+    both, the trained model, is shared through `fit_key`; for a reader, `collect` takes a live run's records in
+    place of an archived run's records of the same points (`benchmark.collect.load_records`).
     """
 
     method: str
@@ -81,9 +87,11 @@ class RunSpec:
         return Path(results_dir) / "runs" / self.method / f"{self.dataset}-{self.preset}" / run
 
 
-#: Spec fields added after runs existed, with their defaults: a spec at a default leaves the field out of its run id
-#: and fit key, so runs made before the field keep theirs (`identity_fields`).
-LATER_FIELDS = {"devices": 1, "strategy": "auto", "speedups": (), "accumulate": 1, "num_nodes": 1}
+#: The spec fields of the first run ids: always hashed, so that runs made before any later field keep their ids. Every
+#: other field (one added since, or one added in future) enters a run id and fit key only when it is not at its
+#: default (`identity_fields`): adding an option never renames a run.
+HASHED_FIELDS = ("method", "dataset", "preset", "tasks", "seed", "data_seed", "max_steps", "budget", "overrides",
+                 "curve", "accelerator", "precision", "dataset_config", "data_root")
 #: Opt-in speed-ups (`benchmark.run.speedups`): channels-last memory format, torch.compile of the networks, TF32
 #: matmuls and convolutions on NVIDIA GPUs.
 SPEEDUPS = ("channels_last", "compile", "tf32")
@@ -95,9 +103,12 @@ MULTI_DEVICE_STRATEGIES = ("ddp_fork", "ddp")
 
 
 def identity_fields(spec: dict) -> dict:
-    """`asdict(RunSpec)` without the `LATER_FIELDS` that are at their defaults."""
+    """`asdict(RunSpec)` without the fields outside `HASHED_FIELDS` that are at their defaults (or absent: a spec
+    stored before the field existed)."""
+    defaults = {f.name: f.default for f in fields(RunSpec)}
+
     def at_default(k, v) -> bool:  # a JSON round trip turns tuples into lists
-        return k in LATER_FIELDS and (tuple(v) if isinstance(v, list) else v) == LATER_FIELDS[k]
+        return k not in HASHED_FIELDS and k in defaults and (tuple(v) if isinstance(v, list) else v) == defaults[k]
 
     return {k: v for k, v in spec.items() if not at_default(k, v)}
 
@@ -117,27 +128,54 @@ def parse_set(items: list[str]) -> tuple[tuple[str, object], ...]:
     return tuple(out)
 
 
-def _typed(method: str, key: str, value, default):
-    """`value` converted to the type of the constructor default, or a RunError naming the key and the fix."""
-    want = type(default)
-    if default is None or value is None:
+def setting_types(cls) -> dict:
+    """{setting: the type its constructor annotation names without None} (a setting whose default is None still has
+    a type: `n_blocks: int | None = None` takes an int)."""
+    import types
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except (NameError, TypeError):  # an annotation that does not evaluate: types from the defaults only
+        return {}
+    out = {}
+    for key, hint in hints.items():
+        args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = [typing.get_origin(a) or a for a in args if a is not type(None)]
+        if len(kinds) == 1 and isinstance(kinds[0], type):
+            out[key] = kinds[0]
+    return out
+
+
+def _typed(method: str, key: str, value, default, want: type | None = None):
+    """`value` converted to the type of the constructor default (or, for a default of None, of its annotation `want`),
+    or a RunError naming the key and the fix. None (YAML `null`) only where the default is None."""
+    example = json.dumps(list(default) if isinstance(default, tuple) else default)
+    if value is None:
+        if default is None:
+            return value
+        raise RunError(f"--set {key}=null: {method}'s {key} has no 'none' value; give a value (default {example})")
+    want = type(default) if default is not None else want
+    if want is None:
         return value
     if want is bool:
         ok = isinstance(value, bool)
     elif want is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif want is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     elif want in (tuple, list):
-        ok = isinstance(value, (list, tuple)) and all(isinstance(v, type(default[0])) for v in value) if default \
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, type(default[0])) and not isinstance(v, bool)
+                                                      for v in value) if default \
             else isinstance(value, (list, tuple))
         value = list(value) if ok else value
     else:
         ok = isinstance(value, want)
     if not ok:
-        example = json.dumps(list(default) if isinstance(default, tuple) else default)
-        raise RunError(f"--set {key}={value!r}: {method}'s {key} takes a {want.__name__} (default {example})")
+        raise RunError(f"--set {key}={value!r}: {method}'s {key} takes a{'n' if want.__name__[0] in 'aeiou' else ''} "
+                       f"{'finite ' if isinstance(value, float) and not math.isfinite(value) else ''}{want.__name__} "
+                       f"(default {example})")
     return value
 
 
@@ -155,8 +193,8 @@ def resolve_config(spec: RunSpec) -> dict:
     defaults = method_defaults(cls)
     if spec.max_steps is not None and spec.max_steps < 1:
         raise RunError(f"--max-steps {spec.max_steps}: a training budget is at least 1 step")
-    if spec.budget is not None and not spec.budget > 0:
-        raise RunError(f"--budget {spec.budget}: a FLOP budget is positive (e.g. 2.1e13)")
+    if spec.budget is not None and not (spec.budget > 0 and math.isfinite(spec.budget)):
+        raise RunError(f"--budget {spec.budget}: a FLOP budget is a positive, finite number (e.g. 2.1e13)")
     unknown = [x for x in spec.speedups if x not in SPEEDUPS]
     if unknown:
         raise RunError(f"--speedup {unknown[0]}: unknown; valid: {', '.join(SPEEDUPS)}")
@@ -172,10 +210,11 @@ def resolve_config(spec: RunSpec) -> dict:
     if spec.num_nodes > 1 and spec.strategy != "ddp":
         raise RunError(f"--num-nodes {spec.num_nodes} --strategy {spec.strategy}: a fit over several nodes runs with "
                        "--strategy ddp, one process per device started by srun or torchrun on every node")
+    types = setting_types(cls)
     for key, value in spec.overrides:
         if key not in cfg:
             raise RunError(f"--set {key}: {spec.method} has no such setting; valid keys: {', '.join(sorted(cfg))}")
-        cfg[key] = _typed(spec.method, key, value, defaults[key])
+        cfg[key] = _typed(spec.method, key, value, defaults[key], types.get(key))
     if spec.max_steps is not None and "max_steps" in cfg:
         cfg["max_steps"] = spec.max_steps
     if "max_steps" in cfg and cfg["max_steps"] < 1:
@@ -305,16 +344,26 @@ def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[
     from methods import METHODS, get_method
 
     names = list(METHODS) if methods == ["all"] else methods
+    overrides = common.pop("overrides", ())
+    has = {name: set(method_defaults(get_method(name))) for name in names}
+    for key, _ in overrides:
+        if not any(key in keys for keys in has.values()):
+            valid = sorted(set().union(*has.values()))
+            raise RunError(f"--set {key}: no selected method ({', '.join(names)}) has such a setting; valid keys: "
+                           f"{', '.join(valid)}")
     specs = []
     for name in names:
         cls = get_method(name)
+        # a --set key applies to the selected methods that have the setting (`--method all --set lr=...`)
+        mine = tuple((k, v) for k, v in overrides if k in has[name])
         groups: dict[tuple, list[str]] = {}
-        for t in tasks:
+        for t in dict.fromkeys(tasks):  # a task named twice is one task (one run folder, not two)
             task = get_task(t, domains)
             if not task.sources or task.target in task.sources:
                 raise RunError(f"task {t!r} translates {'+'.join(task.sources) or 'nothing'} to {task.target}: a "
                                "task needs at least one source domain other than its target")
             groups.setdefault(cls.training_domains(domains, task.sources, task.target), []).append(t)
         for seed in seeds:
-            specs += [RunSpec(method=name, seed=seed, tasks=tuple(g), **common) for g in groups.values()]
+            specs += [RunSpec(method=name, seed=seed, tasks=tuple(g), overrides=mine, **common)
+                      for g in groups.values()]
     return specs

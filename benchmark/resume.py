@@ -58,13 +58,19 @@ class ResumePoint(Callback):
         per_iteration: Optimizer steps per iteration (Lightning's `global_step` counts steps).
     """
 
-    def __init__(self, path: Path, every: int, per_iteration: int = 1, seed: int = 0):
+    def __init__(self, path: Path, every: int, per_iteration: int = 1, seed: int = 0, stops=None,
+                 handlers_before: dict | None = None):
         self.path, self.every, self.per_iteration = Path(path), max(1, int(every)), per_iteration
         self.seed = seed
         self._skip = None  # the iteration a resumed fit started at: its resume point exists already
+        self.saved_at: int | None = None
+        self.stops, self.handlers_before = stops, handlers_before  # `benchmark.stopping.StopRequests`
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._skip = trainer.global_step // self.per_iteration
+        self.saved_at = self._skip or None  # the iteration of the newest resume point on disk
+        if self.stops is not None and trainer.world_size == 1:  # forked ranks do not see the parent's signals
+            self.stops.arm(self.handlers_before)
         if trainer.world_size > 1:
             # forked ranks share the parent's generators, and a checkpoint holds the first rank's: give every rank
             # its own streams, a function of (run seed, rank, start iteration), so that their noise differs and a
@@ -76,15 +82,29 @@ class ResumePoint(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         it, rest = divmod(trainer.global_step, self.per_iteration)
-        if rest == 0 and it > 0 and it % self.every == 0 and it != self._skip \
-                and starts_optimizer_step(trainer, batch_idx):  # not mid-way through accumulating gradients
-            tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-            try:
-                trainer.save_checkpoint(tmp)  # collective: every rank takes part, the first writes
-                if trainer.is_global_zero:
-                    tmp.replace(self.path)
-            finally:
-                tmp.unlink(missing_ok=True)
+        if rest or not starts_optimizer_step(trainer, batch_idx):  # not mid-way through an iteration
+            return
+        stop = self.stops.requested if self.stops is not None else None
+        if it > 0 and it != self._skip and (it % self.every == 0 or stop):
+            self._save(trainer)
+        if stop:  # asked to stop (SIGTERM, Ctrl-C): at this iteration boundary, with its resume point on disk
+            from .stopping import Stopped
+
+            raise Stopped(stop, resume_step=self.saved_at)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.stops is not None:
+            self.stops.disarm()
+
+    def _save(self, trainer) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        try:
+            trainer.save_checkpoint(tmp)  # collective: every rank takes part, the first writes
+            if trainer.is_global_zero:
+                tmp.replace(self.path)
+            self.saved_at = trainer.global_step // self.per_iteration
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def state_dict(self) -> dict:
         return {"rng": rng_state()}

@@ -198,8 +198,11 @@ def _build(spec: RunSpec, dataset, config: dict):
     torch.manual_seed(spec.seed)
     L.seed_everything(spec.seed, verbose=False)
     task = get_task(spec.tasks[0], dataset.domains)
-    return get_method(spec.method)(domains=dataset.domains, sources=task.sources, target=task.target,
-                                   image_size=dataset.size, **config)
+    try:
+        return get_method(spec.method)(domains=dataset.domains, sources=task.sources, target=task.target,
+                                       image_size=dataset.size, **config)
+    except ValueError as exc:  # a setting the constructor refuses for this data (e.g. a patch that does not tile)
+        raise RunError(f"{spec.method} on {dataset.name} ({dataset.size} px): {exc}") from None
 
 
 def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int | None = None, start: int = 0,
@@ -262,6 +265,7 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     from lightning.pytorch.loggers import CSVLogger
 
     from .resume import ResumePoint
+    from .stopping import Stopped, StopRequests, handlers_now
 
     for name in ("lightning.pytorch", "lightning.fabric"):  # after the import: Lightning sets INFO when imported
         logging.getLogger(name).setLevel(logging.WARNING)  # device/tip banners; warnings still reach the user
@@ -284,8 +288,9 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     dm = _datamodule(spec, method, dataset, ctx, iterations=iterations, start=start_step // per_iter,
                      accumulate=accumulate)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    stops = StopRequests()
     callbacks = [ResumePoint(last, every=max(25, iterations // 10) if iterations else 10**9, per_iteration=per_iter,
-                             seed=spec.seed)]
+                             seed=spec.seed, stops=stops, handlers_before=handlers_now())]
     callbacks += [curve.hook] if curve is not None else []
     clock = _train_clock(curve)
     callbacks.append(clock)
@@ -310,7 +315,12 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     with warnings.catch_warnings():
         for pattern in QUIET_WARNINGS:
             warnings.filterwarnings("ignore", message=pattern)
-        trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
+        try:
+            trainer.fit(method, datamodule=dm, ckpt_path=last if last.is_file() else None, weights_only=True)
+        finally:
+            stops.disarm()
+    if stops.requested:  # the signal came during the last iteration: stop before anything else is written
+        raise Stopped(stops.requested, resume_step=callbacks[0].saved_at)
     # a multi-device fit ran in forked processes: what they measured comes back in the callback metrics
     # (`TrainClock.on_train_end`), and the records its first rank wrote are on disk (`Evaluator.reload`)
     here = dict(global_step=trainer.global_step, elapsed=clock.elapsed, eval_sec=curve.eval_sec if curve else 0.0)
@@ -703,10 +713,16 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
     if spec.launched_outside and spec.world > 1 and launch_rank(spec) != 0:
         return follow(spec, ctx)
     folder = spec.folder(ctx.results_dir)
-    with RunLock(folder), tf32_matmuls("tf32" in spec.speedups):
-        clean_stale_temporaries(folder)
-        clean_stale_temporaries(folder / "checkpoints")
-        return _run_locked(spec, ctx, folder)
+    new = not folder.exists()
+    try:
+        with RunLock(folder), tf32_matmuls("tf32" in spec.speedups):
+            clean_stale_temporaries(folder)
+            clean_stale_temporaries(folder / "checkpoints")
+            return _run_locked(spec, ctx, folder)
+    except BaseException:
+        if new and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # refused before anything was written: leave no empty run folder behind
+        raise
 
 
 def launch_rank(spec: RunSpec) -> int:

@@ -97,11 +97,13 @@ def expand(methods: list[str], seeds: list[int], tasks: list[str], domains: tupl
     from .config import method_defaults, resolve_config
 
     specs: dict[str, RunSpec] = {}
-    for name in list(METHODS) if methods == ["all"] else methods:
+    names = list(METHODS) if methods == ["all"] else methods
+    plan(names, [], tasks, domains, overrides=tuple(overrides), **plan_kwargs)  # a --set key no method has: refused
+    for name in names:
         known = method_defaults(get_method(name))
         for variant in parse_vary(list(vary)):
-            mine = tuple((k, v) for k, v in variant if k in known)
-            for spec in plan([name], seeds, tasks, domains, overrides=tuple(overrides) + mine, **plan_kwargs):
+            mine = tuple((k, v) for k, v in tuple(overrides) + tuple(variant) if k in known)
+            for spec in plan([name], seeds, tasks, domains, overrides=mine, **plan_kwargs):
                 resolve_config(spec)
                 specs.setdefault(f"{spec.method}/{spec.seed}-{spec.run_id}", spec)
     return list(specs.values())

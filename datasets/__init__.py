@@ -94,13 +94,14 @@ def _skull_sim_identity(**_) -> dict:
 
 
 def _folder_identity(config: str | None = None, data_root: str | None = None, **_) -> dict:
-    from .folder import CONFIG_DIR
+    from .folder import config_path
 
     out = {"data_root": str(Path(data_root).resolve()) if data_root else None, "config_sha256": None}
     if config is not None:
-        path = Path(config) if Path(config).is_file() else CONFIG_DIR / f"{config}.yaml"
-        if path.is_file():
-            out["config_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            out["config_sha256"] = hashlib.sha256(config_path(config).read_bytes()).hexdigest()
+        except (OSError, ValueError):  # loading the dataset reports it, naming the file
+            pass
     return out
 
 

@@ -31,14 +31,26 @@ from .splits import assign_splits
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+def config_path(config: str | Path) -> Path:
+    """The YAML file `config` names: a file path, or the bare name of a bundled config (`x-digiskull`)."""
+    path = Path(config)
+    if path.is_dir():
+        raise ValueError(f"dataset config {str(config)!r} is a folder; pass the YAML file that maps its domains (see "
+                         "datasets/configs/x-digiskull.yaml), and the folder as --data-root")
+    if path.is_file():
+        return path
+    bundled = CONFIG_DIR / f"{config}.yaml"
+    if path.name == str(config) and bundled.is_file():  # a bare name only: never `<folder>.yaml` next to a path
+        return bundled
+    raise FileNotFoundError(f"dataset config {str(config)!r} not found: no such file, and no bundled config of that "
+                            f"name in {CONFIG_DIR} ({', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
+
+
 def load_config(config: str | Path | dict) -> dict:
     if isinstance(config, dict):
+        check_config(config)
         return dict(config)
-    path = Path(config)
-    if not path.is_file():
-        path = CONFIG_DIR / f"{config}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"dataset config {config!r} not found (looked for a file and in {CONFIG_DIR})")
+    path = config_path(config)
     try:
         cfg = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -51,7 +63,42 @@ def load_config(config: str | Path | dict) -> dict:
     if not isinstance(cfg, dict):
         raise ValueError(f"dataset config {path}: expected a mapping (name:, domains:, ...), got "
                          f"{type(cfg).__name__}") from None
+    check_config(cfg, str(path))
     return cfg
+
+
+INTERPOLATIONS = ("area", "bilinear", "nearest")
+#: key -> (what it takes, test); None is each optional key's "not given".
+_KEYS = {
+    "name": ("a string", lambda v: isinstance(v, str) and bool(v)),
+    "root": ("a folder path", lambda v: isinstance(v, str)),
+    "domains": ("a mapping of domain name -> sub-folder (e.g. 'real_normal: real/normal')",
+                lambda v: isinstance(v, dict) and bool(v) and all(isinstance(k, str) and isinstance(f, str)
+                                                                  for k, f in v.items())),
+    "size": ("a whole number of pixels of at least 1 (e.g. 256)",
+             lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "interpolation": (f"one of {', '.join(INTERPOLATIONS)}", lambda v: v in INTERPOLATIONS),
+    "subject_regex": ("a regular expression with a (?P<subject>...) group, or null", lambda v: isinstance(v, str)),
+    "aligned": ("true or false", lambda v: isinstance(v, bool)),
+    "split_seed": ("a whole number of at least 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "skip_bad": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def check_config(cfg: dict, where: str = "dataset config") -> None:
+    """Every key of a folder-dataset config known and of its type, else a ValueError naming the file and the key."""
+    for key, value in cfg.items():
+        if key not in _KEYS:
+            raise ValueError(f"dataset config {where}: unknown key {key!r}; valid keys: {', '.join(_KEYS)}")
+        what, ok = _KEYS[key]
+        if value is not None and not ok(value):
+            raise ValueError(f"dataset config {where}: {key}: {value!r} is not {what}")
+    if cfg.get("subject_regex"):
+        try:
+            re.compile(cfg["subject_regex"])
+        except re.error as exc:
+            raise ValueError(f"dataset config {where}: subject_regex {cfg['subject_regex']!r} is not a valid regular "
+                             f"expression ({exc})") from None
 
 
 def _check_name(path: Path) -> None:

@@ -5,10 +5,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from drills import signalled_in_training
 
 from benchmark.config import RunSpec, resolve_config
 from benchmark.records import RunError, read_records, verify_done
@@ -112,28 +112,19 @@ def _run(cmd) -> int:
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, env=ONE_THREAD).returncode
 
 
-def _kill_when(cmd, ready, timeout=300):
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_THREAD)
-    t0 = time.time()
-    while proc.poll() is None and time.time() - t0 < timeout:
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.05)
-    proc.wait()
-    return False
-
-
 def test_sigkill_during_evaluation_then_resume_equals_an_uninterrupted_run(tmp_path, micro):
     whole = tmp_path / "whole"
     assert _run(_cli(whole, micro)) == 0
     cut = tmp_path / "cut"
-
-    def one_record():
-        return any(len(p.read_text().splitlines()) >= 1 for p in cut.glob("runs/*/*/*/records.jsonl"))
-
-    assert _kill_when(_cli(cut, micro), one_record), "the run finished before it could be killed"
+    kill = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
+            "def then_kill(path, records):\n"
+            "    write(path, records)\n"
+            "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGKILL)\n"
+            "run.write_records = then_kill\n"
+            "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    killed = subprocess.run([sys.executable, "-c", kill, *_cli(cut, micro)[3:]], cwd=ROOT, capture_output=True,
+                            env=ONE_THREAD)
+    assert killed.returncode == -signal.SIGKILL
     assert not list(cut.glob("runs/*/*/*/done"))
     assert _run(_cli(cut, micro)) == 0
     a, b = (read_records(next(r.glob("runs/*/*/*/records.jsonl"))) for r in (whole, cut))
@@ -154,9 +145,9 @@ def test_sigkill_during_training_resumes_to_the_uninterrupted_records(tmp_path, 
     up to 2.1 dB psnr_gt. Now the batches, the global generators and CycleGAN's pools continue exactly."""
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert _run(_cli(whole, micro, method=method)) == 0
-    assert _kill_when(_cli(cut, micro, method=method),
-                      lambda: bool(list(cut.glob("runs/*/*/*/checkpoints/last.ckpt"))))
-    assert not list(cut.glob("runs/*/*/*/checkpoints/final.ckpt")), "killed after training had finished"
+    killed = signalled_in_training(_cli(cut, micro, method=method), "SIGKILL", env=ONE_THREAD, method=method)
+    assert killed.returncode == -signal.SIGKILL
+    assert not list(cut.glob("runs/*/*/*/checkpoints/final.ckpt"))
     assert _run(_cli(cut, micro, method=method)) == 0
     folder = next(cut.glob("runs/*/*/*"))
     info = json.loads((folder / "train.json").read_text())
@@ -191,6 +182,58 @@ def test_sigkill_while_writing_a_resume_point_leaves_no_temporary_and_resumes_eq
                   read_records(next(cut.glob("runs/*/*/*/records.jsonl"))))
 
 
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, micro):
+    """The uninterrupted reference run of `_cli` (one thread, like every run it is compared with)."""
+    whole = tmp_path_factory.mktemp("whole")
+    assert _run(_cli(whole, micro)) == 0
+    return read_records(next(whole.glob("runs/*/*/*/records.jsonl")))
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_during_training_saves_a_resume_point_says_so_and_resumes_equal(tmp_path, micro, whole_run, name):
+    """SIGTERM (a scheduler's time limit or cancel) used to end the process with exit 0 and no message, and `make`
+    went on to `collect`; SIGINT with exit 1. Now: the fit stops at the next iteration boundary with a resume point
+    there, one line, exit 128 + the signal, no lock left; the same command resumes to the uninterrupted records."""
+    cut = tmp_path / "cut"
+    cmd = _cli(cut, micro)
+    proc = signalled_in_training(cmd, name, env=ONE_THREAD)
+    err = proc.stderr.strip()
+    assert proc.returncode == 128 + getattr(signal, name), err[-2000:]
+    assert err == (f"stopped by {name}: a resume point at iteration 31 is saved; every finished record is on disk; "
+                   "run the same command again to resume")
+    folder = next(cut.glob("runs/*/*/*"))
+    import torch
+
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 31
+    assert not (folder / ".lock").exists() and not (folder / "checkpoints" / "final.ckpt").exists()
+    assert _run(cmd) == 0
+    recs = read_records(folder / "records.jsonl")
+    assert {tuple(r["resumed_from_steps"]) for r in _tests(recs)} == {(31,)}
+    _same_records(whole_run, recs)
+
+
+def test_sigterm_during_evaluation_prints_one_line_and_releases_the_lock(tmp_path, micro, whole_run):
+    """It used to end with exit -15, no message and the run folder's `.lock` left behind."""
+    results = tmp_path / "r"
+    cmd = _cli(results, micro)
+    term = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
+            "def then_term(path, records):\n"
+            "    write(path, records)\n"
+            "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGTERM)\n"
+            "run.write_records = then_term\n"
+            "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", term, *cmd[3:]], cwd=ROOT, capture_output=True, text=True,
+                          env=ONE_THREAD)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("stopped by SIGTERM: every finished record is on disk; run the same command again "
+                                   "to resume")
+    folder = next(results.glob("runs/*/*/*"))
+    assert not (folder / ".lock").exists() and not (folder / "done").exists()
+    assert _run(cmd) == 0
+    _same_records(whole_run, read_records(folder / "records.jsonl"))
+
+
 def test_ctrl_c_of_a_real_run_during_evaluation_prints_one_line(tmp_path, micro):
     """SIGINT (what Ctrl-C sends) during evaluation: one line on stderr, exit 130, and the run resumes later.
     The process signals itself right after it has written its first test record (no poller racing the run), with
@@ -215,7 +258,7 @@ def test_ctrl_c_of_a_real_run_during_evaluation_prints_one_line(tmp_path, micro)
 @pytest.mark.parametrize("key, value, message", [
     ("guidance", "abc", "guidance takes a float"),
     ("lr", "abc", "lr takes a float"),
-    ("base_channels", "abc", "base_channels takes a int"),
+    ("base_channels", "abc", "base_channels takes an int"),
     ("channel_mults", 5, "channel_mults takes a tuple"),
     ("max_steps", 0, "at least 1"),
     ("step_size", -1, r"step_size must lie in \(0, 1\]"),
@@ -239,6 +282,17 @@ def test_bad_set_values_fail_before_any_work(key, value, message):
     (["--num-nodes", "2", "--strategy", "ddp_fork"], "a fit over several nodes runs with --strategy ddp"),
     (["--method", "cyclegan", "--accumulate", "2"], "cyclegan steps its optimisers itself"),
     (["--method", "histmatch", "--num-nodes", "2"], "histmatch trains nothing to share over 2 processes"),
+    # a setting is None only where its default is; a None default still has a type (its annotation)
+    (["--set", "guidance=null"], "guidance has no 'none' value"),
+    (["--method", "cyclegan", "--set", "lr=null"], "lr has no 'none' value"),
+    (["--method", "pix2pix", "--set", "dropout=null"], "dropout has no 'none' value"),
+    (["--method", "cyclegan", "--set", "n_blocks=abc"], "n_blocks takes an int"),
+    (["--method", "cyclegan", "--set", "n_blocks=2.5"], "n_blocks takes an int"),
+    (["--set", "autoencoder=123"], "autoencoder takes a str"),
+    (["--set", "guidance=.inf"], "guidance takes a finite float"),
+    (["--budget", "inf"], "--budget inf: a FLOP budget is a positive, finite number"),
+    (["--budget", "nan"], "--budget nan"),
+    (["--method", "identity", "histmatch", "--set", "lr=0.1"], "no selected method (identity, histmatch) has"),
 ])
 def test_cli_rejects_bad_values_in_one_line(argv, message, capsys):
     from benchmark.__main__ import main
@@ -246,6 +300,56 @@ def test_cli_rejects_bad_values_in_one_line(argv, message, capsys):
     assert main(["run", "--method", "medshift", "--dry-run", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_a_set_key_applies_to_the_methods_that_have_it(capsys):
+    """`--method all --set lr=...` used to fail because the reference methods have no `lr`."""
+    from benchmark.__main__ import main
+
+    assert main(["run", "--method", "all", "--preset", "micro", "--dry-run", "--set", "lr=0.001"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    with_lr = {p["method"] for p in plan if "lr" in p["config"]}
+    assert with_lr and all(p["config"]["lr"] == 0.001 for p in plan if p["method"] in with_lr)
+    assert {"identity", "histmatch"} <= {p["method"] for p in plan} - with_lr
+
+
+@pytest.mark.parametrize("patch", [100, 7])
+def test_a_patch_that_does_not_tile_the_image_is_refused_before_any_work(tmp_path, micro, patch):
+    """It used to end in `RuntimeError: The size of tensor a (32) must match ...` after config.json was written."""
+    spec = RunSpec("cdm", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
+                   overrides=(("patch", patch),))
+    with pytest.raises(RunError, match=f"patch={patch} does not tile 32x32 images"):
+        run_one(spec, _ctx(tmp_path))
+    assert not spec.folder(tmp_path).exists()  # nothing left behind, not even an empty run folder
+
+
+@pytest.mark.parametrize("line, message", [
+    ("size: abc", "size: 'abc' is not a whole number of pixels"),
+    ("size: 2.5", "size: 2.5 is not a whole number"),
+    ("split_seed: abc", "split_seed: 'abc' is not a whole number"),
+    ("subject_regex: '(['", "subject_regex '([' is not a valid regular expression"),
+    ("interpolation: cubic", "interpolation: 'cubic' is not one of area, bilinear, nearest"),
+    ("colour: grey", "unknown key 'colour'"),
+])
+def test_a_bad_folder_dataset_config_names_the_file_and_the_key(tmp_path, capsys, line, message):
+    from benchmark.__main__ import main
+
+    for dom in ("A", "B"):
+        (tmp_path / dom).mkdir()
+    cfg = tmp_path / "toy.yaml"
+    cfg.write_text(f"name: toy\nroot: {tmp_path}\ndomains: {{a: A, b: B}}\n{line}\n")
+    argv = ["run", "--method", "identity", "--dataset", "folder", "--task", "a->b", "--dry-run"]
+    assert main([*argv, "--dataset-config", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: dataset config {cfg}: ") and message in err and "\n" not in err
+    cfg.write_text(f"name: toy\nroot: {tmp_path}\ndomains: [a, b]\n")
+    assert main([*argv, "--dataset-config", str(cfg)]) == 2
+    assert "domains: ['a', 'b'] is not a mapping" in capsys.readouterr().err
+    # a folder given as the config used to load `<folder>.yaml` next to it, silently
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data.yaml").write_text(f"name: toy\nroot: {tmp_path}\ndomains: {{a: A, b: B}}\n")
+    assert main([*argv, "--dataset-config", str(tmp_path / "data")]) == 2
+    assert "is a folder; pass the YAML file" in capsys.readouterr().err
 
 
 def test_a_run_is_identified_by_its_data(tmp_path, micro):

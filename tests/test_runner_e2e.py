@@ -1,6 +1,7 @@
 """End to end, as a user runs it: `make benchmark METHOD=identity` on skull-sim tiny, then figures."""
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -78,3 +79,30 @@ def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_f
     paths = write_figures(tmp_path, tmp_path / "figures")
     assert [p.name for p in paths if p.suffix == ".png"] == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png"]
     assert all(p.with_suffix(".pdf") in paths for p in paths)  # every figure also as PDF, for the paper
+
+
+def _make(target_args: list[str], env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", *target_args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=900)
+
+
+def test_a_newcomers_make_benchmark_succeeds_beside_an_archive_of_the_same_fits(tmp_path, data_root):
+    """What a fresh clone does: the archive holds MedShift's fit made for `sim2real dose` (another run id), the
+    newcomer runs `make benchmark` for `sim2real` alone, then `collect` (inside the target) must succeed: the live
+    run stands in for the archived run's sim2real records, its dose records stay, and nothing asks to delete files."""
+    env = dict(os.environ, XRAYBENCH_DATA=str(data_root), OMP_NUM_THREADS="1")
+    common = ["METHOD=medshift", "PRESET=micro", "SEEDS=0", f"RESULTS={tmp_path}",
+              "ARGS=--quiet --no-frd --max-steps 20 --set base_channels=8 --set channel_mults=[1,2]"]
+    first = _make(["benchmark", "TASK=sim2real dose", *common], env)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert _make(["archive", f"RESULTS={tmp_path}"], env).returncode == 0
+    shutil.rmtree(tmp_path / "runs")  # what a fresh clone has: the archive only
+    fresh = _make(["benchmark", "TASK=sim2real", *common], env)
+    assert fresh.returncode == 0, fresh.stdout[-3000:] + fresh.stderr[-3000:]
+    stands_in = [line for line in fresh.stdout.splitlines() if "stands in for the archived" in line]
+    assert len(stands_in) == 1 and "agree" in stands_in[0], fresh.stdout[-3000:]
+    table = pd.read_csv(tmp_path / "tables/summary.csv")
+    assert set(table["task"]) == {"sim2real", "dose"}  # the archived fit's other task is still read
+    live = list(tmp_path.glob("runs/medshift/*/*"))
+    archived = list(tmp_path.glob("records/medshift/*/*"))
+    assert len(live) == 1 and len(archived) == 1 and live[0].name != archived[0].name

@@ -8,11 +8,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from drills import signalled_in_training
 
 from benchmark.config import RunSpec
 from benchmark.records import RunError, read_records, verify_done
@@ -210,15 +210,9 @@ def test_a_fit_over_two_nodes_started_by_srun_records_what_one_process_records(t
 
 def test_a_killed_two_process_fit_resumes_from_its_checkpoint(tmp_path, micro):
     cmd = _cli(tmp_path, micro, 2, steps=60)
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ONE_THREAD,
-                            start_new_session=True)  # the ranks are its children: kill the whole group
-    t0 = time.time()
-    resume_point = "runs/*/*/*/checkpoints/last.ckpt"
-    while proc.poll() is None and time.time() - t0 < 300 and not list(tmp_path.glob(resume_point)):
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    # the ranks are its children: killed as a group, from inside iteration 30 (after the resume point of 25)
+    killed = signalled_in_training(cmd, "SIGKILL", env=ONE_THREAD, method=cmd[cmd.index("--method") + 1], group=True)
+    assert killed.returncode == -signal.SIGKILL
     folder = next(tmp_path.glob("runs/*/*/*"))
     assert not (folder / "checkpoints" / "final.ckpt").exists()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ONE_THREAD)

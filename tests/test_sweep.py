@@ -2,7 +2,6 @@
 a preemption and a kill, each resuming to what an uninterrupted fit records."""
 import json
 import os
-import signal
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -101,41 +100,67 @@ def _same(a: dict, b: dict) -> None:
         assert b[k] == pytest.approx(a[k], abs=1e-4), k
 
 
-def test_a_preempted_submitit_job_requeues_and_resumes(tmp_path, micro, uninterrupted):
-    """submitit's local executor signals the job as a cluster would on preemption; FitJob.checkpoint requeues it and
-    the run continues from its last resume point to the records of an uninterrupted fit."""
+#: Loaded by every Python process that has its folder on PYTHONPATH (a submitit job inherits the environment): the job
+#: signals itself inside training step 30, once (a marker file), so the signal comes at a controlled point and never
+#: races the job, however busy the machine is.
+SIGNAL_AT_STEP_30 = """
+import os, signal
+import methods.medshift as m
+step = m.MedShift.training_step
+def signalled(self, batch, batch_idx):
+    marker = os.environ["XRAYBENCH_TEST_MARKER"]
+    if self.trainer.global_step == 30 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), getattr(signal, os.environ["XRAYBENCH_TEST_SIGNAL"]))
+    return step(self, batch, batch_idx)
+m.MedShift.training_step = signalled
+"""
+
+
+def _signal_at_step_30(tmp_path, monkeypatch, name: str) -> Path:
+    """Make the jobs submitted from here send themselves `name` inside training step 30; returns the marker file."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(SIGNAL_AT_STEP_30)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    monkeypatch.setenv("XRAYBENCH_TEST_MARKER", str(tmp_path / "signalled"))
+    monkeypatch.setenv("XRAYBENCH_TEST_SIGNAL", name)
+    return tmp_path / "signalled"
+
+
+def test_a_preempted_submitit_job_requeues_and_resumes(tmp_path, micro, uninterrupted, monkeypatch):
+    """A cluster signals a job (USR2) before preempting it; FitJob.checkpoint requeues it and the run continues from
+    its last resume point to the records of an uninterrupted fit."""
     from benchmark.sweep import submit
 
+    marker = _signal_at_step_30(tmp_path, monkeypatch, "SIGUSR2")
     job = _job(micro, tmp_path / "r")
     folder = job.spec.folder(tmp_path / "r")
     handle = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, wait=False,
                     progress=lambda *_: None)[0]
-    assert _when(lambda: (folder / "checkpoints" / "last.ckpt").is_file()), "training never saved a resume point"
-    assert not (folder / "checkpoints" / "final.ckpt").exists(), "preempted after training had finished"
-    for pid in _children(handle._process.pid):  # the job's task: SLURM signals it (USR2) before preempting it
-        os.kill(pid, signal.SIGUSR2)
-    assert handle.result()["records"] > 0
+    assert handle.result()["records"] > 0 and marker.is_file()
     info = json.loads((folder / "train.json").read_text())
-    assert info["segments"][-1]["start_step"] > 0  # it resumed, it did not start over
+    assert info["segments"][-1]["start_step"] == 25  # it resumed from its resume point, it did not start over
     assert "Requeued" in handle.stderr() + handle.stdout()
     _same(uninterrupted, _metrics(folder))
 
 
-def test_a_killed_sweep_job_resumes_when_the_sweep_is_submitted_again(tmp_path, micro, uninterrupted):
+def test_a_stopped_sweep_job_resumes_when_the_sweep_is_submitted_again(tmp_path, micro, uninterrupted, monkeypatch):
+    """A job stopped by Ctrl-C mid-training (it used to be cancelled from here once its first resume point appeared,
+    and on a busy machine it had sometimes finished before the cancel arrived): it saves a resume point where it
+    stops, its run is left unfinished, and submitting the sweep again resumes it to the uninterrupted records."""
     from benchmark.sweep import submit
 
+    marker = _signal_at_step_30(tmp_path, monkeypatch, "SIGINT")
     job = _job(micro, tmp_path / "r")
     folder = job.spec.folder(tmp_path / "r")
-    handle = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, wait=False,
-                    progress=lambda *_: None)[0]
-    assert _when(lambda: (folder / "checkpoints" / "last.ckpt").is_file())
-    handle.cancel()  # Ctrl-C of the job: it stops, leaving its run folder unfinished
-    _when(lambda: handle.done())
+    results = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, progress=lambda *_: None)
+    assert marker.is_file() and "error" in results[0]
     assert status(job.spec, tmp_path / "r") == "interrupted"
     results = submit([job], "submitit-local", tmp_path / "logs", {"timeout_min": 10}, progress=lambda *_: None)
     assert "error" not in results[0] and status(job.spec, tmp_path / "r") == "done"
     tests = [r for r in read_records(folder / "records.jsonl") if r["split"] == "test"]
-    assert {tuple(r["resumed_from_steps"]) for r in tests} == {(25,)}
+    assert {tuple(r["resumed_from_steps"]) for r in tests} == {(31,)}  # where it was stopped, not an earlier point
     _same(uninterrupted, _metrics(folder))
 
 

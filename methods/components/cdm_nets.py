@@ -84,6 +84,10 @@ class RepresentationModel(nn.Module):
 
     def __init__(self, image_size: int, channels: int = 16, dim: int = 64, patch: int = 8, mask_ratio: float = 0.5):
         super().__init__()
+        if patch < 1 or image_size % patch:
+            fits = max(d for d in range(1, max(1, min(patch, image_size)) + 1) if image_size % d == 0)
+            raise ValueError(f"patch={patch} does not tile {image_size}x{image_size} images: the patch size must "
+                             f"divide the image size (e.g. patch={fits})")
         self.encoder = ImageEncoder(image_size, channels, dim)
         self.decoder = ImageDecoder(image_size, channels, dim)
         self.patch, self.mask_ratio = patch, mask_ratio
