@@ -296,7 +296,8 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def find_donor(folder: Path, key: str, domains: tuple[str, ...], fingerprint: str | None = None) -> Path | None:
+def find_donor(folder: Path, key: str, domains: tuple[str, ...], fingerprint: str | None = None,
+               content: str | None = None) -> Path | None:
     """A finished, verified sibling run (same method, dataset, seed) with the same `fit_key`, the same data
     fingerprint (`XrayDataset.fingerprint`) and final weights.
 
@@ -310,8 +311,8 @@ def find_donor(folder: Path, key: str, domains: tuple[str, ...], fingerprint: st
             continue
         try:
             cfg = json.loads((other / "config.json").read_text())
-            if cfg.get("data_fingerprint") != fingerprint:
-                continue
+            if cfg.get("data_fingerprint") != fingerprint or cfg.get("data_content", content) != content:
+                continue  # other files, or files edited in place (a run from before contents were hashed: names only)
             config = {**method_defaults(get_method(cfg["spec"]["method"])), **cfg["method_config"]}
             if fit_key(cfg["spec"], config, domains) == key:
                 return other

@@ -152,10 +152,13 @@ def package_versions() -> dict:
 
 # --------------------------------------------------------------------------------------------- lock
 class RunLock:
-    """Exclusive hold of a run folder: `.lock` created with O_EXCL holding {pid, host, since}.
+    """Exclusive hold of a run folder: `.lock` holding {pid, host, since}, written in full to a temporary and linked
+    into place (an atomic create-if-absent: a lock is never seen half-written).
 
-    A lock left by a process that no longer exists on this host is stale and is taken over; a lock held by a
-    live process (or one on another host, which cannot be checked) stops the invocation with its owner named.
+    A lock left by a process that no longer exists on this host is stale and is taken over, and so is one that cannot
+    be read (a full disk while an older version took it); a lock held by a live process (or one on another host, which
+    cannot be checked) stops the invocation with its owner named. A lock that cannot be written (a full disk) is a
+    one-line error naming the folder, and leaves nothing behind.
     """
 
     def __init__(self, folder: Path):
@@ -164,27 +167,50 @@ class RunLock:
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
+        tmp = self.path.with_name(f".lock.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(me)
+            for _ in range(2):
                 try:
-                    owner = json.loads(self.path.read_text() or "{}")
-                except (OSError, ValueError):
-                    owner = {}
-                if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", 0) or 0)):
-                    self.path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
-                raise RunError(f"{self.path.parent} is being run by pid {owner.get('pid')} on {owner.get('host')} "
-                               f"(since {since}); wait for it, or delete {self.path} if that process is gone") from None
-            with os.fdopen(fd, "w") as f:
-                f.write(me)
-            return self
+                    os.link(tmp, self.path)
+                    return self
+                except FileExistsError:
+                    owner = self._owner()
+                    if owner is None or (owner.get("host") == socket.gethostname()
+                                         and not pid_alive(int(owner.get("pid", 0) or 0))):
+                        self.path.unlink(missing_ok=True)  # stale: its process is gone, or it was never written
+                        continue
+                    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(owner.get("since", 0)))
+                    raise RunError(f"{self.path.parent} is being run by pid {owner.get('pid')} on {owner.get('host')} "
+                                   f"(since {since}); wait for it, or delete {self.path} if that process is gone") \
+                        from None
+        except OSError as exc:
+            raise disk_error(exc, self.path.parent) from None
+        finally:
+            tmp.unlink(missing_ok=True)
         raise RunError(f"could not take the lock {self.path}; delete it if no process is running this run")
+
+    def _owner(self) -> dict | None:
+        """The holder {pid, host, since}, or None where the lock cannot be read (empty, not JSON, gone)."""
+        try:
+            owner = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) and owner.get("pid") and owner.get("host") else None
 
     def __exit__(self, *exc) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def disk_error(exc: OSError, folder: Path) -> Exception:
+    """A full disk (or quota) as one line naming the folder; any other OSError as it is."""
+    import errno
+
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunError(f"{folder}: no space left on the device ({exc.strerror}); nothing half-written was kept and "
+                        "every finished record is on disk: free space (or pass --results-dir on another disk) and run "
+                        "the same command again to resume")
+    return exc
 
 
 # --------------------------------------------------------------------------------------------- fitting
@@ -467,7 +493,7 @@ def final_weights(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext,
     info.update(train_sec=info["segments"][-1]["total_sec"], train_steps=iters, selected_step=step,
                 budget=plan.get("budget"), flops_per_iteration=per_iter_flops,
                 train_flops=per_iter_flops * iters if per_iter_flops is not None else None,
-                images_seen=iters * method.train_batch_size,
+                images_seen=iters * batch_images(spec, method, dataset),
                 selection_metric=V.checkpoint_metric(chosen, criterion) if chosen else None)
     atomic_write(info_path, json.dumps(info))
     return info
@@ -718,7 +744,12 @@ def run_one(spec: RunSpec, ctx: RunContext) -> list[dict]:
         with RunLock(folder), tf32_matmuls("tf32" in spec.speedups):
             clean_stale_temporaries(folder)
             clean_stale_temporaries(folder / "checkpoints")
-            return _run_locked(spec, ctx, folder)
+            try:
+                return _run_locked(spec, ctx, folder)
+            except OSError as exc:
+                if disk_error(exc, folder) is exc:
+                    raise
+                raise disk_error(exc, folder) from None
     except BaseException:
         if new and folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()  # refused before anything was written: leave no empty run folder behind
@@ -768,12 +799,38 @@ def _prepared(spec: RunSpec, ctx: RunContext, folder: Path):
     check_data(dataset, spec)
     _check_same_data(folder, dataset)
     config, plan = _resolve(spec, dataset, ctx, folder)
-    return dataset, config, plan, speedups(_build(spec, dataset, config), spec.speedups)
+    method = _build(spec, dataset, config)
+    check_sampling(spec, method, dataset)
+    return dataset, config, plan, speedups(method, spec.speedups)
+
+
+def check_sampling(spec: RunSpec, method, dataset) -> None:
+    """A trained method whose sampling settings make it evaluate its network 0 times at a knob value it is scored at
+    would record its input as its translation (e.g. SDEdit with one inference step at strength 0.1): refused."""
+    if "max_steps" not in method.hparams:
+        return  # nothing trained: a reference row (no translation, histogram matching) has no network to evaluate
+    for knob in dict.fromkeys(p[2] for p in test_points(spec, method, dataset)):
+        if method.nfe(knob) < 1:
+            settings = ", ".join(f"{k}={v}" for k, v in spec.overrides) or "its configured sampling settings"
+            raise RunError(f"{spec.method} with {settings} evaluates its network 0 times at {method.knob_name}={knob} "
+                           f"and would record its input as its translation; use more sampling steps (its sampling "
+                           f"settings: {', '.join(type(method).sampling_settings) or 'none'})")
+
+
+def batch_images(spec: RunSpec, method, dataset) -> int:
+    """Images in one training batch: the method's batch size, or the whole training set where that is smaller (the
+    loader then serves every training image as each batch; `flops_per_iteration` is measured on such a batch too)."""
+    from datasets import get_task
+
+    task = get_task(spec.tasks[0], dataset.domains)
+    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
+    sampled = domains if type(method).pairing == "mixed" else tuple(d for d in domains if d != task.target)
+    return min(method.train_batch_size, len(dataset.rows(sampled, "train")))
 
 
 def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     """The stages of one run, each a function below; every stage can be interrupted and resumed."""
-    state = _read_state(folder, ctx)
+    state = _read_state(folder, ctx, spec.run_id)
     dataset, config, plan, method = _prepared(spec, ctx, folder)
     todo = [p for p in test_points(spec, method, dataset) if ("test", None, *p) not in state.have]
     if state.finished and not todo:
@@ -897,9 +954,25 @@ class _RunState:
         return [r for r in self.records if r.get("split", "test") == "test"]
 
 
-def _read_state(folder: Path, ctx: RunContext) -> _RunState:
+def check_records(folder: Path, records: list[dict], run_id: str) -> None:
+    """Records that cannot be this run's are refused before anything is sealed with them: two records of one point
+    (a line copied by hand), or a record of another run (a file copied from elsewhere)."""
+    seen: dict[tuple, int] = {}
+    for line, rec in enumerate(records, 1):
+        if rec.get("run_id", run_id) != run_id:
+            raise RunError(f"{folder / 'records.jsonl'}:{line}: a record of run {rec.get('run_id')}, not of this run "
+                           f"({run_id}); restore the file or delete the run folder")
+        key = point_key(rec)
+        if key in seen:
+            raise RunError(f"{folder / 'records.jsonl'}: lines {seen[key]} and {line} record the same point "
+                           f"({', '.join(map(str, key))}); delete the copied line, or the run folder")
+        seen[key] = line
+
+
+def _read_state(folder: Path, ctx: RunContext, run_id: str) -> _RunState:
     """The run's records and whether `done` vouches for them (a `done` that does not is removed, with a warning)."""
     records = read_records(folder / "records.jsonl")
+    check_records(folder, records, run_id)
     problem = verify_done(folder)
     if (folder / "done").is_file() and problem:
         warnings.warn(f"{folder}: {problem}; evaluating its missing records again from its selected weights",
@@ -914,11 +987,13 @@ def _read_state(folder: Path, ctx: RunContext) -> _RunState:
 def _check_same_data(folder: Path, dataset) -> None:
     """A run folder made from other files than today's (its config.json's fingerprint) is not continued."""
     if (folder / "config.json").is_file():
-        fingerprint = dataset.fingerprint
-        was = json.loads((folder / "config.json").read_text()).get("data_fingerprint", fingerprint)
-        if was != fingerprint:
-            raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {fingerprint[:12]}): files "
-                           f"under {dataset.root} changed since; delete that run folder to run it on today's data")
+        cfg = json.loads((folder / "config.json").read_text())
+        for key, now in (("data_fingerprint", dataset.fingerprint), ("data_content", None)):
+            was = cfg.get(key)
+            now = now if now is not None else dataset.content_fingerprint if was is not None else None
+            if was is not None and was != now:
+                raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {now[:12]}): files "
+                               f"under {dataset.root} changed since; delete that run folder to run it on today's data")
 
 
 def _resolve(spec: RunSpec, dataset, ctx: RunContext, folder: Path) -> tuple[dict, dict]:
@@ -945,7 +1020,7 @@ def _write_config(spec: RunSpec, folder: Path, dataset, config: dict, plan: dict
     if not (folder / "config.json").is_file() or not state.finished:
         atomic_write(folder / "config.json", json.dumps(dict(
             spec=asdict(spec), run_id=spec.run_id, method_config=config, seed=spec.seed, split_hash=dataset.split_hash,
-            data_identity=spec.data_identity, data_fingerprint=fingerprint,
+            data_identity=spec.data_identity, data_fingerprint=fingerprint, data_content=dataset.content_fingerprint,
             dataset_config=dataset.config, git_sha=git_sha(), packages=package_versions(), n_params=method.n_params,
             torch_threads=torch.get_num_threads(),
             knob=method.knob_name, knob_grid=list(method.knob_grid), method_info=type(method).table_info(),
@@ -959,7 +1034,8 @@ def _donor(spec: RunSpec, folder: Path, config: dict, dataset) -> Path | None:
     (a selected checkpoint or a train.json)."""
     if (folder / "checkpoints" / "selected.ckpt").is_file() or (folder / "train.json").is_file():
         return None
-    return find_donor(folder, fit_key(asdict(spec), config, dataset.domains), dataset.domains, dataset.fingerprint)
+    return find_donor(folder, fit_key(asdict(spec), config, dataset.domains), dataset.domains, dataset.fingerprint,
+                      dataset.content_fingerprint)
 
 
 def _evaluate(spec: RunSpec, ctx: RunContext, folder: Path, evaluator: Evaluator, todo: list, state: _RunState):

@@ -20,6 +20,49 @@ from .io import read_image
 from .splits import split_hash
 
 
+def digest_cache_path(folder: Path) -> Path:
+    """Where the file digests of the images under `folder` are cached: `$XRAYBENCH_CACHE` (default
+    `~/.cache/xraybench`)/digests/<sha of the folder's path>.json, outside the data (which may be read-only)."""
+    import os
+
+    base = Path(os.environ.get("XRAYBENCH_CACHE") or Path.home() / ".cache" / "xraybench")
+    return base / "digests" / f"{hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:16]}.json"
+
+
+def file_digests(paths: list[Path]) -> list[str]:
+    """The sha256 of each file's bytes, read from the cache where the file's size and mtime are those cached (a file
+    edited in place gets a new mtime), else computed and cached. The cache is a convenience: one that cannot be read
+    or written is ignored."""
+    import json
+    import os
+
+    if not paths:
+        return []
+    cache_path = digest_cache_path(Path(os.path.commonpath([str(p) for p in paths])))
+    try:
+        cache = json.loads(cache_path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    out, changed = [], False
+    for path in paths:
+        st = path.stat()
+        key, stamp = str(path), [st.st_size, st.st_mtime_ns]
+        hit = cache.get(key)
+        if not (isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3):
+            hit = [*stamp, hashlib.sha256(path.read_bytes()).hexdigest()]
+            cache[key], changed = hit, True
+        out.append(hit[2])
+    if changed:
+        try:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(cache))
+            tmp.replace(cache_path)
+        except OSError:
+            pass
+    return out
+
+
 @dataclass(frozen=True)
 class Task:
     """A translation task: images of `sources` are translated to `target`."""
@@ -88,10 +131,21 @@ class XrayDataset:
     @cached_property
     def fingerprint(self) -> str:
         """sha256 over every image's id, split, path and byte size (a run's config.json records it; a finished run
-        is not reused for data that changed since). An in-place edit that keeps a file's size is not detected."""
+        is not reused for data that changed since). `content_fingerprint` also notices an edit that keeps the size."""
         h = hashlib.sha256()
         for rec in self.manifest.sort_values("id")[["id", "split", "path"]].itertuples(index=False):
             h.update(f"{rec.id}\t{rec.split}\t{rec.path}\t{(self.root / rec.path).stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    @cached_property
+    def content_fingerprint(self) -> str:
+        """sha256 over every image's id, split, path and the sha256 of its bytes: an in-place edit that keeps a file's
+        size is noticed too. Each file's digest is computed once and cached by (size, mtime) (`file_digests`)."""
+        rows = self.manifest.sort_values("id")[["id", "split", "path"]]
+        digests = file_digests([self.root / p for p in rows["path"]])
+        h = hashlib.sha256()
+        for rec, digest in zip(rows.itertuples(index=False), digests, strict=True):
+            h.update(f"{rec.id}\t{rec.split}\t{rec.path}\t{digest}\n".encode())
         return h.hexdigest()
 
     @property

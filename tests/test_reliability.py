@@ -381,8 +381,20 @@ def test_a_run_is_identified_by_its_data(tmp_path, micro):
     folder = spec.folder(ctx.results_dir)
     assert json.loads((folder / "config.json").read_text())["data_fingerprint"]
     assert run_one(spec, _ctx(tmp_path / "res")) == first  # unchanged data: finished, reused
+    # an in-place edit that keeps the file's size (names and sizes alone did not notice it): a finished run is not
+    # reused, nor resumed, nor lent to a sampling variant as a donor
+    target = tmp_path / "data" / "B" / "img100.png"
+    size = target.stat().st_size
+    before = target.read_bytes()
+    for seed in range(1000, 1100):  # other noise of the same size (noise barely compresses: a few tries at most)
+        write_png16(target, np.random.default_rng(seed).uniform(0, 1, (32, 32)))
+        if target.stat().st_size == size:
+            break
+    assert target.stat().st_size == size and target.read_bytes() != before
+    with pytest.raises(RunError, match=r"was run on other data .* delete that run folder"):
+        run_one(spec, _ctx(tmp_path / "res"))
     replaced = np.random.default_rng(7).uniform(0, 1, (40, 40))
-    write_png16(tmp_path / "data" / "B" / "img100.png", replaced)  # a file replaced in place
+    write_png16(target, replaced)  # a file replaced in place
     with pytest.raises(RunError, match=r"was run on other data .* delete that run folder"):
         run_one(spec, _ctx(tmp_path / "res"))
 
@@ -465,3 +477,99 @@ def test_collect_on_a_read_only_folder_is_one_line(tmp_path, micro, capsys, monk
     assert main(["collect", "--results-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "permission denied" in err and "tables" in err and "\n" not in err, err
+
+
+def _enospc(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_full_disk_while_taking_the_lock_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch):
+    """It used to leave an empty `.lock` that blocked every later run ("is being run by pid None on None")."""
+    folder = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(Path, "write_text", _enospc)
+        with pytest.raises(RunError, match=f"{folder}: no space left on the device"):
+            RunLock(folder).__enter__()
+    assert not list(folder.iterdir())  # neither a lock nor its temporary
+    (folder / ".lock").write_text("")  # what the old version left: a lock that cannot be read is stale
+    with RunLock(folder):
+        assert json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
+    assert not (folder / ".lock").exists()
+
+
+def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_the_run_resumes(tmp_path, micro, monkeypatch):
+    import benchmark.run as runner
+
+    ctx = _ctx(tmp_path / "a")
+    spec = _spec(micro, max_steps=30)
+    folder = spec.folder(ctx.results_dir)
+    with monkeypatch.context() as m:
+        m.setattr(runner, "_save_weights", _enospc)  # final.ckpt cannot be written
+        with pytest.raises(RunError, match="no space left on the device.*run the same command again"):
+            run_one(spec, ctx)
+    assert not (folder / "done").exists() and not (folder / ".lock").exists()
+    assert not list(folder.glob("**/.*tmp-*"))
+    records = run_one(spec, ctx)  # space freed: the same command resumes and finishes
+    assert verify_done(folder) is None and _tests(records)
+
+
+def test_a_donor_fit_is_lent_only_for_the_same_file_contents(tmp_path, micro):
+    """A `--set guidance=3` variant used to re-use a fit trained on files since edited in place (same names, sizes)."""
+    from benchmark.config import find_donor
+
+    ctx = _ctx(tmp_path)
+    spec = _spec(micro, max_steps=2)
+    run_one(spec, ctx)
+    folder = spec.folder(tmp_path)
+    cfg = json.loads((folder / "config.json").read_text())
+    variant = folder.with_name("seed0-variant")
+    args = (variant, cfg["fit_key"], micro.domains, cfg["data_fingerprint"])
+    assert cfg["data_content"] == micro.content_fingerprint
+    assert find_donor(*args, micro.content_fingerprint) == folder
+    assert find_donor(*args, "0" * 64) is None  # same names and sizes, other bytes
+
+
+def test_file_digests_are_cached_by_size_and_mtime(tmp_path, monkeypatch):
+    import hashlib
+
+    from datasets.base import file_digests
+
+    monkeypatch.setenv("XRAYBENCH_CACHE", str(tmp_path / "cache"))
+    files = [tmp_path / f"f{i}.bin" for i in range(3)]
+    for i, f in enumerate(files):
+        f.write_bytes(bytes([i]) * 100)
+    assert file_digests(files) == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert list((tmp_path / "cache" / "digests").glob("*.json"))
+    files[1].write_bytes(b"x" * 100)  # same size, new content and mtime
+    assert file_digests(files)[1] == hashlib.sha256(b"x" * 100).hexdigest()
+
+
+def test_a_records_line_copied_by_hand_is_refused_not_sealed(tmp_path, micro):
+    """It used to be re-sealed by the next `done`, and `collect` then failed on the whole folder."""
+    ctx = _ctx(tmp_path)
+    spec = _spec(micro, "histmatch", max_steps=None, overrides=())
+    run_one(spec, ctx)
+    folder = spec.folder(tmp_path)
+    lines = (folder / "records.jsonl").read_text().splitlines(keepends=True)
+    (folder / "records.jsonl").write_text("".join(lines + lines[-1:]))
+    with pytest.raises(RunError, match=rf"lines {len(lines)} and {len(lines) + 1} record the same point"):
+        run_one(spec, ctx)
+    assert verify_done(folder) is not None  # nothing sealed
+
+
+def test_images_seen_counts_the_images_a_batch_holds(tmp_path, micro):
+    """`--set batch_size=100000` recorded images_seen 300000 where each batch was the 75 training images."""
+    spec = _spec(micro, max_steps=3, overrides=SMALL + (("batch_size", 100000),))
+    records = run_one(spec, _ctx(tmp_path))
+    n_train = len(micro.rows(micro.domains, "train"))
+    assert {r["images_seen"] for r in _tests(records)} == {3 * n_train}
+
+
+def test_a_sampling_setting_that_makes_a_method_the_identity_is_refused(tmp_path, micro):
+    """`sdedit --set num_inference_steps=1` recorded nfe 0 and ssim_src 1.0: its input, recorded as SDEdit."""
+    spec = _spec(micro, "sdedit", max_steps=2, overrides=SMALL + (("num_inference_steps", 1),))
+    with pytest.raises(RunError, match="evaluates its network 0 times at strength=0.1"):
+        run_one(spec, _ctx(tmp_path))
+    assert not spec.folder(tmp_path).exists()
