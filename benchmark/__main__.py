@@ -488,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
     install()  # SIGTERM stops with one line and exit 143, as Ctrl-C does with 130
 
     try:
+        if args.command in ("run", "sweep"):
+            from benchmark.precheck import check_fit_args
+
+            check_fit_args(args)  # before torch and Lightning load: a bad argument answers at once
         return {"run": cmd_run, "rescore": cmd_rescore, "collect": cmd_collect, "figures": cmd_figures,
                 "perf": cmd_perf, "weights": cmd_weights, "validity": cmd_validity,
                 "archive": cmd_archive, "regress": cmd_regress, "utility": cmd_utility,

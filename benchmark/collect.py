@@ -88,13 +88,20 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
     Raises:
         ValueError: records of two protocol versions, or two run folders recording the same point.
     """
-    from .archive import record_files
+    from .archive import record_files, run_status
 
     results_dir = Path(results_dir)
+    status = run_status(results_dir) if status is None else status
     files = record_files(results_dir, partial, status) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
     _read_method_info(files)
     if not rows:
+        left = [(folder, why) for folder, why in status if why is not None]
+        if left:
+            shown = "; ".join(f"{_rel(str(f / 'x'), results_dir)}: {why}" for f, why in left[:3])
+            raise FileNotFoundError(f"no finished runs under {results_dir}: {len(left)} left out ({shown}"
+                                    f"{'; ...' if len(left) > 3 else ''}); run their command again to finish them, "
+                                    "or --partial to include what they hold")
         raise FileNotFoundError(f"no records under {results_dir} (run `python -m benchmark run` first)")
     df = pd.DataFrame(rows)
     df["protocol"] = df["protocol"].fillna(1).astype(int) if "protocol" in df else 1

@@ -302,12 +302,9 @@ def _fit(spec: RunSpec, method, dataset, folder: Path, ctx: RunContext, curve=No
     ckpt_dir = folder / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     start_step = 0
-    if last.is_file():
-        try:  # validate before Lightning touches it: a clear error, and the file is left as it is
-            start_step = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
-        except Exception as exc:  # torch raises pickle, zip and runtime errors here
-            raise RunError(f"checkpoint {last} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); delete it "
-                           "to train this run from scratch") from exc
+    if last.is_file():  # validated before Lightning touches it: a clear error, and the file is left as it is
+        start_step = int(_readable_checkpoint(last, method, "delete it to train this run from scratch")
+                         .get("global_step", 0))
     # a one-pass statistic (histmatch) has nothing to share out (and is refused a launch over several processes)
     devices, num_nodes = (spec.devices, spec.num_nodes) if iterations else (1, 1)
     accumulate = spec.accumulate if iterations else 1
@@ -378,7 +375,26 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def _load_weights(method, path: Path) -> None:
-    method.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
+    method.load_state_dict(_readable_checkpoint(path, method, "delete the run folder and run it again: its recorded "
+                                                              "values rest on these weights")["state_dict"])
+
+
+def _readable_checkpoint(path: Path, method, fix: str) -> dict:
+    """The checkpoint at `path`, checked to load and to hold `method`'s weights (the same keys), else a RunError
+    naming the file, what is wrong and `fix`."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors here
+        raise RunError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {str(exc)[:100]}); {fix}") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise RunError(f"checkpoint {path} holds no state_dict; {fix}")
+    want, have = set(method.state_dict()), set(state)
+    if want != have:
+        diff = sorted(want - have)[:2] + sorted(have - want)[:2]
+        raise RunError(f"checkpoint {path} does not hold {type(method).__name__}'s weights as configured (e.g. "
+                       f"{', '.join(diff)}); {fix}")
+    return ckpt
 
 
 def _train_clock(curve=None):
@@ -682,6 +698,31 @@ def check_data(dataset, spec: RunSpec) -> None:
         raise RunError(f"{dataset.name} ({dataset.root}): images are served at {dataset.size}x{dataset.size} px; the "
                        f"metrics need at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (SSIM's window): set 'size: 64' or "
                        "larger in the dataset config")
+    check_split_sizes(dataset, spec)
+
+
+def check_split_sizes(dataset, spec: RunSpec) -> None:
+    """Every split the run reads holds images of the domains it reads there, checked before any training (a dataset
+    of too few subjects used to fail only when validation started): the training domains' train split, each
+    source's val and test scenes, the target's ref split (realism's reference)."""
+    from datasets import get_task
+    from methods import get_method
+
+    cls = get_method(spec.method)
+    subjects = dataset.manifest.groupby("split")["subject"].nunique().to_dict()
+    sizes = ", ".join(f"{s} {subjects.get(s, 0)}" for s in ("train", "val", "test", "ref"))
+    for name in spec.tasks:
+        task = get_task(name, dataset.domains)
+        need = [(d, "train", dataset.rows(d, "train")) for d in cls.training_domains(dataset.domains, task.sources,
+                                                                                      task.target)]
+        need += [(src, split, V.task_rows(dataset, src, task.sources, split)) for split in ("val", "test")
+                 for src in task.sources]
+        need += [(task.target, "ref", dataset.rows(task.target, "ref"))]
+        for domain, split, rows in need:
+            if rows.empty:
+                raise RunError(f"{dataset.name} ({dataset.root}): no {domain} images in the {split!r} split, which "
+                               f"task {name} reads (subjects per split: {sizes}); the dataset needs more subjects "
+                               "(at least 5, datasets/splits.py) or a subject_regex that groups fewer images")
 
 
 def speedups(method, names: tuple[str, ...]):

@@ -101,8 +101,9 @@ def read_dicom(path: Path) -> np.ndarray:
         meta = getattr(ds, "file_meta", None)
         sops = [ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta is not None else None]
         if "Rows" in ds or any(sop is not None and "Image" in getattr(sop, "name", "") for sop in sops):
-            raise BadImageError(f"{path}: DICOM file is cut short: an image without its pixel data "
-                                f"({path.stat().st_size} bytes); copy the file again")
+            raise BadImageError(f"{path}: DICOM image without its pixel data ({path.stat().st_size} bytes: a header "
+                                "only, cut short before its image or exported without it); copy or export the file "
+                                "again with its pixel data")
         raise BadImageError(f"{path}: DICOM file has no pixel data (e.g. a structured report or presentation state)")
     syntax = ds.file_meta.get("TransferSyntaxUID") if getattr(ds, "file_meta", None) is not None else None
     if syntax is not None and not syntax.is_compressed and {"Rows", "Columns", "BitsAllocated"} <= set(ds.dir()):

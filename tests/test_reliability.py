@@ -409,7 +409,7 @@ def _bad_folder(tmp_path, kind):
     size = 8 if kind == "too-small" else 32
     for dom, start in (("A", 0), ("B", 100)):
         (tmp_path / dom).mkdir(parents=True, exist_ok=True)
-        for i in range(start, start + 12):
+        for i in range(start, start + (2 if kind == "few-subjects" else 12)):
             write_png16(tmp_path / dom / f"img{i:03d}.png", np.random.default_rng(i).uniform(0, 1, (size, size)))
     bad = tmp_path / "B"
     if kind == "constant":
@@ -423,6 +423,14 @@ def _bad_folder(tmp_path, kind):
                                                                        kvp="70", dose="1"))
         data = (bad / "img300.dcm").read_bytes()
         (bad / "img300.dcm").write_bytes(data[:-100])
+    elif kind == "header-only-dicom":
+        import pydicom
+
+        write_dicom_dx(bad / "img301.dcm", bad / "img100.png", dict(id="x", subject="s", view="pa", domain="B",
+                                                                       kvp="70", dose="1"))
+        ds = pydicom.dcmread(bad / "img301.dcm")
+        del ds.PixelData
+        ds.save_as(bad / "img301.dcm")
     cfg = tmp_path / "toy.yaml"
     text = yaml.safe_dump({"name": "toy", "domains": {"a": "A", "b": "B"}, "root": str(tmp_path)})
     cfg.write_text(text + ("domains: {a: A\n" if kind == "bad-yaml" else ""))
@@ -435,6 +443,8 @@ def _bad_folder(tmp_path, kind):
     ("non-utf8", r"img\ufffd.png: file name is not valid UTF-8; rename the file"),
     ("cut-dicom", r"img300.dcm: DICOM file is cut short: its pixel data holds \d+ of 2048 bytes"),
     ("too-small", r"served at 8x8 px; the metrics need at least 11x11"),
+    ("header-only-dicom", r"img301.dcm: DICOM image without its pixel data \(\d+ bytes: a header only"),
+    ("few-subjects", r"no a images in the 'val' split, which task a->b reads \(subjects per split: train 2, val 0"),
 ])
 def test_bad_data_gets_one_line_before_any_training(tmp_path, kind, message, capsys, monkeypatch):
     import benchmark.run as runner
@@ -573,3 +583,77 @@ def test_a_sampling_setting_that_makes_a_method_the_identity_is_refused(tmp_path
     with pytest.raises(RunError, match="evaluates its network 0 times at strength=0.1"):
         run_one(spec, _ctx(tmp_path))
     assert not spec.folder(tmp_path).exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "renamed keys"])
+def test_a_damaged_checkpoint_is_one_line_naming_it(tmp_path, micro, damage):
+    """A corrupted selected.ckpt when a record is missing ended in `PytorchStreamReader failed` or `UnpicklingError`
+    tracebacks, a last.ckpt with renamed keys in Lightning's state-dict traceback."""
+    import torch
+
+    ctx = _ctx(tmp_path)
+    spec = _spec(micro, max_steps=30)
+    records = run_one(spec, ctx)
+    folder = spec.folder(tmp_path)
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:-1]))
+    for name in ("selected.ckpt", "last.ckpt"):
+        path = folder / "checkpoints" / name
+        if damage == "truncated":
+            path.write_bytes(path.read_bytes()[:1000])
+        elif damage == "not a checkpoint":
+            path.write_text("hello")
+        else:
+            ckpt = torch.load(path, weights_only=True)
+            ckpt["state_dict"] = {"renamed." + k: v for k, v in ckpt["state_dict"].items()}
+            torch.save(ckpt, path)
+    with pytest.raises(RunError, match=r"checkpoint .*selected.ckpt (cannot be loaded|holds no|does not hold).*delete "
+                                       r"the run folder"):
+        with pytest.warns(UserWarning):
+            run_one(spec, ctx)
+    (folder / "checkpoints" / "selected.ckpt").unlink()
+    (folder / "train.json").unlink()
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records if r["split"] == "val"
+                                                 and isinstance(r["step"], int) and r["step"] <= 25))
+    (folder / "checkpoints" / "final.ckpt").unlink()
+    with pytest.raises(RunError, match=r"checkpoint .*last.ckpt (cannot be loaded|holds no|does not hold).*delete it"):
+        run_one(spec, ctx)
+
+
+def test_collect_names_the_runs_it_left_out_when_nothing_is_finished(tmp_path, micro, capsys):
+    """It answered "no records under ..." for edited, config-less or unfinished runs without naming them."""
+    from benchmark.__main__ import main
+
+    spec = _spec(micro, "identity", max_steps=None, overrides=())
+    run_one(spec, _ctx(tmp_path))
+    folder = spec.folder(tmp_path)
+    (folder / "config.json").unlink()
+    assert main(["collect", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no finished runs" in err and f"{folder.relative_to(tmp_path)}: config.json is missing" in err, err
+    assert "\n" not in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "nope"], "unknown method 'nope'; available: identity"),
+    (["--seeds", "-1"], "--seeds -1: a seed is a whole number from 0 to 4294967295"),
+    (["--data-seed", "-1"], "--data-seed -1: a seed is a whole number"),
+    (["--devices", "0"], "--devices 0: at least 1"),
+    (["--budget", "inf"], "--budget inf: a FLOP budget is a positive, finite number"),
+    (["--set", "guidance"], "--set 'guidance': expected key=value"),
+])
+def test_bad_arguments_are_refused_before_torch_loads(argv, message):
+    """Every start-up took 10-20 s before even an argument error was reported (torch, Lightning, diffusers load)."""
+    check = ("import sys; from benchmark.__main__ import main; rc = main(sys.argv[1:]); "
+             "sys.exit(rc if 'torch' not in sys.modules else 99)")
+    for command in ("run", "sweep"):
+        proc = subprocess.run([sys.executable, "-c", check, command, *argv, "--dry-run"], cwd=ROOT,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.strip() == f"error: {message}" or message in proc.stderr and "\n" not in proc.stderr.strip()
+
+
+def test_method_names_are_read_without_importing_methods():
+    from benchmark.precheck import method_names
+    from methods import METHODS
+
+    assert method_names() == list(METHODS)
