@@ -3,13 +3,15 @@
 `summary(df)` averages each seed's records over the task's source domains, then reports, per
 (dataset, preset, task, method, knob value), the mean over seeds and a 95 % interval that includes test-set
 sampling: each record carries the replicates of a subject-level cluster bootstrap (`benchmark.scorer`, the same
-subject draws for every method); replicate b of a row is the mean over seeds of replicate b of each seed, with
-the seeds themselves drawn with replacement, and the interval is the 2.5-97.5 % percentile of these (`<m>_lo`,
-`<m>_hi`; `<m>_ci` is its half-width, shown as ±). Records without replicates (protocol 1) fall back to the
-Student-t interval over seeds.
+subject draws for every method), and `benchmark.stats.interval` combines the seeds' spread (Student t, Welch-
+Satterthwaite degrees of freedom) with the bootstrap spread of the seed mean, centred on the estimate (`<m>_lo`,
+`<m>_hi`; `<m>_ci` is its half-width, shown as ±). Its coverage is checked on a simulation with known truth
+(`tests/test_stats.py`). Records without replicates (protocol 1) get the Student-t interval over seeds.
 
-Ranks respect that uncertainty: a row's rank is 1 + the number of rows whose interval lies entirely on the
-better side of its own, so rows whose intervals overlap share a rank. Ranked are the translation methods only;
+Ranks respect that uncertainty: a row's rank is 1 + the number of rows that are surely better, i.e. whose difference
+to it has a 95 % interval entirely on the better side (`benchmark.stats.difference_ranks`: rows scored on the same
+test subjects are compared replicate by replicate, so the subjects' shared difficulty cancels), and rows not surely
+apart share a rank. Ranked are the translation methods only;
 reference rows (`identity`, "no translation", and `histmatch`) are shown unranked, as the MedShift paper gives
 "no translation" no rank. Realism rank by a Fréchet distance of features (FID, else the weight-free FRD) when every
 row has it, else `nps_dist`; structure rank by `ssim_src` (the paper's Table 1); fidelity rank by `ssim_gt`
@@ -25,8 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import stats as S
 from .metrics import METRICS, mean_ci_over_seeds
 from .records import atomic_write, read_records
+from .stats import Sample
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
 #: Table columns, from the declarations: realism, then fidelity, then structure, each in declaration order.
@@ -35,7 +39,9 @@ TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec 
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
 RANKS = {"realism_rank": None, "structure_rank": "ssim_src", "fidelity_rank": "ssim_gt"}  # None: realism_metric
-N_SEED_DRAWS_SEED = 0
+#: The summary's column of each row's `stats.Sample` per metric (what its interval and its paired comparisons are
+#: computed from); never written to a file.
+SAMPLES = "_samples"
 
 
 def base_method(name: str) -> str:
@@ -192,9 +198,11 @@ def _seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:
     return np.stack(per_seed)
 
 
-def seed_mean_replicates(replicates: np.ndarray, seed: int = N_SEED_DRAWS_SEED) -> np.ndarray:
-    """(B,) replicate b = the mean over seeds drawn with replacement (the same draws for every row with as many seeds)
-    of their b-th subject-bootstrap replicates.
+def _resampled_seed_means(replicates: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(B,) replicate b = the mean over seeds drawn with replacement (the same draws for every row with as many
+    seeds) of their b-th subject-bootstrap replicates. Used only for the percentile interval of utility's gap-closed
+    ratio, as before `benchmark.stats`: a ratio has no interval there yet, and with 3 seeds this one understates the
+    seeds' part (`tests/test_stats.py` measures 75 % coverage for a mean where seeds dominate).
 
     Args:
         replicates: (n_seeds, B).
@@ -202,21 +210,6 @@ def seed_mean_replicates(replicates: np.ndarray, seed: int = N_SEED_DRAWS_SEED) 
     n_seeds, n_boot = replicates.shape
     pick = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
     return replicates[pick, np.arange(n_boot)[:, None]].mean(axis=1)
-
-
-def combined_interval(replicates: np.ndarray, level: float = 0.95, seed: int = N_SEED_DRAWS_SEED):
-    """Percentile interval of the seed mean: replicate b draws the seeds with replacement and averages their b-th
-    subject-bootstrap replicates (test-set sampling and seed variation together).
-
-    Args:
-        replicates: (n_seeds, B).
-    """
-    means = seed_mean_replicates(replicates, seed)
-    means = means[np.isfinite(means)]
-    if len(means) < 2:
-        return float("nan"), float("nan")
-    alpha = (1 - level) / 2
-    return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
 
 
 def test_records(df: pd.DataFrame) -> pd.DataFrame:
@@ -242,15 +235,19 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
         row = dict(zip(GROUP, key, strict=True), n_seeds=len(g))
         if "val_choice" in records[key]:
             row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).mean())
+        samples = {}
         for m in metrics:
             mean, half = mean_ci_over_seeds(g[m].to_numpy())
             row[m], row[f"{m}_ci"] = mean, half
             if m not in METRICS:  # cost columns: mean and seed spread only
                 continue
             reps = _seed_replicates(records[key], m) if np.isfinite(mean) else None
-            lo, hi = combined_interval(reps) if reps is not None else (mean - half, mean + half)
-            row[f"{m}_lo"], row[f"{m}_hi"] = lo, hi
-            row[f"{m}_ci"] = (hi - lo) / 2 if reps is not None else half
+            samples[m] = sample = Sample(g.sort_values("seed")[m].to_numpy(np.float64), reps)
+            iv = S.interval(sample)
+            if not np.isfinite(iv.half):  # one seed without replicates: no spread to show
+                iv = S.Interval(mean, mean - half, mean + half, float("nan"))
+            row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = iv.lo, iv.hi, iv.half
+        row[SAMPLES] = samples
         rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs["valid_realism"] = valid_realism or {}
@@ -290,6 +287,18 @@ def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better
     return pd.Series(1 + np.asarray(better, float), index=mean.index)
 
 
+def rank_rows(part: pd.DataFrame, metric: str) -> pd.Series:
+    """Ranks of `part`'s rows by `metric`: from the interval of each pair's difference where every row has its
+    `stats.Sample` (rows on the same test subjects are compared replicate by replicate: `stats.difference_ranks`),
+    else from overlapping marginal intervals (`overlap_rank`)."""
+    higher = METRICS[metric].higher_is_better
+    samples = [s.get(metric) if isinstance(s, dict) else None for s in part.get(SAMPLES, [None] * len(part))]
+    if samples and all(s is not None for s in samples):
+        return pd.Series(S.difference_ranks(samples, higher), index=part.index)
+    lo, hi = (part.get(f"{metric}{s}", pd.Series(np.nan, index=part.index)) for s in ("_lo", "_hi"))
+    return overlap_rank(part[metric], lo, hi, higher)
+
+
 def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
     """Realism, structure and fidelity ranks (overlapping intervals share a rank) and the average of the first two,
     within each (dataset, preset, task) and group: the unpaired methods among themselves, the paired upper bounds
@@ -307,8 +316,7 @@ def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
             metric = metric or realism_metric(part, validity.get((dataset, preset)))
             if metric is None or metric not in part or part[metric].isna().any():
                 continue
-            lo, hi = (part.get(f"{metric}{s}", pd.Series(np.nan, index=part.index)) for s in ("_lo", "_hi"))
-            out.loc[part.index, col] = overlap_rank(part[metric], lo, hi, METRICS[metric].higher_is_better)
+            out.loc[part.index, col] = rank_rows(part, metric)
             if col == "realism_rank":
                 out.loc[part.index, "realism_by"] = metric
     out["avg_rank"] = (out["realism_rank"] + out["structure_rank"]) / 2
@@ -407,15 +415,16 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
              out_dir / "variants.md"]
-    atomic_write(paths[0], table.to_csv(index=False, float_format="%.6g"))
+    atomic_write(paths[0], table.drop(columns=[SAMPLES], errors="ignore").to_csv(index=False, float_format="%.6g"))
     def note(ranked: pd.DataFrame, scope: str = "") -> str:
         """The footer of one table, naming the metric *that* table was ranked by."""
         realism = ranked["realism_by"].dropna().unique() if "realism_by" in ranked else []
         return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
-                f"seeds;{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank by SSIM to the source "
-                "(MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; rows whose intervals "
-                "overlap share a rank; paired (upper bound) rows see aligned pairs in training and are ranked "
-                "among themselves only; ref. = reference row, not ranked. n/a = unavailable (see the records' "
+                f"seeds (Student t over seeds);{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank "
+                "by SSIM to the source (MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; "
+                "rows not surely apart (the 95% interval of their paired difference includes 0) share a rank; paired "
+                "(upper bound) rows see aligned pairs in training and are ranked among themselves only; ref. = "
+                "reference row, not ranked. n/a = unavailable (see the records' "
                 "`unavailable`)." + (" Utility: mean Dice of a segmenter trained on the method's translations of the "
                                      "synthetic training images and tested on real images, on the row of the setting "
                                      "validation chose (utility.md)." if "dice" in ranked and ranked["dice"].notna()
@@ -506,7 +515,8 @@ def paper_table(configured: pd.DataFrame, task: str) -> str:
     p = part["preset"].iloc[0] if len(part) else ""
     caption = (f"{esc(d)}/{esc(p)}, {esc(task)}: mean over seeds at each table knob value (the MedShift paper's "
                "Table 1 layout). Realism against real images of other subjects, fidelity against the aligned real "
-               "image, structure against the source; rows whose 95\\% intervals overlap share a rank; paired rows "
+               "image, structure against the source; rows not surely apart (the 95\\% interval of their paired "
+               "difference includes 0) share a rank; paired rows "
                "are upper bounds ranked among themselves; reference rows are not ranked.")
     body = "\n".join(esc(line) if line != r"\midrule" else line for line in lines)
     return "\n".join([
@@ -585,12 +595,13 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
         row = dict(zip(["dataset", "preset", "task", "method"], key, strict=True), n_seeds=g["seed"].nunique(),
                    knob=_knob_label(g), group=utility_group(key[3]))
         for m in metrics:
-            row[m] = float(g.groupby("seed")[m].mean().mean())
-            reps = _seed_replicates(g, m)
-            lo, hi = combined_interval(reps) if reps is not None else (np.nan, np.nan)
-            row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = lo, hi, (hi - lo) / 2
-            if m == "dice" and reps is not None:
-                reps_of[key] = seed_mean_replicates(reps)
+            per_seed = g.groupby("seed", sort=True)[m].mean()
+            row[m] = float(per_seed.mean())
+            sample = Sample(per_seed.to_numpy(np.float64), _seed_replicates(g, m))
+            iv = S.interval(sample)
+            row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = iv.lo, iv.hi, iv.half
+            if m == "dice":
+                reps_of[key] = sample
         row["seg_val_dice"] = float(g["seg_val_dice"].mean())
         row["translate_sec"] = float(g["translate_sec"].mean())
         rows.append(row)
@@ -602,24 +613,28 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
         low, high = (dataset, preset, task, "identity"), (dataset, preset, task, ORACLE)
         if low in reps_of and high in reps_of:
             lo_mean, hi_mean = (part.loc[part["method"] == k[3], "dice"].iloc[0] for k in (low, high))
-            if len(reps_of[low]) == len(reps_of[high]):
-                g_lo, g_hi = np.quantile(reps_of[high] - reps_of[low], [0.025, 0.975])
-                if g_lo <= 0:  # the oracle is not surely better than no translation: no gap to close on this task
-                    out.loc[part.index, "gap_note"] = (f"no gap: oracle - no translation = {hi_mean - lo_mean:+.3f} "
-                                                       f"[{g_lo:+.3f}, {g_hi:+.3f}]")
-                    continue
+            gap = S.difference(reps_of[high], reps_of[low])
+            if not gap.lo > 0:  # the oracle is not surely better than no translation: no gap to close on this task
+                out.loc[part.index, "gap_note"] = (f"no gap: oracle - no translation = {hi_mean - lo_mean:+.3f} "
+                                                   f"[{gap.lo:+.3f}, {gap.hi:+.3f}]")
+                continue
             for i, r in part.iterrows():
                 out.loc[i, "gap_closed"] = (r["dice"] - lo_mean) / (hi_mean - lo_mean)
                 key = (dataset, preset, task, r["method"])
-                if key in reps_of and len(reps_of[key]) == len(reps_of[low]):
+                if key in reps_of and S.paired(reps_of[key], reps_of[low]) and S.paired(reps_of[high], reps_of[low]):
+                    mine, none, oracle = (_resampled_seed_means(reps_of[k].replicates) for k in (key, low, high))
                     with np.errstate(all="ignore"):
-                        ratio = (reps_of[key] - reps_of[low]) / (reps_of[high] - reps_of[low])
+                        ratio = (mine - none) / (oracle - none)
                     ratio = ratio[np.isfinite(ratio)]
                     if len(ratio) > 1:
                         out.loc[i, "gap_closed_lo"], out.loc[i, "gap_closed_hi"] = np.quantile(ratio, [0.025, 0.975])
         for _, ranked in part[part["group"] != "reference"].groupby("group", sort=False):
-            out.loc[ranked.index, "utility_rank"] = overlap_rank(ranked["dice"], ranked["dice_lo"], ranked["dice_hi"],
-                                                                 higher_is_better=True)
+            keys = [(dataset, preset, task, m) for m in ranked["method"]]
+            if all(k in reps_of for k in keys):  # from the interval of each pair's difference, as the main tables
+                out.loc[ranked.index, "utility_rank"] = S.difference_ranks([reps_of[k] for k in keys], True)
+            else:
+                out.loc[ranked.index, "utility_rank"] = overlap_rank(ranked["dice"], ranked["dice_lo"],
+                                                                     ranked["dice_hi"], higher_is_better=True)
     order = {g: i for i, g in enumerate(GROUPS)}
     out = out.assign(_g=out["group"].map(order), _d=-out["dice"]).sort_values(["dataset", "preset", "task", "_g", "_d"])
     return out.drop(columns=["_g", "_d"]).reset_index(drop=True)
@@ -705,8 +720,8 @@ def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None 
         "Dice over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds; gap "
         "closed = (Dice - no translation's) / (the oracle's - no translation's), with its interval from the same "
         "paired replicates (n/a where the oracle is not surely better than no translation: no gap to close); the "
-        "oracle's segmenter trains on real target images. Rows whose intervals overlap share "
-        "a rank; references are not ranked.\n"))
+        "oracle's segmenter trains on real target images. Rows not surely apart (the 95% interval of "
+        "their paired difference includes 0) share a rank; references are not ranked.\n"))
     return paths
 
 
@@ -717,8 +732,8 @@ GAP_METRICS = ("ssim_gt", "psnr_gt", "frd", "nps_dist", "nps_flat")
 def paired_gap(df: pd.DataFrame, configured: pd.DataFrame) -> pd.DataFrame:
     """What unpaired translation costs against methods that see the answer: per task and metric, the best unpaired
     row against the best paired row of the headline table (`configured`), their difference (paired minus unpaired,
-    signed so that > 0 means the paired bound is better) and its 95 % interval from the rows' replicates (the same
-    test-subject draws for both, seeds drawn alike: `seed_mean_replicates`)."""
+    signed so that > 0 means the paired bound is better) and its 95 % interval (`stats.difference`: the two rows'
+    seeds, and their replicates on the same test-subject draws)."""
     tests = test_records(df)
     rows = []
     for task, part in configured.groupby("task", sort=False):
@@ -733,19 +748,15 @@ def paired_gap(df: pd.DataFrame, configured: pd.DataFrame) -> pd.DataFrame:
                     best[group] = g.loc[(sign * g[metric]).idxmax()]
             if len(best) < 2:
                 continue
-            reps = []
+            samples = []
             for r in (best["paired"], best["unpaired"]):
                 recs = tests[(tests["task"] == task) & (tests["method"] == r["method"])
                              & (tests["knob_value"].astype(str) == str(r["knob_value"]))]
-                rep = _seed_replicates(recs, metric)
-                reps.append(seed_mean_replicates(rep) if rep is not None else None)
+                per_seed = recs.groupby("seed", sort=True)[metric].mean()
+                samples.append(Sample(per_seed.to_numpy(np.float64), _seed_replicates(recs, metric)))
             diff = sign * (best["paired"][metric] - best["unpaired"][metric])
-            lo = hi = np.nan
-            if all(r is not None for r in reps) and len(reps[0]) == len(reps[1]):
-                d = sign * (reps[0] - reps[1])
-                d = d[np.isfinite(d)]
-                if len(d) > 1:
-                    lo, hi = np.quantile(d, [0.025, 0.975])
+            d = S.difference(*samples)
+            lo, hi = sorted((sign * d.lo, sign * d.hi))
             knob = lambda r: r["method"] + (f" ({r['knob']}={r['knob_value']})" if r["knob"] else "")  # noqa: E731
             rows.append(dict(task=task, metric=f"{METRICS[metric].label} {METRICS[metric].arrow}",
                              best_unpaired=f"{knob(best['unpaired'])}: {_fmt(best['unpaired'][metric], 0, metric)}",
