@@ -39,3 +39,27 @@ def signalled_in_training(cmd: list[str], name: str, env: dict, method: str = "m
                XRAYBENCH_TEST_GROUP="1" if group else "")
     return subprocess.run([sys.executable, "-c", SIGNAL_IN_TRAINING, *cmd[3:]], cwd=ROOT, capture_output=True,
                           text=True, env=env, start_new_session=group, **popen)
+
+
+#: Runs `python -m benchmark ...` and sends XRAYBENCH_TEST_SIGNAL once, right after the run has written its first test
+#: record (evaluation has begun; the records on disk are whole), with Python's own SIGINT handler installed.
+SIGNAL_IN_EVALUATION = """
+import os, signal, sys
+import benchmark.run as run
+signal.signal(signal.SIGINT, signal.default_int_handler)
+write, sent = run.write_records, []
+def then_signal(path, records):
+    write(path, records)
+    if any(r.get("split") == "test" for r in records) and not sent:
+        sent.append(1)
+        os.kill(os.getpid(), getattr(signal, os.environ["XRAYBENCH_TEST_SIGNAL"]))
+run.write_records = then_signal
+from benchmark.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def signalled_in_evaluation(cmd: list[str], name: str, env: dict) -> subprocess.CompletedProcess:
+    """Run `cmd` (`[python, -m, benchmark, ...]`) so that it sends itself signal `name` after its first test record."""
+    return subprocess.run([sys.executable, "-c", SIGNAL_IN_EVALUATION, *cmd[3:]], cwd=ROOT, capture_output=True,
+                          text=True, env=dict(env, XRAYBENCH_TEST_SIGNAL=name))

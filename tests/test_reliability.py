@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from drills import signalled_in_training
+from drills import signalled_in_evaluation, signalled_in_training
 
 from benchmark.config import RunSpec, resolve_config
 from benchmark.records import RunError, read_records, verify_done
@@ -116,14 +116,7 @@ def test_sigkill_during_evaluation_then_resume_equals_an_uninterrupted_run(tmp_p
     whole = tmp_path / "whole"
     assert _run(_cli(whole, micro)) == 0
     cut = tmp_path / "cut"
-    kill = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
-            "def then_kill(path, records):\n"
-            "    write(path, records)\n"
-            "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGKILL)\n"
-            "run.write_records = then_kill\n"
-            "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
-    killed = subprocess.run([sys.executable, "-c", kill, *_cli(cut, micro)[3:]], cwd=ROOT, capture_output=True,
-                            env=ONE_THREAD)
+    killed = signalled_in_evaluation(_cli(cut, micro), "SIGKILL", ONE_THREAD)
     assert killed.returncode == -signal.SIGKILL
     assert not list(cut.glob("runs/*/*/*/done"))
     assert _run(_cli(cut, micro)) == 0
@@ -217,14 +210,7 @@ def test_sigterm_during_evaluation_prints_one_line_and_releases_the_lock(tmp_pat
     """It used to end with exit -15, no message and the run folder's `.lock` left behind."""
     results = tmp_path / "r"
     cmd = _cli(results, micro)
-    term = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
-            "def then_term(path, records):\n"
-            "    write(path, records)\n"
-            "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGTERM)\n"
-            "run.write_records = then_term\n"
-            "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", term, *cmd[3:]], cwd=ROOT, capture_output=True, text=True,
-                          env=ONE_THREAD)
+    proc = signalled_in_evaluation(cmd, "SIGTERM", ONE_THREAD)
     assert proc.returncode == 143, proc.stderr[-2000:]
     assert proc.stderr.strip() == ("stopped by SIGTERM: every finished record is on disk; run the same command again "
                                    "to resume")
@@ -240,15 +226,7 @@ def test_ctrl_c_of_a_real_run_during_evaluation_prints_one_line(tmp_path, micro)
     Python's own SIGINT handler installed (a shell's background job inherits SIGINT ignored)."""
     results = tmp_path / "r"
     cmd = _cli(results, micro)
-    ctrl_c = ("import os, signal, sys; import benchmark.run as run; write = run.write_records\n"
-              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
-              "def then_ctrl_c(path, records):\n"
-              "    write(path, records)\n"
-              "    if any(r.get('split') == 'test' for r in records): os.kill(os.getpid(), signal.SIGINT)\n"
-              "run.write_records = then_ctrl_c\n"
-              "from benchmark.__main__ import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.run([sys.executable, "-c", ctrl_c, *cmd[3:]], cwd=ROOT, capture_output=True, text=True,
-                          env=ONE_THREAD)
+    proc = signalled_in_evaluation(cmd, "SIGINT", ONE_THREAD)
     err = proc.stderr.strip()
     assert proc.returncode == 130, err[-2000:]
     assert err == "interrupted: every finished record is on disk; run the same command again to resume"
