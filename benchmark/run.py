@@ -846,10 +846,11 @@ def _prepared(spec: RunSpec, ctx: RunContext, folder: Path):
 
 
 def check_sampling(spec: RunSpec, method, dataset) -> None:
-    """A trained method whose sampling settings make it evaluate its network 0 times at a knob value it is scored at
-    would record its input as its translation (e.g. SDEdit with one inference step at strength 0.1): refused."""
-    if "max_steps" not in method.hparams:
-        return  # nothing trained: a reference row (no translation, histogram matching) has no network to evaluate
+    """A trained method whose sampling settings (`sampling_settings`) make it evaluate its network 0 times at a knob
+    value it is scored at would record its input as its translation (e.g. SDEdit with one inference step at strength
+    0.1): refused."""
+    if "max_steps" not in method.hparams or not type(method).sampling_settings:
+        return  # nothing trained (a reference row), or no sampler whose settings could reduce it to nothing
     for knob in dict.fromkeys(p[2] for p in test_points(spec, method, dataset)):
         if method.nfe(knob) < 1:
             settings = ", ".join(f"{k}={v}" for k, v in spec.overrides) or "its configured sampling settings"
