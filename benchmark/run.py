@@ -172,7 +172,7 @@ class RunLock:
             tmp.write_text(me)
             for _ in range(2):
                 try:
-                    os.link(tmp, self.path)
+                    self._create(tmp, me)
                     return self
                 except FileExistsError:
                     owner = self._owner()
@@ -189,6 +189,25 @@ class RunLock:
         finally:
             tmp.unlink(missing_ok=True)
         raise RunError(f"could not take the lock {self.path}; delete it if no process is running this run")
+
+    def _create(self, tmp: Path, me: str) -> None:
+        """Put the lock in place if absent (FileExistsError otherwise): a hard link of the written temporary; on a file
+        system without hard links, an exclusive create and write (a write that fails removes the lock again)."""
+        import errno
+
+        try:
+            os.link(tmp, self.path)
+            return
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+        except OSError:
+            self.path.unlink(missing_ok=True)
+            raise
 
     def _owner(self) -> dict | None:
         """The holder {pid, host, since}, or None where the lock cannot be read (empty, not JSON, gone)."""

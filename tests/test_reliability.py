@@ -635,3 +635,18 @@ def test_method_names_are_read_without_importing_methods():
     from methods import METHODS
 
     assert method_names() == list(METHODS)
+
+
+def test_the_lock_works_on_a_file_system_without_hard_links(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    folder = tmp_path / "run"
+    with RunLock(folder):
+        assert json.loads((folder / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(RunError, match="is being run by pid"):
+            RunLock(folder).__enter__()
+    assert not list(folder.iterdir())
