@@ -104,7 +104,7 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
     if not rows:
         left = [(folder, why) for folder, why in status if why is not None]
         if left:
-            shown = "; ".join(f"{_rel(str(f / 'x'), results_dir)}: {why}" for f, why in left[:3])
+            shown = "; ".join(f"{_rel(f, results_dir)}: {why}" for f, why in left[:3])
             raise FileNotFoundError(f"no finished runs under {results_dir}: {len(left)} left out ({shown}"
                                     f"{'; ...' if len(left) > 3 else ''}); run their command again to finish them, "
                                     "or --partial to include what they hold")
@@ -155,13 +155,14 @@ def _live_stands_in(df: pd.DataFrame, key: pd.Series, results_dir: Path) -> tupl
     for old_file, idx in df[shadowed].groupby("_file").groups.items():
         for new_file in dict.fromkeys(live_of[k] for k in key[idx]):
             both = [i for i in idx if live_of[key[i]] == new_file and df.at[i, "split"] == "test"]
-            notes.append(f"{_rel(new_file, results_dir)} stands in for the archived "
-                         f"{_rel(old_file, results_dir)}: {_agreement(df, key, both, ~archived)}")
+            notes.append(f"{_rel(Path(new_file).parent, results_dir)} stands in for the archived "
+                         f"{_rel(Path(old_file).parent, results_dir)}: {_agreement(df, key, both, ~archived)}")
     return df[~shadowed], key[~shadowed], notes
 
 
-def _rel(file: str, results_dir: Path) -> str:
-    folder = Path(file).parent
+def _rel(folder: Path, results_dir: Path) -> str:
+    """`folder` relative to the results folder where it lies under it, for one-line messages."""
+    folder = Path(folder)
     return str(folder.relative_to(results_dir)) if folder.is_relative_to(results_dir) else str(folder)
 
 

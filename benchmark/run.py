@@ -254,23 +254,27 @@ def _datamodule(spec: RunSpec, method, dataset, ctx: RunContext, iterations: int
                 accumulate: int = 1):
     """The training batches; a fit of `iterations` resumed at iteration `start` serves the uninterrupted fit's
     batches from `start` on (`datasets.datamodule.BatchStream`), each as `accumulate` micro-batches."""
-    from datasets import get_task
     from datasets.datamodule import TranslationDataModule
 
-    task = get_task(spec.tasks[0], dataset.domains)
-    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
+    task, domains = _training_domains(spec, type(method), dataset)
     return TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, seed=spec.seed,
                                  pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last,
                                  iterations=iterations, start=start, accumulate=accumulate)
 
 
-def prepare(spec: RunSpec, method, dataset, ctx: RunContext) -> None:
-    """Hand the method what it may derive from the training data before a fit (`TranslationMethod.prepare_fit`)."""
+def _training_domains(spec: RunSpec, cls, dataset) -> tuple:
+    """(the spec's first task, the domains method class `cls` trains on for it): tasks of one spec share them."""
     from datasets import get_task
-    from methods import FitData
 
     task = get_task(spec.tasks[0], dataset.domains)
-    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
+    return task, cls.training_domains(dataset.domains, task.sources, task.target)
+
+
+def prepare(spec: RunSpec, method, dataset, ctx: RunContext) -> None:
+    """Hand the method what it may derive from the training data before a fit (`TranslationMethod.prepare_fit`)."""
+    from methods import FitData
+
+    _, domains = _training_domains(spec, type(method), dataset)
     method.prepare_fit(FitData(train_images=lambda: dataset.load(dataset.rows(domains, "train")),
                                cache_dir=ctx.results_dir / "cache",
                                identity=dict(dataset=dataset.name, config=dataset.config, split=dataset.split_hash,
@@ -881,11 +885,7 @@ def check_sampling(spec: RunSpec, method, dataset) -> None:
 def batch_images(spec: RunSpec, method, dataset) -> int:
     """Images in one training batch: the method's batch size, or the whole training set where that is smaller (the
     loader then serves every training image as each batch; `flops_per_iteration` is measured on such a batch too)."""
-    from datasets import get_task
-
-    task = get_task(spec.tasks[0], dataset.domains)
-    domains = type(method).training_domains(dataset.domains, task.sources, task.target)
-    sampled = domains if type(method).pairing == "mixed" else tuple(d for d in domains if d != task.target)
+    sampled = _datamodule(spec, method, dataset, ctx=None).sampled_domains()
     return min(method.train_batch_size, len(dataset.rows(sampled, "train")))
 
 
@@ -1049,11 +1049,12 @@ def _check_same_data(folder: Path, dataset) -> None:
     """A run folder made from other files than today's (its config.json's fingerprint) is not continued."""
     if (folder / "config.json").is_file():
         cfg = json.loads((folder / "config.json").read_text())
-        for key, now in (("data_fingerprint", dataset.fingerprint), ("data_content", None)):
+        # names and sizes, then contents (a run from before `data_content` has none: not read then)
+        for key, now in (("data_fingerprint", lambda: dataset.fingerprint),
+                         ("data_content", lambda: dataset.content_fingerprint)):
             was = cfg.get(key)
-            now = now if now is not None else dataset.content_fingerprint if was is not None else None
-            if was is not None and was != now:
-                raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {now[:12]}): files "
+            if was is not None and was != now():
+                raise RunError(f"{folder} was run on other data (fingerprint {was[:12]}, now {now()[:12]}): files "
                                f"under {dataset.root} changed since; delete that run folder to run it on today's data")
 
 

@@ -192,15 +192,20 @@ class TranslationDataModule(L.LightningDataModule):
         labels = torch.tensor([self.dataset.domain_index(d) for d in rows["domain"]], dtype=torch.long)
         return _Images(self.dataset.load(rows), labels, list(rows["id"]))
 
+    def sampled_domains(self) -> tuple[str, ...]:
+        """The domains whose images set the training set's size (one item per image of them): all of them for mixed
+        batches, side A (every training domain but the target) for unpaired and paired ones."""
+        return self.domains if self.pairing == "mixed" else tuple(d for d in self.domains if d != self.target)
+
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
-            side_a = tuple(d for d in self.domains if d != self.target)
+            sampled = self.sampled_domains()
             if self.pairing == "mixed":
-                self._train = self._images(self.domains)
+                self._train = self._images(sampled)
             elif self.pairing == "unpaired":
-                self._train = _Unpaired(self._images(side_a), self._images((self.target,)))
+                self._train = _Unpaired(self._images(sampled), self._images((self.target,)))
             else:
-                self._train = self._paired(side_a)
+                self._train = self._paired(sampled)
 
     def _paired(self, side_a: tuple[str, ...]) -> _Paired:
         a, b = self._images(side_a), self._images((self.target,))
