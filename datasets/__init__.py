@@ -3,7 +3,7 @@
 NOTE: this package is named `datasets`, like Hugging Face's. Run the suite from the repository root
 (or with this project installed in its own venv, as `make setup` does): the repository root comes
 first on `sys.path`, so `import datasets` resolves here even when HF `datasets` is installed too.
-`tests/test_datasets_io.py::test_package_name_resolves_here` checks this.
+`tests/datasets/test_datasets_io.py::test_package_name_resolves_here` checks this.
 """
 from __future__ import annotations
 

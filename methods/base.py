@@ -114,8 +114,8 @@ class TranslationMethod(L.LightningModule):
 
     @classmethod
     def selection_criterion(cls) -> str:
-        """What the validation split selects the checkpoint by (`benchmark.validation`): "fidelity" for the paired
-        upper bounds (they see the answer and bound fidelity), "realism" for every other learned method."""
+        """What the validation split selects the checkpoint by (`benchmark.protocol.validation`): "fidelity" for the
+        paired upper bounds (they see the answer and bound fidelity), "realism" for every other learned method."""
         return "fidelity" if cls.group() == "paired" else "realism"
 
     @classmethod

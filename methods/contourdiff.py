@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import torch
 
-from .base import TranslationMethod
 from .components.contours import contour_map
-from .components.target_ddpm import TargetDDPM
+from .target_diffusion import TargetDiffusion
 
 
-class ContourDiff(TranslationMethod):
+class ContourDiff(TargetDiffusion):
     """Contour-conditioned target-domain DDPM."""
 
     knob_name = "noise_level"
     knob_grid = (1.0, 0.5)
     knob_curve = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
     sampling_settings = ("sampler", "num_inference_steps")
-    allowed = {**TranslationMethod.allowed, "sampler": ("ddpm", "ddim")}
     style = dict(color="tab:purple", marker="P", label="ContourDiff")
-    smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
-                          warmup_steps=1)
+    condition_channels = 1
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -45,31 +42,15 @@ class ContourDiff(TranslationMethod):
                  batch_size: int = 16, ema_decay: float = 0.999):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
-        self.ddpm = TargetDDPM(image_size, 1, base_channels, channel_mults, layers_per_block, attention, sampler,
-                               num_inference_steps, ema_decay)
-        TargetDDPM.adopt_legacy_keys(self, "ddpm")
+        self.build_ddpm()
 
-    @classmethod
-    def training_domains(cls, domains, sources, target):
-        return (target,)
-
-    def training_step(self, batch, batch_idx):
-        x_0 = batch["image"]
-        loss = self.ddpm.loss(x_0, contour_map(x_0))
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def after_optimizer_step(self) -> None:
-        self.ddpm.update_ema()
-
-    def configure_optimizers(self):
-        return self.ddpm.optimizers(self.hparams.lr, self.hparams.warmup_steps, self.hparams.max_steps)
+    def condition(self, images: torch.Tensor) -> torch.Tensor:
+        return contour_map(images)
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
-        if target != self.target:
-            raise KeyError(f"ContourDiff's DDPM was trained on {self.target!r}, not {target!r}")
-        return self.ddpm.denoise_from(images, float(self.knob(knob_value)), contour_map(images))
+        self.check_target(target)
+        return self.ddpm.denoise_from(images, float(self.knob(knob_value)), self.condition(images))
 
     def nfe(self, knob_value=None) -> int:
         return self.ddpm.nfe(float(self.knob(knob_value)))

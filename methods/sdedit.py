@@ -20,21 +20,18 @@ from __future__ import annotations
 
 import torch
 
-from .base import TranslationMethod
-from .components.target_ddpm import TargetDDPM
+from .target_diffusion import TargetDiffusion
 
 
-class SDEdit(TranslationMethod):
+class SDEdit(TargetDiffusion):
     """Target-domain DDPM + noise-and-denoise translation."""
 
     knob_name = "strength"
     knob_grid = (0.1, 0.2, 0.3)
     knob_curve = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
     sampling_settings = ("sampler", "num_inference_steps", "repeats")
-    allowed = {**TranslationMethod.allowed, "sampler": ("ddpm", "ddim"), "repeats": "[1, inf)"}
+    allowed = {**TargetDiffusion.allowed, "repeats": "[1, inf)"}
     style = dict(color="tab:green", marker="v", label="SDEdit (strength)")
-    smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, num_inference_steps=10,
-                          warmup_steps=1)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",
                  image_size: int = 64, base_channels: int = 32, channel_mults: tuple[int, ...] = (1, 2, 2),
@@ -43,29 +40,11 @@ class SDEdit(TranslationMethod):
                  max_steps: int = 2000, batch_size: int = 16, ema_decay: float = 0.999):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
-        self.ddpm = TargetDDPM(image_size, 0, base_channels, channel_mults, layers_per_block, attention, sampler,
-                               num_inference_steps, ema_decay)
-        TargetDDPM.adopt_legacy_keys(self, "ddpm")
-
-    @classmethod
-    def training_domains(cls, domains, sources, target):
-        return (target,)  # the DDPM never sees the source domain
-
-    def training_step(self, batch, batch_idx):
-        loss = self.ddpm.loss(batch["image"])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def after_optimizer_step(self) -> None:
-        self.ddpm.update_ema()
-
-    def configure_optimizers(self):
-        return self.ddpm.optimizers(self.hparams.lr, self.hparams.warmup_steps, self.hparams.max_steps)
+        self.build_ddpm()
 
     @torch.no_grad()
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
-        if target != self.target:
-            raise KeyError(f"SDEdit's DDPM was trained on {self.target!r}, not {target!r}")
+        self.check_target(target)
         strength = float(self.knob(knob_value))
         generator = self.ddpm.generator()  # one stream through all repeats
         x = images.float()

@@ -26,7 +26,7 @@ def signalled(self, batch, batch_idx):
         os.killpg(os.getpgid(0), sig) if os.environ.get("XRAYBENCH_TEST_GROUP") else os.kill(os.getpid(), sig)
     return step(self, batch, batch_idx)
 cls.training_step = signalled
-from benchmark.__main__ import main
+from benchmark.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -45,7 +45,7 @@ def signalled_in_training(cmd: list[str], name: str, env: dict, method: str = "m
 #: record (evaluation has begun; the records on disk are whole), with Python's own SIGINT handler installed.
 SIGNAL_IN_EVALUATION = """
 import os, signal, sys
-import benchmark.run as run
+import benchmark.run.evaluate as run
 signal.signal(signal.SIGINT, signal.default_int_handler)
 write, sent = run.write_records, []
 def then_signal(path, records):
@@ -54,7 +54,7 @@ def then_signal(path, records):
         sent.append(1)
         os.kill(os.getpid(), getattr(signal, os.environ["XRAYBENCH_TEST_SIGNAL"]))
 run.write_records = then_signal
-from benchmark.__main__ import main
+from benchmark.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -8,7 +8,7 @@ landing on x_0 (alpha_bar = 1). Strength 0 returns the start image; strength 1 s
 
 Why not diffusers' pipelines: their img2img keeps the last int(n_steps * strength) timesteps of the
 "leading" grid (980, 960, ..., 0 for 50 steps), so strength 0.1 / 0.2 / 0.3 noised to t = 80 / 180 / 280,
-one stride below t0 * T (`tests/test_diffusion.py` pins both grids). Ancestral steps run through
+one stride below t0 * T (`tests/methods/test_diffusion.py` pins both grids). Ancestral steps run through
 `DDPMScheduler.step` with these custom timesteps (its posterior uses the next listed timestep);
 `DDIMScheduler` accepts no custom timesteps, so the DDIM (eta = 0) update is written out here (eq. 12 of
 Song et al. 2021, with the predicted x_0 clipped to [-1, 1] as diffusers does).

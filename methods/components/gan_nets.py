@@ -72,7 +72,7 @@ class UnetGenerator(nn.Module):
         dropout: The reference's dropout-as-noise (pix2pix: on; the regression CNN: off).
         affine_norm: Learned scale and shift in the norms (`_norm`).
         tanh: End in tanh (images in [-1, 1]); False returns the output convolution as it is (logits, e.g. the
-            utility benchmark's segmenter, `benchmark.utility`).
+            utility benchmark's segmenter, `benchmark.orchestration.utility`).
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, image_size: int = 64, ngf: int = 64,

@@ -6,7 +6,7 @@ The records are hand-made, small and fixed: three methods, two seeds, two source
 import json
 from pathlib import Path
 
-from benchmark.records import RECORD_KEYS, record_sha
+from benchmark.protocol.records import RECORD_KEYS, record_sha
 
 OUT = Path(__file__).parent / "records" / "fixture.jsonl"
 VALUES = {  # (method, knob, knob_value): per seed, per source: (ssim_src, ssim_gt, nps_dist, hist_w1, fid)

@@ -1,0 +1,113 @@
+"""Choices on the validation split: learning curves, the checkpoint, and the knob value a method is headlined at.
+
+Nothing here reads the test split. During training, `LearningCurve` saves the weights at `N_CURVE_POINTS` evenly
+spaced iterations and scores them on a fixed subset of the validation scenes (`curve_rows`) at the method's
+cheapest table knob value; those records (`split = "val"`, `step` = iteration) are the learning curves. The
+checkpoint with the best `selection_metric` becomes `checkpoints/selected.ckpt`, the weights every test record
+uses. With those weights every table knob value is scored on the whole validation set; the best one is the
+method's headline value for that task (`val_choice` in the test records).
+
+Two criteria, because the two choices answer different questions:
+* the checkpoint - how well has the model learned the target domain? - by validation *realism*, as generative
+  models are usually selected (FID where its weights exist, else the spectrum distance, which passes the
+  metric-validity check and costs nothing; FRD is not computed on validation for its cost). At a fixed knob a
+  better-trained model also restyles more, so a fidelity criterion here would prefer under-trained models
+  (measured: MedShift's validation `ssim_gt` peaked after 225 of 599 iterations while its realism kept improving).
+  The paired upper bounds are the exception, declared by their group (`TranslationMethod.selection_criterion`):
+  they train on the answer and stand in the tables as the bound on *fidelity*, so their checkpoint is the one with
+  the best validation `ssim_gt` (measured: by realism, CDM's spectrum distance only worsened as it trained, 0.156 ->
+  0.341, while its validation `ssim_gt` rose 0.785 -> 0.919, and realism picked its first checkpoint, 70 of 557
+  iterations, whose outputs still carried a bright border);
+* the headline knob value - where on its trade-off should a method be reported? - by validation *fidelity*
+  `ssim_gt` (SSIM to the aligned real image), which rewards structure and realism together where a dataset has
+  exact pairs; without pairs, by the mean of the realism and structure ranks among the knob values (the
+  MedShift paper's average rank).
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from benchmark.errors import ConfigError
+
+N_CURVE_POINTS = 8
+CURVE_IMAGES = 24  # validation images scored at each learning-curve point (fixed subset, every subject)
+
+
+def curve_steps(iterations: int, n_points: int = N_CURVE_POINTS) -> list[int]:
+    """Iterations at which the learning curve is sampled: evenly spaced, the last one = `iterations`."""
+    return sorted({max(1, round(k * iterations / n_points)) for k in range(1, n_points + 1)})
+
+
+def task_rows(dataset, source: str, sources: tuple[str, ...], split: str) -> pd.DataFrame:
+    """Scenes of `split` translated from `source` in a task with `sources`.
+
+    With several source domains (sim2real: syn_low, syn_high) each subject is translated from one of them,
+    alternating in the order of the subject ids, so every scene of the split is translated once per task and
+    evaluation costs the same whatever the number of sources.
+    """
+    rows = dataset.rows(source, split)
+    if len(sources) > 1:
+        subjects = sorted(set(dataset.rows(sources[0], split)["subject"]))
+        mine = {s for i, s in enumerate(subjects) if sources[i % len(sources)] == source}
+        rows = rows[rows["subject"].isin(mine)].reset_index(drop=True)
+    return rows
+
+
+def curve_rows(rows: pd.DataFrame, n_images: int = CURVE_IMAGES) -> pd.DataFrame:
+    """A fixed subset of `rows` with every subject: the first views (by id) of each, about `n_images` in all."""
+    per_subject = max(1, math.ceil(n_images / max(rows["subject"].nunique(), 1)))
+    return rows.groupby("subject", sort=True).head(per_subject).reset_index(drop=True)
+
+
+def checkpoint_metric(records: list[dict], criterion: str = "realism") -> str:
+    """The validation metric that selects the checkpoint: for "realism" FID where every record has it, else the
+    spectrum distance; for "fidelity" `ssim_gt` (SSIM to the aligned real image)."""
+    if criterion == "fidelity":
+        if not records or any(r.get("ssim_gt") is None for r in records):
+            raise ConfigError("selection by fidelity needs ssim_gt on every validation record (aligned pairs)")
+        return "ssim_gt"
+    if criterion != "realism":
+        raise ValueError(f"unknown checkpoint criterion {criterion!r}; valid: realism, fidelity")
+    return "fid" if records and all(r.get("fid") is not None for r in records) else "nps_dist"
+
+
+def _means(records: list[dict], key: str, metric: str) -> dict:
+    scores: dict = {}
+    for r in records:
+        scores.setdefault(r[key], []).append(r[metric])
+    return {k: sum(v) / len(v) for k, v in scores.items()}
+
+
+def best_checkpoint(records: list[dict], criterion: str = "realism") -> int:
+    """The learning-curve step with the best validation `criterion` (`checkpoint_metric`; ties: the later step)."""
+    from benchmark.scoring.declarations import METRICS
+
+    metric = checkpoint_metric(records, criterion)
+    sign = 1 if METRICS[metric].higher_is_better else -1
+    means = _means(records, "step", metric)
+    top = max(sign * v for v in means.values())
+    return max(k for k, v in means.items() if sign * v == top)
+
+
+def best_knob(records: list[dict]):
+    """The knob value with the best validation fidelity (`ssim_gt`), or without pairs the best mean of its realism
+    and structure ranks among the knob values (ties: the first in the grid order of `records`)."""
+    if records and all(r.get("ssim_gt") is not None for r in records):
+        means = _means(records, "knob_value", "ssim_gt")
+        top = max(means.values())
+        return next(k for k, v in means.items() if v == top)
+    realism = _means(records, "knob_value", checkpoint_metric(records))
+    structure = _means(records, "knob_value", "ssim_src")
+    keys = list(realism)
+
+    def rank(values: dict, higher_is_better: bool) -> dict:
+        order = sorted(keys, key=lambda k: -values[k] if higher_is_better else values[k])
+        return {k: order.index(k) for k in keys}
+
+    from benchmark.scoring.declarations import METRICS
+
+    r1 = rank(realism, METRICS[checkpoint_metric(records)].higher_is_better)
+    r2 = rank(structure, True)
+    return min(keys, key=lambda k: (r1[k] + r2[k], keys.index(k)))

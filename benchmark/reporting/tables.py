@@ -1,0 +1,265 @@
+"""Records -> tidy DataFrame -> summary tables (pure functions of the DataFrame).
+
+`summary(df)` averages each seed's records over the task's source domains, then reports, per
+(dataset, preset, task, method, knob value), the mean over seeds and a 95 % interval that includes test-set
+sampling: each record carries the replicates of a subject-level cluster bootstrap (`benchmark.scoring.scorer`, the same
+subject draws for every method), and `benchmark.reporting.stats.interval` combines the seeds' spread (Student t, Welch-
+Satterthwaite degrees of freedom) with the bootstrap spread of the seed mean, centred on the estimate (`<m>_lo`,
+`<m>_hi`; `<m>_ci` is its half-width, shown as ±). Its coverage is checked on a simulation with known truth
+(`tests/test_stats.py`). Records without replicates (protocol 1) get the Student-t interval over seeds.
+
+Ranks respect that uncertainty: a row's rank is 1 + the number of rows that are surely better, i.e. whose difference
+to it has a 95 % interval entirely on the better side (`benchmark.reporting.stats.difference_ranks`: rows scored on the
+same test subjects are compared replicate by replicate, so the subjects' shared difficulty cancels), and rows not surely
+apart share a rank. Ranked are the translation methods only;
+reference rows (`identity`, "no translation", and `histmatch`) are shown unranked, as the MedShift paper gives
+"no translation" no rank. Realism rank by a Fréchet distance of features (FID, else the weight-free FRD) when every
+row has it, else `nps_dist`; structure rank by `ssim_src` (the paper's Table 1); fidelity rank by `ssim_gt`
+(skull-sim has exact pairs); average rank = mean of realism and structure ranks (lower is better).
+
+Records of one protocol version only (`benchmark.protocol.records.PROTOCOL_VERSION`), and one fit per (method, setting,
+seed, data): two records of the same point from different run folders are an error naming both.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+import benchmark.reporting.stats as S
+from benchmark.reporting.load import (
+    GROUP_LABELS,
+    GROUPS,
+    base_method,
+    is_reference,
+    method_group,
+    method_info,
+    split_variants,
+    test_records,
+)
+from benchmark.reporting.stats import Sample
+from benchmark.scoring.declarations import METRICS
+from benchmark.scoring.metrics import mean_ci_over_seeds
+
+GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
+
+
+#: Table columns, from the declarations: realism, then fidelity, then structure, each in declaration order.
+TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec in METRICS.items()
+                 if spec.axis == axis and spec.in_table]
+
+
+EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
+
+
+REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
+
+
+RANKS = {"realism_rank": None, "structure_rank": "ssim_src", "fidelity_rank": "ssim_gt"}  # None: realism_metric
+
+
+#: The summary's column of each row's `stats.Sample` per metric (what its interval and its paired comparisons are
+#: computed from); never written to a file.
+SAMPLES = "_samples"
+UTILITY_LABEL = "Utility (Dice) ↑"
+
+
+def seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:
+    """(n_seeds, B) bootstrap replicates of `metric` per seed (means over sources), or None if any record lacks them."""
+    if "boot" not in g:
+        return None
+    per_seed = []
+    for _, s in g.groupby("seed", sort=True):
+        reps = [b.get(metric) if isinstance(b, dict) else None for b in s["boot"]]
+        if any(r is None for r in reps) or len({len(r) for r in reps}) != 1:
+            return None
+        per_seed.append(np.mean(np.asarray(reps, np.float64), axis=0))
+    return np.stack(per_seed)
+
+
+def resampled_seed_means(replicates: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(B,) replicate b = the mean over seeds drawn with replacement (the same draws for every row with as many
+    seeds) of their b-th subject-bootstrap replicates. Used only for the percentile interval of utility's gap-closed
+    ratio, as before `benchmark.reporting.stats`: a ratio has no interval there yet, and with 3 seeds this one
+    understates the seeds' part (`tests/test_stats.py` measures 75 % coverage for a mean where seeds dominate).
+
+    Args:
+        replicates: (n_seeds, B).
+    """
+    n_seeds, n_boot = replicates.shape
+    pick = np.random.default_rng(seed).integers(0, n_seeds, size=(n_boot, n_seeds))
+    return replicates[pick, np.arange(n_boot)[:, None]].mean(axis=1)
+
+
+def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
+    """One row per (dataset, preset, task, method, knob value) of the test records: `<m>` mean, `<m>_lo/_hi`
+    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of seeds x sources whose validation chose it).
+
+    Args:
+        valid_realism: {(dataset, preset): realism metrics that passed `benchmark.scoring.validity`}; realism is ranked
+            only by those where the check was run.
+    """
+    df = test_records(df)
+    metrics = [m for m in TABLE_METRICS + EXTRA if m in df.columns]
+    per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
+    per_seed = per_seed.apply(pd.to_numeric, errors="coerce").reset_index()
+    records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}
+    rows = []
+    for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
+        row = dict(zip(GROUP, key, strict=True), n_seeds=len(g))
+        if "val_choice" in records[key]:
+            row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).mean())
+        samples = {}
+        for m in metrics:
+            mean, half = mean_ci_over_seeds(g[m].to_numpy())
+            row[m], row[f"{m}_ci"] = mean, half
+            if m not in METRICS:  # cost columns: mean and seed spread only
+                continue
+            reps = seed_replicates(records[key], m) if np.isfinite(mean) else None
+            samples[m] = sample = Sample(g.sort_values("seed")[m].to_numpy(np.float64), reps)
+            iv = S.interval(sample)
+            if not np.isfinite(iv.half):  # one seed without replicates: no spread to show
+                iv = S.Interval(mean, mean - half, mean + half, float("nan"))
+            row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = iv.lo, iv.hi, iv.half
+        row[SAMPLES] = samples
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["valid_realism"] = valid_realism or {}
+    return add_ranks(out)
+
+
+def realism_metric(df: pd.DataFrame, valid: list[str] | None = None) -> str | None:
+    """The realism metric to rank and plot by: the first of REALISM_RANK_ORDER that every row has (and, given the
+    metric-validity results `valid`, that passed them)."""
+    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all() and (valid is None or m in valid)),
+                None)
+
+
+def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better: bool) -> pd.Series:
+    """1 + the number of rows whose interval lies entirely on the better side of this row's interval."""
+    if lo.isna().all():
+        lo, hi = mean, mean
+    lo, hi = lo.fillna(mean), hi.fillna(mean)
+    better = [(lo > h).sum() if higher_is_better else (hi < low).sum() for low, h in zip(lo, hi, strict=True)]
+    return pd.Series(1 + np.asarray(better, float), index=mean.index)
+
+
+def rank_rows(part: pd.DataFrame, metric: str) -> pd.Series:
+    """Ranks of `part`'s rows by `metric`: from the interval of each pair's difference where every row has its
+    `stats.Sample` (rows on the same test subjects are compared replicate by replicate: `stats.difference_ranks`),
+    else from overlapping marginal intervals (`overlap_rank`)."""
+    higher = METRICS[metric].higher_is_better
+    samples = [s.get(metric) if isinstance(s, dict) else None for s in part.get(SAMPLES, [None] * len(part))]
+    if samples and all(s is not None for s in samples):
+        return pd.Series(S.difference_ranks(samples, higher), index=part.index)
+    lo, hi = (part.get(f"{metric}{s}", pd.Series(np.nan, index=part.index)) for s in ("_lo", "_hi"))
+    return overlap_rank(part[metric], lo, hi, higher)
+
+
+def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
+    """Realism, structure and fidelity ranks (overlapping intervals share a rank) and the average of the first two,
+    within each (dataset, preset, task) and group: the unpaired methods among themselves, the paired upper bounds
+    among themselves (never mixed into the unpaired ranks); reference rows stay unranked."""
+    out = out.copy()
+    if out.empty:
+        return out
+    for col in list(RANKS) + ["avg_rank", "realism_by"]:
+        out[col] = np.nan if col != "realism_by" else None
+    out["group"] = out["method"].map(method_group)
+    ranked = out[out["group"] != "reference"]
+    validity = out.attrs.get("valid_realism", {})
+    for (dataset, preset, _, _), part in ranked.groupby(["dataset", "preset", "task", "group"], sort=False):
+        for col, metric in RANKS.items():
+            metric = metric or realism_metric(part, validity.get((dataset, preset)))
+            if metric is None or metric not in part or part[metric].isna().any():
+                continue
+            out.loc[part.index, col] = rank_rows(part, metric)
+            if col == "realism_rank":
+                out.loc[part.index, "realism_by"] = metric
+    out["avg_rank"] = (out["realism_rank"] + out["structure_rank"]) / 2
+    return out
+
+
+def format_cell(mean: float, half: float, metric: str) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    digits = 1 if metric in ("psnr_src", "psnr_gt", "fid", "train_sec") else 3
+    if metric == "n_params":
+        return f"{mean / 1e6:.2f}M"
+    if metric == "sec_per_image":
+        return f"{mean * 1e3:.2f}ms"
+    text = f"{mean:.{digits}f}"
+    if half and np.isfinite(half) and half > 0:
+        text += f" ± {half:.{digits}f}"
+    return text
+
+
+def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
+    """Human table: arrows in headers, mean ± CI, best value per task in bold."""
+    shown = [m for m in TABLE_METRICS if m in table and table[m].notna().any()]
+    rows = []
+    table = ordered(table)
+    for _, r in table.iterrows():
+        knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "–"
+        row = {"task": r["task"], "group": GROUP_LABELS[method_group(r["method"])], "method": r["method"], "knob": knob}
+        if "n_seeds" in table:
+            row["seeds"] = f"{r['n_seeds']:g}"
+        if "val_choice" in table and table["val_choice"].notna().any():
+            row["val choice"] = "" if pd.isna(r["val_choice"]) else f"{r['val_choice']:.0%}"
+        for m in shown:
+            cell = format_cell(r[m], r.get(f"{m}_ci"), m)
+            # the best value among the rows a reader compares (unpaired methods and references, not the bounds)
+            part = table[(table["task"] == r["task"]) & (table["method"].map(method_group) != "paired")][m]
+            best = part.max() if METRICS[m].higher_is_better else part.min()
+            if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1 and method_group(r["method"]) != "paired":
+                cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
+            row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
+        if "dice" in table and table["dice"].notna().any():
+            row[UTILITY_LABEL] = "–" if pd.isna(r["dice"]) else format_cell(r["dice"], r["dice_ci"], "dice")
+        for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank", "utility_rank"):
+            if m == "utility_rank" and not ("dice" in table and table["dice"].notna().any()):
+                continue
+            if m in table:
+                unranked = "ref." if is_reference(r["method"]) else ""
+                row[m.replace("_", " ")] = unranked if pd.isna(r[m]) else f"{r[m]:g}"
+        for m in EXTRA:
+            if m in table:
+                row[m] = format_cell(r[m], 0, m)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by task, then group (unpaired, paired, reference), keeping the order within a group."""
+    if table.empty or "task" not in table:
+        return table
+    key = table["method"].map(lambda m: GROUPS.index(method_group(m)))
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(table["task"]))}
+    return table.assign(_t=table["task"].map(tasks), _g=key).sort_values(["_t", "_g"], kind="stable").drop(
+        columns=["_t", "_g"])
+
+
+def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
+    """Rows at each method's table grid only, ranked among themselves (curve values are for the figures).
+
+    Args:
+        variants: False: each method as configured (no `--set`/`--max-steps` variants). True: the methods that
+            have variants, each with its configured rows first and then its variants' rows.
+    """
+    def on_grid(row) -> bool:
+        info = method_info(row["method"])  # a variant has its method's grid
+        grid = ("",) if not info or info.get("knob") is None else tuple(info["knob_grid"])
+        return row["knob_value"] in grid
+
+    configured, with_variants = split_variants(table[table.apply(on_grid, axis=1)])
+
+    def ranked(part: pd.DataFrame) -> pd.DataFrame:
+        part = part.reset_index(drop=True)
+        part.attrs["valid_realism"] = table.attrs.get("valid_realism", {})
+        return add_ranks(part)
+
+    if not variants:
+        return ranked(configured)
+    order = with_variants.assign(_base=with_variants["method"].map(base_method))
+    order = order.assign(_variant=order["method"] != order["_base"])
+    order = order.sort_values(["task", "_base", "_variant", "method"], kind="stable")
+    return ranked(order.drop(columns=["_base", "_variant"]))

@@ -1,0 +1,180 @@
+"""Evaluation: translating a split with the selected weights (`translate`), scoring it against its references and
+assembling the records (`Evaluator`), and the test points of a run (`test_points`)."""
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+import benchmark.protocol.validation as V
+from benchmark.errors import RunError
+from benchmark.protocol.config import RunSpec, setting
+from benchmark.protocol.provenance import git_sha
+from benchmark.protocol.records import PROTOCOL_VERSION, RECORD_KEYS, read_records, seal, write_records
+from benchmark.protocol.samples import sample_scenes, save_samples
+from benchmark.run.context import PreparedRun
+
+#: Images per sampler call when translating (measured: a 64-px U-Net on 2 cores runs 2x faster per image than at 64).
+#: The same on every device: a stochastic sampler seeds its noise per call, so the batch decides each image's noise.
+EVAL_BATCH = 16
+
+
+@torch.no_grad()
+def translate(method, x: torch.Tensor, source: str, target: str, knob,
+               batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, float]:
+    """Translate in batches of `EVAL_BATCH`; returns the translations and the seconds per image."""
+    device = method.device
+    t0 = time.perf_counter()
+    out = [method.translate(x[i:i + batch_size].to(device), source, target, knob).float().cpu()
+           for i in range(0, len(x), batch_size)]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return torch.cat(out), (time.perf_counter() - t0) / max(len(x), 1)
+
+
+def _reference_images(dataset, target: str) -> torch.Tensor:
+    try:
+        return dataset.images(target, "ref")[0]
+    except ValueError as exc:
+        raise RunError(f"{dataset.name}: no {target} images in the 'ref' split, which realism is scored against; "
+                       "the dataset needs more subjects (datasets/splits.py)") from exc
+
+
+def point_key(rec: dict) -> tuple:
+    return (rec.get("split", "test"), rec.get("step"), rec["task"], rec["source"], rec["knob_value"])
+
+
+class Evaluator:
+    """Scores points of one run: the learning curve (validation subset), the knob choice (validation) and the
+    test evaluations; loads each image set and real reference once and writes every record as it is made."""
+
+    def __init__(self, run: PreparedRun, records: list[dict]):
+        from datasets import get_task
+
+        spec, dataset = run.spec, run.dataset
+        self.spec, self.method, self.dataset, self.ctx = spec, run.method, dataset, run.ctx
+        self.records, self.path = records, run.records_path
+        self.tasks = {t: get_task(t, dataset.domains) for t in spec.tasks}
+        self.sets, self.references = {}, {}
+        self.sha, self.setting = git_sha(), setting(spec)
+        self.train: dict = {}
+        #: translations made elsewhere with the selected weights (`translate_sharded`), used once each
+        self.translated: dict = {}
+
+    # ------------------------------------------------------------------ data
+    def _set(self, split: str, task_name: str, source: str, subset: bool = False):
+        key = (split, task_name, source, subset)
+        if key not in self.sets:
+            task = self.tasks[task_name]
+            rows = V.task_rows(self.dataset, source, task.sources, split)
+            if subset:
+                rows = V.curve_rows(rows)
+            if rows.empty:
+                raise RunError(f"{self.dataset.name}: no {source} images in the {split!r} split")
+            x_src = self.dataset.load(rows)
+            self.sets[key] = (x_src, *self.dataset.counterparts(rows, task.target), list(rows["subject"]),
+                              list(rows["scene"]))
+        return self.sets[key]
+
+    def _reference(self, target: str):
+        if target not in self.references:
+            d = self.dataset
+            self.references[target] = self.ctx.scorer.reference(_reference_images(d, target), dict(
+                dataset=d.name, config=d.config, split=d.split_hash, part="ref", domain=target))
+        return self.references[target]
+
+    # ------------------------------------------------------------------ records
+    def _record(self, method, split: str, task_name: str, source: str, knob, step=None, subset=False) -> dict:
+        x_src, x_gt, gt_reason, subjects, scenes = self._set(split, task_name, source, subset)
+        target = self.tasks[task_name].target
+        done = self.translated.pop((split, task_name, source, knob, subset), None)
+        x_hat, sec = done if done is not None else translate(method, x_src, source, target, knob)
+        if split == "test":
+            save_samples(self.path.parent, task_name, scenes, sample_scenes(self.dataset, target), source, target,
+                         knob, x_src, x_gt, x_hat)
+        scorer = self.ctx.scorer if split == "test" else self.ctx.val_scorer
+        scores = scorer.score(x_hat, x_src, x_gt, self._reference(target), gt_reason, subjects=subjects)
+        spec = self.spec
+        rec = {k: None for k in RECORD_KEYS}
+        rec.update({k: v for k, v in scores.items() if k != "unavailable"})
+        rec.update(method=spec.method, setting=self.setting, dataset=spec.dataset, preset=spec.preset,
+                   task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
+                   knob_value=knob, nfe=method.nfe(knob), sec_per_image=sec, n_params=method.n_params,
+                   peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+                   unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=self.dataset.split_hash,
+                   git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step)
+        return rec
+
+    def reload(self) -> None:
+        """Take the records from disk (a multi-device fit's first rank wrote its learning curve there)."""
+        self.records[:] = read_records(self.path)
+
+    def add(self, rec: dict) -> dict:
+        """Seal `rec`, append it and rewrite records.jsonl (every record is on disk as soon as it is made)."""
+        rec = seal(rec)
+        self.records.append(rec)
+        write_records(self.path, self.records)
+        return rec
+
+    def curve_points(self) -> list[tuple]:
+        """(task, source, knob) of the learning curve: each task's first source at its cheapest table knob value."""
+        knob = min(self.method.knob_grid, key=lambda k: self.method.nfe(k))
+        return [(t, task.sources[0], knob) for t, task in self.tasks.items()]
+
+    def curve_point(self, method, step: int) -> None:
+        for task_name, source, knob in self.curve_points():
+            if ("val", step, task_name, source, knob) not in {point_key(r) for r in self.records}:
+                rec = self._record(method, "val", task_name, source, knob, step=step, subset=True)
+                self.add(dict(rec, flops=step * (self.train.get("flops_per_iteration") or 0) or None))
+
+    def curve_records(self) -> list[dict]:
+        return [r for r in self.records if r.get("split") == "val" and isinstance(r.get("step"), int)]
+
+    def _knob_choice_points(self) -> list[tuple]:
+        """(task, source, knob) of the knob choice: every table knob value on the whole validation set."""
+        return [(t, s, k) for t, task in self.tasks.items() for s in task.sources for k in self.method.knob_grid]
+
+    def plan(self, todo: list[tuple]) -> list[tuple]:
+        """The translations an evaluation of the test points `todo` makes with the selected weights, as keys
+        (split, task, source, knob, subset): the knob choice's validation points not yet recorded, then `todo`."""
+        have = {point_key(r) for r in self.records}
+        keys = [("val", *p, False) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
+        return keys + [("test", t, s, k, False) for t, s, k in todo]
+
+    def choose_knobs(self, bar=None) -> dict:
+        """Score every table knob value on the whole validation set; {task: the best value}."""
+        have: dict[tuple, dict] = {}
+        for r in self.records:
+            have.setdefault(point_key(r), r)
+        recs: dict[str, list] = {}
+        for task_name, source, knob in self._knob_choice_points():
+            done = have.get(("val", "selected", task_name, source, knob))
+            recs.setdefault(task_name, []).append(done if done is not None else self.add(
+                self._record(self.method, "val", task_name, source, knob, step="selected")))
+        return {task_name: V.best_knob(r) for task_name, r in recs.items()}
+
+    def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
+        """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""
+        rec = self._record(self.method, "test", task_name, source, knob)
+        resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
+        info = self.train
+        rec.update(train_sec=info.get("train_sec"), train_steps=info.get("train_steps"),
+                   train_flops=info.get("train_flops"), images_seen=info.get("images_seen"),
+                   selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
+                   resumed_from_steps=resumed, val_choice=val_choice)
+        return rec
+
+
+def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]:
+    """(task, source, knob value) test points: the table grid, plus the dense curve with `--curve`."""
+    from datasets import get_task
+
+    grid = tuple(method.knob_grid)
+    if spec.curve and method.knob_curve:
+        grid = tuple(dict.fromkeys(grid + tuple(method.knob_curve)))
+    points = []
+    for t in spec.tasks:
+        task = get_task(t, dataset.domains)
+        points += [(t, src, k) for src in task.sources for k in grid]
+    return points
