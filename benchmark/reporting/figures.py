@@ -11,10 +11,11 @@ from benchmark.reporting.load import (
     load_records,
     method_group,
     method_info,
+    shared_fits,
     split_variants,
     test_records,
 )
-from benchmark.reporting.tables import REALISM_RANK_ORDER, realism_metric, summary
+from benchmark.reporting.tables import REALISM_RANK_ORDER, TEXTURE_RANK_ORDER, realism_metric, summary
 from benchmark.reporting.utility_tables import (
     ORACLE,
     attach_utility,
@@ -86,12 +87,24 @@ def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = 
         ax.plot(g[x], g[y], linestyle="none", markersize=7 if knobbed else 9, **style)
         if {"dataset", "preset"} <= set(part):
             _error_bars(ax, part[part["method"] == method], x, y, style.get("color"))
+    ideal = structure_ideal_of(part) if x == "ssim_src" else None
+    if ideal is not None:  # a perfect translation's structure: higher SSIM (src) is under-translation
+        ax.axvline(ideal, linestyle="--", color="0.35", linewidth=1,
+                   label=f"ideal SSIM (src) {ideal:.3f}: a perfect translation (no translation's SSIM (gt))")
     ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  (structure)")
     ax.set_ylabel(f"{METRICS[y].label} {METRICS[y].arrow}  (realism)")
     ax.set_title(f"{part['dataset'].iloc[0]}/{part['preset'].iloc[0]} {task}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return ax.figure
+
+
+def structure_ideal_of(records: pd.DataFrame) -> float | None:
+    """The ideal SSIM (src) of one task's test records: no translation's mean SSIM (gt) (`tables.add_structure_gap`),
+    or None without an identity row with SSIM (gt)."""
+    ident = records[records["method"] == "identity"]
+    value = pd.to_numeric(ident["ssim_gt"], errors="coerce").mean() if len(ident) and "ssim_gt" in ident else None
+    return float(value) if value is not None and pd.notna(value) else None
 
 
 def _error_bars(ax, records: pd.DataFrame, x: str, y: str, color) -> None:
@@ -110,9 +123,11 @@ def _error_bars(ax, records: pd.DataFrame, x: str, y: str, color) -> None:
                 capsize=2)
 
 
-def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ssim_gt", "nps_dist")):
+def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ssim_gt", "nps_dist"),
+                    shared: dict | None = None):
     """Validation metrics against training FLOPs for every learned method (mean over seeds; the checkpoint each seed
-    selected on validation is ringed). Returns None when the records hold no learning curve."""
+    selected on validation is ringed). `shared` ({method: tasks}, `load.shared_fits`): methods whose one fit serves
+    several tasks and was selected on all their curves, which the title says. None when the records hold no curve."""
     import matplotlib.pyplot as plt
 
     curve = df[(df["task"] == task) & (df["split"] == "val")] if "split" in df else df.iloc[:0]
@@ -136,8 +151,12 @@ def learning_curves(df: pd.DataFrame, task: str, metrics: tuple[str, ...] = ("ss
         ax.set_ylabel(f"{METRICS[metric].label} {METRICS[metric].arrow} (validation)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{curve['dataset'].iloc[0]}/{curve['preset'].iloc[0]} {task}: learning curves (ringed: selected)",
-                 fontsize=10)
+    title = f"{curve['dataset'].iloc[0]}/{curve['preset'].iloc[0]} {task}: learning curves (ringed: selected)"
+    both = {m: ts for m, ts in (shared or {}).items() if task in ts and m in set(curve["method"])}
+    if both:
+        title += "\n" + "; ".join(f"{method_style(m)['label']}: one fit for {', '.join(ts)}, its checkpoint "
+                                  "selected on every one of those tasks' curves" for m, ts in both.items())
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -250,12 +269,14 @@ def cost_quality(df: pd.DataFrame, task: str, y: str | None = None):
 
 
 # ------------------------------------------------------------------------------------------ downstream utility
-def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: list[str]):
+def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: list[str],
+                   failed: list[str] | None = None):
     """Downstream utility (mean Dice of the segmenter, `benchmark.orchestration.utility`) against each realism metric in
     `x_metrics` and against structure (SSIM to the source), one point per method at the setting its validation chose
     most often, 95 % interval bars on both axes; the oracle (real training images) and no translation as horizontal
-    lines. Each panel's title gives Spearman's rank correlation of the metric with utility over the translation
-    methods (sign flipped for lower-is-better metrics, so +1 means the metric ranks them as utility does)."""
+    lines. Each panel's title gives Spearman's rank correlation of the plotted metric with utility over the
+    translation methods (the scatter's own sign) and whether the metric ranks them as utility does (for a
+    lower-is-better metric a negative ρ); `failed`: metrics that failed validity on the preset, said in their title."""
     import matplotlib.pyplot as plt
 
     part = usum[usum["task"] == task] if not usum.empty else usum
@@ -280,9 +301,13 @@ def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: l
         for _, o in oracle.iterrows():
             ax.axhspan(o["dice_lo"], o["dice_hi"], color="tab:green", alpha=0.15)
             ax.axhline(o["dice"], color="tab:green", ls="--", lw=1, label="oracle (real training images)")
-        title = METRICS[x].label
+        title = METRICS[x].label + (" (failed validity on this preset)" if failed and x in failed else "")
         if len(rho := utility_correlations(rows, [x], min_methods=3)):
-            title += f": Spearman ρ = {rho['spearman_rho'].iloc[0]:+.2f} over {rho['methods'].iloc[0]} methods"
+            # the plain correlation of the plotted values (its sign is the scatter's), then what it means
+            agrees = rho["spearman_rho"].iloc[0]
+            plain = agrees if METRICS[x].higher_is_better else -agrees
+            title += (f"\nSpearman ρ = {plain:+.2f} over {rho['methods'].iloc[0]} methods: "
+                      f"{'ranks them as' if agrees > 0 else 'does not rank them as'} utility does")
         ax.set_title(title, fontsize=9)
         ax.set_xlabel(f"{METRICS[x].label} {METRICS[x].arrow}  ({METRICS[x].axis})")
         ax.set_ylabel("utility: mean Dice on real test images ↑")
@@ -307,6 +332,23 @@ def valid_realism(df: pd.DataFrame, tables_dir: Path) -> list[str]:
     return [m for m in order if m in have and (passed is None or m in passed)]
 
 
+def failed_realism(df: pd.DataFrame, tables_dir: Path) -> list[str]:
+    """The realism metrics that failed the metric-validity check on the records' preset (none when it was not run)."""
+    from benchmark.scoring.validity import valid_realism_metrics
+
+    passed = valid_realism_metrics(tables_dir, df["dataset"].iloc[0], df["preset"].iloc[0])
+    return [] if passed is None else [m for m in METRICS if METRICS[m].axis == "realism" and m not in passed]
+
+
+def realism_axes(df: pd.DataFrame, valid: list[str]) -> list[str]:
+    """The metrics of the two realism axes to plot against utility: global statistics (the first valid one) and noise
+    texture (`nps_flat` where the records have it, whether or not it passed validity: a figure shows, it ranks
+    nothing; its panel title says when it failed)."""
+    glob = next((m for m in valid if m not in TEXTURE_RANK_ORDER), None)
+    texture = [m for m in TEXTURE_RANK_ORDER if m in df and test_records(df)[m].notna().all()]
+    return [m for m in [glob, *texture] if m]
+
+
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
@@ -329,6 +371,7 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
     tables_dir = tables_dir or Path(results_dir) / "tables"
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    shared = shared_fits(df)
     for task in df["task"].unique():
         task_df = df[df["task"] == task]
         realism = valid_realism(task_df, tables_dir) or ["nps_dist"]
@@ -337,18 +380,23 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
             if part.empty:
                 continue
             panels = realism + ["ssim_gt"]
-            fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 4.0), squeeze=False)
+            fig, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels) + 4.0, 4.0), squeeze=False)
             for ax, metric in zip(axes[0], panels, strict=True):
                 tradeoff_curves(part, task, y=metric, ax=ax)
             axes[0][-1].set_ylabel(f"{METRICS['ssim_gt'].label} ↑  (fidelity to the aligned real image)")
-            fig.tight_layout()
+            handles, labels = axes[0][0].get_legend_handles_labels()
+            for ax in axes[0]:  # one legend for the panels, beside them: inside, it hid points
+                ax.get_legend().remove()
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.78, 0.5), fontsize=7, frameon=False)
+            fig.tight_layout(rect=(0, 0, 0.78, 1))
             paths += _save(fig, out_dir, f"tradeoff-{task}{suffix}")
         configured = split_variants(task_df)[0]
-        for name, fig in ((f"learning-{task}", learning_curves(configured, task)),
+        for name, fig in ((f"learning-{task}", learning_curves(configured, task, shared=shared)),
                           (f"qualitative-{task}", qualitative_grid(configured, task)),
                           (f"knob-surface-{task}", knob_surface(task_df, task)),
                           (f"cost-{task}", cost_quality(configured, task, realism[0])),
-                          (f"utility-{task}", utility_figure(configured, usum, task, realism[:2]))):
+                          (f"utility-{task}", utility_figure(configured, usum, task, realism_axes(task_df, realism),
+                                                             failed_realism(task_df, tables_dir)))):
             if fig is not None:
                 paths += _save(fig, out_dir, name)
     return paths

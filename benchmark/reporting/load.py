@@ -160,6 +160,20 @@ def test_records(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["split"] == "test"] if "split" in df else df
 
 
+def shared_fits(df: pd.DataFrame) -> dict[str, list[str]]:
+    """{method: the tasks one fit serves} for the methods whose runs translate several tasks with one model (MedShift:
+    one model for every domain pair), read from the records (a run id under several tasks): their `train_sec` is
+    the cost of that one fit, and its checkpoint was selected on all those tasks' learning curves."""
+    if "run_id" not in df or df.empty:
+        return {}
+    tasks = df.groupby(["method", "run_id"], sort=False)["task"].unique()
+    out: dict[str, list[str]] = {}
+    for (method, _), ts in tasks.items():
+        if len(ts) > 1:
+            out[method] = sorted(set(out.get(method, [])) | set(ts))
+    return out
+
+
 def is_reference(method: str) -> bool:
     """Reference rows (no translation, histogram matching) are shown but not ranked (`reference_row` declaration)."""
     return bool(method_info(method).get("reference_row"))

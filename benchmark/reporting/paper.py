@@ -5,15 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+import benchmark.reporting.stats as S
 from benchmark.reporting.load import GROUPS, method_group, method_info
+from benchmark.reporting.stats import Sample
 from benchmark.reporting.tables import TABLE_METRICS, ordered
 from benchmark.scoring.declarations import METRICS
-
-#: A learning curve is "still improving" when, over the last quarter of the budget, validation realism (the
-#: checkpoint's criterion) improved by more than REL_CHANGE of its value or SSIM to the aligned image by more than
-#: ABS_CHANGE; "flat" otherwise (changes of either sign below those).
-REL_CHANGE, ABS_CHANGE = 0.05, 0.01
-
 
 KNOB_TEX = {"tau": r"$\tau$", "strength": "strength", "noise_level": "noise", "blend": "blend"}
 
@@ -74,21 +70,63 @@ def paper_table(configured: pd.DataFrame, task: str) -> str:
         r"\end{table}", ""])
 
 
+#: A learning curve's verdict over the last quarter of the budget, per metric, from the 95 % interval of the change
+#: between 3/4 of the budget and its end (over seeds and the validation subjects, `stats.difference`, paired
+#: replicate by replicate): "improving" when the change is surely an improvement and larger than the threshold
+#: (REL_CHANGE of the realism value, ABS_CHANGE of SSIM (gt)); "flat" when the whole interval lies within the
+#: threshold either way; "undecided" otherwise (the seeds and subjects cannot tell). The curve is "still improving"
+#: when either metric is, "flat" when both are.
+REL_CHANGE, ABS_CHANGE = 0.05, 0.01
+
+
+def _change(g: pd.DataFrame, step_a, step_b, metric: str):
+    """The interval of metric(step_b) - metric(step_a) over the seeds (each the mean over its sources)."""
+    from benchmark.reporting.tables import seed_replicates
+
+    samples = []
+    for step in (step_a, step_b):
+        at = g[g["step"] == step]
+        per_seed = at.groupby("seed", sort=True)[metric].mean()
+        samples.append(Sample(per_seed.to_numpy(np.float64), seed_replicates(at, metric)))
+    if not all(np.isfinite(s.mean) for s in samples):
+        return None
+    return S.difference(samples[1], samples[0])
+
+
+def _verdict(change, threshold: float, lower_is_better: bool) -> str:
+    if change is None or not np.isfinite(change.lo):
+        return "undecided"
+    lo, hi = (-change.hi, -change.lo) if lower_is_better else (change.lo, change.hi)  # > 0: improved
+    if lo > 0 and (lo + hi) / 2 > threshold:
+        return "improving"
+    if -threshold < lo and hi < threshold:
+        return "flat"
+    return "undecided"
+
+
 def convergence(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, method): validation `nps_dist` and `ssim_gt` (means over seeds) at 3/4 of the budget and at its end,
-    and whether the method is still improving there (REL_CHANGE, ABS_CHANGE)."""
+    the interval of each change, and the verdict (REL_CHANGE, ABS_CHANGE)."""
     curve = df[(df["split"] == "val") & df["step"].map(lambda v: isinstance(v, int))] if "split" in df else df.iloc[:0]
     rows = []
     for (task, method), g in curve.groupby(["task", "method"], sort=False):
         means = g.groupby("step")[["nps_dist", "ssim_gt"]].mean().sort_index()
         if len(means) < 4:
             continue
-        q3, end = means.iloc[round(0.75 * (len(means) - 1))], means.iloc[-1]
-        realism = (q3["nps_dist"] - end["nps_dist"]) / abs(q3["nps_dist"])  # > 0: improved
-        fidelity = end["ssim_gt"] - q3["ssim_gt"] if pd.notna(end["ssim_gt"]) else 0.0
-        improving = realism > REL_CHANGE or fidelity > ABS_CHANGE
-        rows.append(dict(task=task, method=method, seeds=g["seed"].nunique(), steps=int(means.index[-1]),
-                         nps_dist_q3=q3["nps_dist"], nps_dist_end=end["nps_dist"], ssim_gt_q3=q3["ssim_gt"],
-                         ssim_gt_end=end["ssim_gt"],
-                         verdict="still improving" if improving else "flat over the last quarter"))
+        q3_step, end_step = means.index[round(0.75 * (len(means) - 1))], means.index[-1]
+        q3, end = means.loc[q3_step], means.loc[end_step]
+        realism = _change(g, q3_step, end_step, "nps_dist")
+        fidelity = _change(g, q3_step, end_step, "ssim_gt") if pd.notna(end["ssim_gt"]) else None
+        verdicts = (_verdict(realism, REL_CHANGE * abs(q3["nps_dist"]), True),
+                    _verdict(fidelity, ABS_CHANGE, False) if fidelity is not None else "flat")
+        verdict = "still improving" if "improving" in verdicts else "flat over the last quarter" \
+            if verdicts == ("flat", "flat") else "undecided (within the seeds' and subjects' noise)"
+
+        def iv(change):
+            return f"[{change.lo:+.3f}, {change.hi:+.3f}]" if change is not None and np.isfinite(change.lo) else "n/a"
+
+        rows.append(dict(task=task, method=method, seeds=g["seed"].nunique(), steps=int(end_step),
+                         nps_dist_q3=q3["nps_dist"], nps_dist_end=end["nps_dist"], nps_dist_change=iv(realism),
+                         ssim_gt_q3=q3["ssim_gt"], ssim_gt_end=end["ssim_gt"], ssim_gt_change=iv(fidelity),
+                         verdict=verdict))
     return pd.DataFrame(rows)

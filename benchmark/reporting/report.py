@@ -61,25 +61,23 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
              out_dir / "variants.md"]
     atomic_write(paths[0], table.drop(columns=[SAMPLES], errors="ignore").to_csv(index=False, float_format="%.6g"))
     def note(ranked: pd.DataFrame, scope: str = "") -> str:
-        """The footer of one table, naming the metric *that* table was ranked by."""
-        realism = ranked["realism_by"].dropna().unique() if "realism_by" in ranked else []
+        """The footer of one table, naming the metric *that* table was ranked by on each axis."""
+        utility = " Utility: mean Dice of a segmenter trained on the method's translations of the synthetic " \
+                  "training images and tested on real images, on the row of the setting validation chose " \
+                  "(utility.md)." if "dice" in ranked and ranked["dice"].notna().any() else ""
         return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
-                f"seeds (Student t over seeds);{scope} realism rank by {', '.join(realism) or 'n/a'}, structure rank "
-                "by SSIM to the source (MedShift Table 1 convention), fidelity rank by SSIM to the aligned real image; "
-                "rows not surely apart (the 95% interval of their paired difference includes 0) share a rank; paired "
-                "(upper bound) rows see aligned pairs in training and are ranked among themselves only; ref. = "
-                "reference row, not ranked. n/a = unavailable (see the records' "
-                "`unavailable`)." + (" Utility: mean Dice of a segmenter trained on the method's translations of the "
-                                     "synthetic training images and tested on real images, on the row of the setting "
-                                     "validation chose (utility.md)." if "dice" in ranked and ranked["dice"].notna()
-                                     .any() else "") + "\n")
+                f"seeds (Student t over seeds);{scope} {rank_note(ranked)}; rows not surely apart (the 95% interval of "
+                "their paired difference includes 0) share a rank; paired (upper bound) rows see aligned pairs in "
+                "training and are ranked among themselves only; ref. = reference row, not ranked. n/a = unavailable "
+                f"(see the records' `unavailable`).{utility}{cost_note(records)}\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
-    atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured))
+    atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured)
+                 + "\n" + "\n".join(f"* {line}" for line in leaders(configured)) + "\n")
     variants_path = paths.pop()
     for task in configured["task"].unique():
         paths.append(out_dir / f"table1-{task}.tex")
@@ -96,9 +94,12 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     if len(conv):
         paths.append(out_dir / "convergence.md")
         atomic_write(paths[-1], conv.to_markdown(index=False, floatfmt=".3f") + (
-            "\n\nValidation learning curves (24 fixed scenes, mean over seeds): spectrum distance and SSIM to the "
-            "aligned image at 3/4 of the training budget and at its end; still improving = realism better by more "
-            f"than {REL_CHANGE:.0%} or SSIM (gt) by more than {ABS_CHANGE} over the last quarter.\n"))
+            "\n\nValidation learning curves (the records' curve scenes, mean over seeds): spectrum distance and SSIM "
+            "to the aligned image at 3/4 of the training budget and at its end, with the 95% interval of each change "
+            "(end minus 3/4; over seeds and the validation subjects, paired replicate by replicate). Per metric: "
+            f"improving = surely better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); "
+            "flat = the whole interval within that either way; else undecided. Still improving = either metric "
+            "improving; flat = both flat.\n"))
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):
@@ -108,3 +109,77 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         variants_path.unlink(missing_ok=True)
         paths.pop()
     return paths
+
+
+#: What each rank's metric is called in a table's footer.
+RANK_WORDS = {"realism_rank": "realism rank (global statistics)", "texture_rank": "texture rank (noise texture)",
+              "structure_rank": "structure rank", "fidelity_rank": "fidelity rank"}
+METRIC_WORDS = {"ssim_src_gap": "distance of SSIM (src) to its ideal, no translation's SSIM (gt)",
+                "ssim_src": "SSIM to the source (MedShift Table 1 convention)",
+                "ssim_gt": "SSIM to the aligned real image"}
+
+
+def rank_note(ranked: pd.DataFrame) -> str:
+    """"realism rank (global statistics) by frd, texture rank (noise texture) by nps_flat, ...": each rank with the
+    metric(s) it was made by in this table, read from the table itself (`<axis>_by`), so the footer cannot disagree
+    with the ranks above it; an axis no row was ranked on says so."""
+    parts = []
+    for col, words in RANK_WORDS.items():
+        by_col = col.replace("_rank", "_by")
+        used = [METRIC_WORDS.get(m, m) for m in ranked[by_col].dropna().unique()] if by_col in ranked else []
+        parts.append(f"{words} by {', '.join(used)}" if used else f"{words}: none (no metric valid for every row)")
+    unchecked = "realism_validated" in ranked and (ranked["realism_validated"] == False).any()  # noqa: E712
+    return "; ".join(parts) + (" (realism metrics not checked by `python -m benchmark validity` on this preset)"
+                               if unchecked else "")
+
+
+def cost_note(records: pd.DataFrame | None) -> str:
+    """What `train_sec` covers, generated from the records: a method whose one fit serves several tasks has that
+    fit's seconds on each of those tasks' rows (the others fit once per task)."""
+    from benchmark.reporting.load import shared_fits
+
+    shared = shared_fits(records) if records is not None else {}
+    if not shared:
+        return ""
+    which = "; ".join(f"{m}: one fit serves {', '.join(ts)}" for m, ts in shared.items())
+    return (f" train_sec: seconds of training of the fit a row rests on ({which}: its train_sec is that one fit's, "
+            "the same on each of those tasks' rows; the other learned methods fit once per task).")
+
+
+#: The columns `leaders` names the best unpaired row of (what a reading of the tables claims).
+LEADER_METRICS = ("fid", "frd", "nps_dist", "nps_flat", "ssim_gt", "ssim_src_gap")
+
+
+def leaders(table: pd.DataFrame) -> list[str]:
+    """Generated sentences, one per task and metric: the unpaired row with the best mean and the unpaired rows not
+    surely apart from it (the 95 % interval of their paired difference includes 0), so that a reading of the tables
+    never calls a method "the best" where its lead is within the intervals."""
+    import benchmark.reporting.stats as S
+    from benchmark.reporting.load import method_group
+    from benchmark.reporting.tables import spec_of
+
+    out = []
+    for task, part in table.groupby("task", sort=False):
+        unpaired = part[part["method"].map(method_group) == "unpaired"]
+        for m in LEADER_METRICS:
+            if m not in unpaired or unpaired[m].isna().any() or len(unpaired) < 2:
+                continue
+            higher = spec_of(m).higher_is_better
+            best_i = unpaired[m].idxmax() if higher else unpaired[m].idxmin()
+            best = unpaired.loc[best_i]
+            tied = []
+            for i, r in unpaired.iterrows():
+                a, b = (x[SAMPLES].get(m) if isinstance(x.get(SAMPLES), dict) else None for x in (best, r))
+                if i == best_i or a is None or b is None:
+                    continue
+                d = S.difference(a, b)
+                if not (d.lo > 0 or d.hi < 0):  # the interval includes 0 (or is unknown): not surely apart
+                    tied.append(_row_name(r))
+            out.append(f"{task}, {spec_of(m).label}: best unpaired mean {_row_name(best)} ({best[m]:.3f}); "
+                       + (f"not surely apart from it: {', '.join(tied)}" if tied else "surely ahead of every other "
+                          "unpaired row"))
+    return out
+
+
+def _row_name(r) -> str:
+    return f"{r['method']}" + (f" {r['knob']}={r['knob_value']:g}" if r.get("knob") else "")

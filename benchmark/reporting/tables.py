@@ -13,9 +13,15 @@ to it has a 95 % interval entirely on the better side (`benchmark.reporting.stat
 same test subjects are compared replicate by replicate, so the subjects' shared difficulty cancels), and rows not surely
 apart share a rank. Ranked are the translation methods only;
 reference rows (`identity`, "no translation", and `histmatch`) are shown unranked, as the MedShift paper gives
-"no translation" no rank. Realism rank by a Fréchet distance of features (FID, else the weight-free FRD) when every
-row has it, else `nps_dist`; structure rank by `ssim_src` (the paper's Table 1); fidelity rank by `ssim_gt`
-(skull-sim has exact pairs); average rank = mean of realism and structure ranks (lower is better).
+"no translation" no rank. Realism is ranked on two axes, each only by a metric that passed the metric-validity
+check on the records' dataset and preset (`benchmark.scoring.validity`; a metric that failed there never ranks):
+global statistics (a Fréchet distance of features, FID, else the weight-free FRD, else `nps_dist`) and noise texture
+(`nps_flat`). Structure is ranked by the distance of SSIM (src) to its ideal point where the data has exact pairs: a
+perfect translation of an aligned scene *is* the aligned real image, so its SSIM to the source is no translation's
+SSIM to the aligned image (0.633 on skull-sim `tiny` `sim2real`), not 1, and a higher SSIM (src) means
+under-translation (`ssim_src_gap`, `add_structure_gap`; the paper's raw SSIM (src) stays a column, and is the
+structure rank where no identity row with SSIM (gt) exists). Fidelity rank by `ssim_gt`; average rank = mean of the
+global realism and structure ranks (lower is better).
 
 Records of one protocol version only (`benchmark.protocol.records.PROTOCOL_VERSION`), and one fit per (method, setting,
 seed, data): two records of the same point from different run folders are an error naming both.
@@ -37,7 +43,7 @@ from benchmark.reporting.load import (
     test_records,
 )
 from benchmark.reporting.stats import Sample
-from benchmark.scoring.declarations import METRICS
+from benchmark.scoring.declarations import METRICS, MetricSpec
 from benchmark.scoring.metrics import mean_ci_over_seeds
 
 GROUP = ["dataset", "preset", "task", "method", "knob", "knob_value"]
@@ -51,10 +57,22 @@ TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec 
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 
 
+#: The structure axis's distance to its ideal point (module docstring): derived by the summary, not recorded.
+STRUCTURE_GAP = "ssim_src_gap"
+#: Columns the summary derives from the records' metrics (ranked and formatted like a declared metric).
+DERIVED = {STRUCTURE_GAP: MetricSpec(STRUCTURE_GAP, "structure", False, None, "|SSIM (src) − ideal|", True, "src")}
+#: The realism axes, each ranked by the first of its metrics that every row has and that passed validity.
 REALISM_RANK_ORDER = ["fid", "frd", "nps_dist"]
+TEXTURE_RANK_ORDER = ["nps_flat"]
+#: rank column -> the metrics it may be ranked by, in order of preference (realism axes: validated ones only)
+RANKS = {"realism_rank": REALISM_RANK_ORDER, "texture_rank": TEXTURE_RANK_ORDER,
+         "structure_rank": [STRUCTURE_GAP, "ssim_src"], "fidelity_rank": ["ssim_gt"]}
+VALIDATED = ("realism_rank", "texture_rank")
 
 
-RANKS = {"realism_rank": None, "structure_rank": "ssim_src", "fidelity_rank": "ssim_gt"}  # None: realism_metric
+def spec_of(metric: str) -> MetricSpec:
+    """The declaration of a recorded metric or of a derived column."""
+    return METRICS[metric] if metric in METRICS else DERIVED[metric]
 
 
 #: The summary's column of each row's `stats.Sample` per metric (what its interval and its paired comparisons are
@@ -122,16 +140,56 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
             row[f"{m}_lo"], row[f"{m}_hi"], row[f"{m}_ci"] = iv.lo, iv.hi, iv.half
         row[SAMPLES] = samples
         rows.append(row)
-    out = pd.DataFrame(rows)
+    out = add_structure_gap(pd.DataFrame(rows))
     out.attrs["valid_realism"] = valid_realism or {}
     return add_ranks(out)
 
 
-def realism_metric(df: pd.DataFrame, valid: list[str] | None = None) -> str | None:
-    """The realism metric to rank and plot by: the first of REALISM_RANK_ORDER that every row has (and, given the
-    metric-validity results `valid`, that passed them)."""
-    return next((m for m in REALISM_RANK_ORDER if m in df and df[m].notna().all() and (valid is None or m in valid)),
-                None)
+def add_structure_gap(out: pd.DataFrame) -> pd.DataFrame:
+    """`ssim_src_gap` per row: the mean over seeds of |SSIM (src) - ideal|, ideal = no translation's SSIM (gt) on the
+    same test scenes (the `identity` row of the row's dataset, preset and task; its seeds are identical), with the
+    interval and `stats.Sample` the ranks read (replicate b: |SSIM (src) replicate b - ideal replicate b|, the same
+    subject draw). NaN where the task has no identity row with SSIM (gt): no exact pairs, no known ideal."""
+    out = out.copy()
+    for col in ("", "_lo", "_hi", "_ci"):
+        out[STRUCTURE_GAP + col] = np.nan
+    if out.empty or SAMPLES not in out:
+        return out
+    for _, part in out.groupby(["dataset", "preset", "task"], sort=False):
+        ident = part[(part["method"] == "identity") & part.get("ssim_gt", pd.Series(np.nan, index=part.index)).notna()]
+        ideal = ident.iloc[0][SAMPLES].get("ssim_gt") if len(ident) else None
+        if ideal is None or not np.isfinite(ideal.mean):
+            continue
+        ideal_reps = ideal.seed_mean_replicates()
+        for i, r in part.iterrows():
+            src = r[SAMPLES].get("ssim_src")
+            if src is None or not np.isfinite(src.mean):
+                continue
+            reps = None
+            if src.replicates is not None and ideal_reps is not None and src.replicates.shape[1] == len(ideal_reps):
+                reps = np.abs(np.asarray(src.replicates, np.float64) - ideal_reps[None, :])
+            gap = Sample(np.abs(src.seeds - ideal.mean), reps)
+            iv = S.interval(gap)
+            out.at[i, STRUCTURE_GAP] = gap.mean
+            out.at[i, f"{STRUCTURE_GAP}_lo"], out.at[i, f"{STRUCTURE_GAP}_hi"] = iv.lo, iv.hi
+            out.at[i, f"{STRUCTURE_GAP}_ci"] = iv.half if np.isfinite(iv.half) else 0.0
+            r[SAMPLES][STRUCTURE_GAP] = gap
+    return out
+
+
+def structure_ideal(table: pd.DataFrame, dataset: str, preset: str, task: str) -> float | None:
+    """The ideal SSIM (src) of a task (no translation's SSIM (gt)), or None without exact pairs."""
+    ident = table[(table["dataset"] == dataset) & (table["preset"] == preset) & (table["task"] == task)
+                  & (table["method"] == "identity")]
+    value = ident["ssim_gt"].iloc[0] if len(ident) and "ssim_gt" in ident else np.nan
+    return float(value) if np.isfinite(value) else None
+
+
+def realism_metric(df: pd.DataFrame, valid: list[str] | None = None,
+                   order: list[str] = REALISM_RANK_ORDER) -> str | None:
+    """The realism metric to rank and plot by: the first of `order` that every row has (and, given the
+    metric-validity results `valid`, that passed them; a metric that failed never ranks)."""
+    return next((m for m in order if m in df and df[m].notna().all() and (valid is None or m in valid)), None)
 
 
 def overlap_rank(mean: pd.Series, lo: pd.Series, hi: pd.Series, higher_is_better: bool) -> pd.Series:
@@ -147,7 +205,7 @@ def rank_rows(part: pd.DataFrame, metric: str) -> pd.Series:
     """Ranks of `part`'s rows by `metric`: from the interval of each pair's difference where every row has its
     `stats.Sample` (rows on the same test subjects are compared replicate by replicate: `stats.difference_ranks`),
     else from overlapping marginal intervals (`overlap_rank`)."""
-    higher = METRICS[metric].higher_is_better
+    higher = spec_of(metric).higher_is_better
     samples = [s.get(metric) if isinstance(s, dict) else None for s in part.get(SAMPLES, [None] * len(part))]
     if samples and all(s is not None for s in samples):
         return pd.Series(S.difference_ranks(samples, higher), index=part.index)
@@ -156,25 +214,32 @@ def rank_rows(part: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
-    """Realism, structure and fidelity ranks (overlapping intervals share a rank) and the average of the first two,
-    within each (dataset, preset, task) and group: the unpaired methods among themselves, the paired upper bounds
-    among themselves (never mixed into the unpaired ranks); reference rows stay unranked."""
+    """Realism (global and texture), structure and fidelity ranks (rows not surely apart share a rank) and the
+    average of the global realism and structure ranks, within each (dataset, preset, task) and group: the unpaired
+    methods among themselves, the paired upper bounds among themselves (never mixed into the unpaired ranks);
+    reference rows stay unranked. `<axis>_by` names the metric each rank was made by; `realism_validated` is False
+    where the validity check was not run on the records' preset (its realism metrics ranked unchecked)."""
     out = out.copy()
     if out.empty:
         return out
-    for col in list(RANKS) + ["avg_rank", "realism_by"]:
-        out[col] = np.nan if col != "realism_by" else None
+    by = {col: col.replace("_rank", "_by") for col in RANKS}
+    for col in list(RANKS) + ["avg_rank"]:
+        out[col] = np.nan
+    for col in [*by.values(), "realism_validated"]:
+        out[col] = None
     out["group"] = out["method"].map(method_group)
     ranked = out[out["group"] != "reference"]
     validity = out.attrs.get("valid_realism", {})
     for (dataset, preset, _, _), part in ranked.groupby(["dataset", "preset", "task", "group"], sort=False):
-        for col, metric in RANKS.items():
-            metric = metric or realism_metric(part, validity.get((dataset, preset)))
-            if metric is None or metric not in part or part[metric].isna().any():
+        valid = validity.get((dataset, preset))
+        for col, order in RANKS.items():
+            metric = realism_metric(part, valid if col in VALIDATED else None, order)
+            if metric is None:
                 continue
             out.loc[part.index, col] = rank_rows(part, metric)
-            if col == "realism_rank":
-                out.loc[part.index, "realism_by"] = metric
+            out.loc[part.index, by[col]] = metric
+            if col in VALIDATED:
+                out.loc[part.index, "realism_validated"] = valid is not None
     out["avg_rank"] = (out["realism_rank"] + out["structure_rank"]) / 2
     return out
 
@@ -195,7 +260,7 @@ def format_cell(mean: float, half: float, metric: str) -> str:
 
 def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     """Human table: arrows in headers, mean ± CI, best value per task in bold."""
-    shown = [m for m in TABLE_METRICS if m in table and table[m].notna().any()]
+    shown = [m for m in TABLE_METRICS + list(DERIVED) if m in table and table[m].notna().any()]
     rows = []
     table = ordered(table)
     for _, r in table.iterrows():
@@ -209,16 +274,16 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             cell = format_cell(r[m], r.get(f"{m}_ci"), m)
             # the best value among the rows a reader compares (unpaired methods and references, not the bounds)
             part = table[(table["task"] == r["task"]) & (table["method"].map(method_group) != "paired")][m]
-            best = part.max() if METRICS[m].higher_is_better else part.min()
+            best = part.max() if spec_of(m).higher_is_better else part.min()
             if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1 and method_group(r["method"]) != "paired":
                 cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
-            row[f"{METRICS[m].label} {METRICS[m].arrow}"] = cell
+            row[f"{spec_of(m).label} {spec_of(m).arrow}"] = cell
         if "dice" in table and table["dice"].notna().any():
             row[UTILITY_LABEL] = "–" if pd.isna(r["dice"]) else format_cell(r["dice"], r["dice_ci"], "dice")
-        for m in ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank", "utility_rank"):
+        for m in ("realism_rank", "texture_rank", "structure_rank", "fidelity_rank", "avg_rank", "utility_rank"):
             if m == "utility_rank" and not ("dice" in table and table["dice"].notna().any()):
                 continue
-            if m in table:
+            if m in table and table[m].notna().any():  # an axis no row could be ranked on: no column
                 unranked = "ref." if is_reference(r["method"]) else ""
                 row[m.replace("_", " ")] = unranked if pd.isna(r[m]) else f"{r[m]:g}"
         for m in EXTRA:

@@ -49,12 +49,26 @@ def _knob_label(g: pd.DataFrame) -> str:
     return f"{g['knob'].iloc[0]}=" + ", ".join(parts)
 
 
+#: A gap-closed ratio is shown only where the gap it divides by (oracle - no translation) is measured: Fieller's
+#: criterion g = (t * se / gap)^2 = (half-width / gap)^2 below 0.05 (Finney's rule for when a ratio's denominator
+#: is known well enough for the ratio and its delta-method interval to mean anything; it implies the 95 % interval
+#: excludes 0). A smaller or less certain gap makes the ratio a quotient of noise (a dose gap of +0.004 [+0.003,
+#: +0.006] on `tiny` gave ratios of -1495 %).
+FIELLER_G = 0.05
+
+
+def gap_is_measured(gap) -> bool:
+    """Whether the oracle - no translation interval (`stats.Interval`) is large against its uncertainty
+    (Fieller's g < `FIELLER_G`)."""
+    return bool(gap.estimate > 0) and bool((gap.half / gap.estimate) ** 2 < FIELLER_G)
+
+
 def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, preset, task, method): mean Dice and per-structure Dice over seeds with the combined
     seed-and-subject interval, the fraction of the gap between no translation (`identity`) and the oracle that the
     method closes (with its interval from the same paired replicates; undefined, with `gap_note` saying why, on a task
-    where the oracle's Dice minus no translation's has a 95% interval reaching 0: no gap to close, so no method's
-    share of it means anything), and the utility rank (overlapping intervals share a rank; unpaired and paired
+    where the oracle's Dice minus no translation's is not measured well enough to divide by, `gap_is_measured`),
+    and the utility rank (overlapping intervals share a rank; unpaired and paired
     methods ranked apart; identity, histmatch and the oracle unranked)."""
     if udf.empty:
         return pd.DataFrame()
@@ -83,9 +97,9 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
         if low in reps_of and high in reps_of:
             lo_mean, hi_mean = (part.loc[part["method"] == k[3], "dice"].iloc[0] for k in (low, high))
             gap = S.difference(reps_of[high], reps_of[low])
-            if not gap.lo > 0:  # the oracle is not surely better than no translation: no gap to close on this task
-                out.loc[part.index, "gap_note"] = (f"no gap: oracle - no translation = {hi_mean - lo_mean:+.3f} "
-                                                   f"[{gap.lo:+.3f}, {gap.hi:+.3f}]")
+            if not gap_is_measured(gap):  # no gap to close, or one too uncertain to divide by (FIELLER_G)
+                out.loc[part.index, "gap_note"] = (f"gap too small to divide by: oracle - no translation = "
+                                                   f"{hi_mean - lo_mean:+.3f} [{gap.lo:+.3f}, {gap.hi:+.3f}]")
                 continue
             for i, r in part.iterrows():
                 out.loc[i, "gap_closed"] = (r["dice"] - lo_mean) / (hi_mean - lo_mean)
@@ -188,7 +202,8 @@ def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None 
         "method) learns six skull structures from them and is tested on the target domain's real test images. Mean "
         "Dice over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds; gap "
         "closed = (Dice - no translation's) / (the oracle's - no translation's), with its interval from the same "
-        "paired replicates (n/a where the oracle is not surely better than no translation: no gap to close); the "
+        "paired replicates (n/a where the gap is too small to divide by: shown only where Fieller's g = "
+        "(half-width / gap)^2 of oracle - no translation is below 0.05); the "
         "oracle's segmenter trains on real target images. Rows not surely apart (the 95% interval of "
         "their paired difference includes 0) share a rank; references are not ranked.\n"))
     return paths

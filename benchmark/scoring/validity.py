@@ -1,12 +1,12 @@
 """Do the realism metrics measure realism? Degrade real images in controlled steps and check each metric grows.
 
-Real target-domain images of the test split (other subjects than the `ref` split the metric compares with) are
-degraded three ways at three strengths each - quantum-like noise (Poisson-like, variance proportional to the
-signal), Gaussian blur, and a contrast change (gamma) - and every realism metric the scorer can compute is
-evaluated against the `ref` split at strengths 0 (undegraded), 1, 2, 3. A metric passes a degradation when its
-value rises strictly with the strength; it *passes* when it does so for every degradation. The tables rank
-realism only by metrics that passed on the records' dataset and preset (`results/tables/metric_validity.json`,
-written by `python -m benchmark validity`).
+Real target-domain images of the validation split (other subjects than the `ref` split the metric compares with; the
+test split is never read, since the result decides which metric ranks realism) are degraded three ways at three
+strengths each - quantum-like noise (Poisson-like, variance proportional to the signal), Gaussian blur, and a
+contrast change (gamma) - and every realism metric the scorer can compute is evaluated against the `ref` split at
+strengths 0 (undegraded), 1, 2, 3. A metric passes a degradation when its value rises strictly with the strength; it
+*passes* when it does so for every degradation. The tables rank realism only by metrics that passed on the records'
+dataset and preset (`results/tables/metric_validity.json`, written by `python -m benchmark validity`).
 
 FRD v1 resamples every image to 2 mm pixels (frd-score's `resampledPixelSpacing: [2, 2, 0]`), which halves a
 64-px `tiny` image; `frd_native` (the same features without the resampling, reported here only) shows what that
@@ -55,6 +55,8 @@ def degrade(x: torch.Tensor, kind: str, strength: int, seed: int = 0) -> torch.T
 
 
 DEGRADATIONS = ("noise", "blur", "gamma")
+#: The split whose real images are degraded (never `test`: the result chooses the ranking metric).
+SPLIT = "val"
 
 
 def rising(values) -> bool:
@@ -79,7 +81,7 @@ def metric_validity(dataset, scorer, domain: str, native_frd: bool = False) -> d
     import benchmark.scoring.declarations as D
     from benchmark.scoring.radiomics import frd_from_features
 
-    x_real = dataset.images(domain, "test")[0]
+    x_real = dataset.images(domain, SPLIT)[0]
     ref = scorer.reference(dataset.images(domain, "ref")[0], dict(dataset=dataset.name, config=dataset.config,
                                                                  split=dataset.split_hash, part="ref", domain=domain))
     native = native_radiomics() if native_frd and scorer.radiomics is not None else None
@@ -96,7 +98,7 @@ def metric_validity(dataset, scorer, domain: str, native_frd: bool = False) -> d
                 values.setdefault("frd_native", {}).setdefault(kind, []).append(
                     frd_from_features(native_ref, native(x)))
     passed = {m: all(rising(v) for v in per.values()) for m, per in values.items()}
-    return dict(values=values, passed=passed, n_images=len(x_real), n_reference=ref.n, domain=domain)
+    return dict(values=values, passed=passed, n_images=len(x_real), n_reference=ref.n, domain=domain, split=SPLIT)
 
 
 def write_report(result: dict, key: str, out_dir: Path) -> list[Path]:
@@ -113,18 +115,24 @@ def write_report(result: dict, key: str, out_dir: Path) -> list[Path]:
     for k, res in sorted(all_results.items()):
         for m, per in res["values"].items():
             cells = [" / ".join(f"{v:.3g}" for v in per[d]) for d in DEGRADATIONS]
-            lines.append(f"| {k} ({res['n_images']} vs {res['n_reference']}) | {m} | " + " | ".join(cells)
+            lines.append(f"| {k} ({res['n_images']} {res.get('split', 'test')} vs {res['n_reference']} ref) | {m} | "
+                         + " | ".join(cells)
                          + f" | {'yes' if res['passed'][m] else 'no'} |")
     md = out_dir / "metric_validity.md"
     atomic_write(md, "\n".join(lines) + "\n\nA metric passes when it rises strictly with the strength of every "
-                 "degradation (real test images vs the real ref split; `benchmark/validity.py`).\n")
+                 "degradation (real images of the validation split vs the real ref split; "
+                 "`benchmark/scoring/validity.py`). A result computed on another split (test images, before this rule) "
+                 "is listed but does not choose the ranking metric.\n")
     return [path, md]
 
 
 def valid_realism_metrics(tables_dir: Path, dataset: str, preset: str) -> list[str] | None:
-    """Realism metrics that passed on `dataset/preset` (None when the check was not run there)."""
+    """Realism metrics that passed on `dataset/preset` (None when the check was not run there on the validation
+    split: a result that read the test split does not choose)."""
     path = Path(tables_dir) / "metric_validity.json"
     if not path.is_file():
         return None
     res = json.loads(path.read_text()).get(f"{dataset}/{preset}")
-    return None if res is None else [m for m, ok in res["passed"].items() if ok]
+    if res is None or res.get("split") != SPLIT:
+        return None
+    return [m for m, ok in res["passed"].items() if ok]

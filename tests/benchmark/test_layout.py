@@ -136,3 +136,19 @@ def test_the_readme_and_docs_links_resolve(page):
             if anchor not in headings:
                 broken.append(target)
     assert broken == []
+
+
+def test_the_readmes_batch_sizes_are_the_ones_the_runs_use():
+    """A method row of the README that states a batch size names the one its `tiny` config resolves to (pix2pix's
+    row said "batch 1", the paper's, while its runs used 4)."""
+    from benchmark.protocol.config import RunSpec, resolve_config
+
+    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if re.match(r"\| `[a-z0-9-]+` \|", line)]
+    checked = 0
+    for row in rows:
+        method = re.match(r"\| `([a-z0-9-]+)` \|", row).group(1)
+        stated = {int(n) for n in re.findall(r"batch (\d+)", row)}
+        if stated:
+            assert resolve_config(RunSpec(method))["batch_size"] in stated, row[:80]
+            checked += 1
+    assert checked >= 1  # pix2pix states its batch

@@ -2,6 +2,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
@@ -168,8 +169,8 @@ def test_each_table_names_the_metric_it_was_ranked_by(tmp_path):
     table = summary(load_records(tmp_path))
     assert set(table["realism_by"].dropna()) == {"nps_dist"} and set(headline(table)["realism_by"].dropna()) == {"fid"}
     write_tables(table, tmp_path / "tables")
-    assert "realism rank by nps_dist" in (tmp_path / "tables" / "summary.md").read_text()
-    assert "realism rank by fid" in (tmp_path / "tables" / "headline.md").read_text()
+    assert "realism rank (global statistics) by nps_dist" in (tmp_path / "tables" / "summary.md").read_text()
+    assert "realism rank (global statistics) by fid" in (tmp_path / "tables" / "headline.md").read_text()
 
 
 def test_collect_and_figures_build_without_torch(tmp_path, micro):
@@ -234,3 +235,44 @@ def test_utility_correlations_are_signed_so_that_one_means_the_same_order():
     corr = utility_correlations(table).set_index("metric")["spearman_rho"]
     assert corr["FRD ↓"] == pytest.approx(1.0)  # lower FRD, higher utility: the same order
     assert corr["SSIM (src) ↑"] == pytest.approx(-1.0)  # identity (a reference row) is left out
+
+
+def test_structure_is_ranked_by_its_distance_to_the_ideal_point(tmp_path):
+    """A perfect translation of an aligned scene is the aligned image: its SSIM to the source is no translation's
+    SSIM (gt), not 1. The gap |SSIM (src) - ideal| is computed per seed from the records, and ranks structure; with
+    the ideal moved below every method (under-translation everywhere), the lowest SSIM (src) is the closest."""
+    import json
+
+    from benchmark.protocol.records import record_sha
+    from benchmark.reporting.tables import structure_ideal
+
+    recs = [json.loads(line) for line in (DATA / "records" / "fixture.jsonl").read_text().splitlines()]
+    ideal = np.mean([r["ssim_gt"] for r in recs if r["method"] == "identity"])
+    table = summary(load_records(DATA / "records"))
+    assert structure_ideal(table, "skull-sim", "tiny", "sim2real") == pytest.approx(ideal)
+    for (method, knob), g in pd.DataFrame(recs).fillna({"knob_value": -1}).groupby(["method", "knob_value"]):
+        per_seed = g.groupby("seed")["ssim_src"].mean()
+        row = table[(table["method"] == method) & (table["knob_value"].replace("", -1) == knob)].iloc[0]
+        assert row["ssim_src_gap"] == pytest.approx(np.mean(np.abs(per_seed - ideal)))
+    assert set(table["structure_by"].dropna()) == {"ssim_src_gap"}
+    low = [dict(r, ssim_gt=0.30) if r["method"] == "identity" else r for r in recs]
+    low = [dict({k: v for k, v in r.items() if k != "_sha"}, _sha=record_sha(r)) for r in low]
+    (tmp_path / "low.jsonl").write_text("".join(json.dumps(r) + "\n" for r in low))
+    moved = summary(load_records(tmp_path))
+    ranked = moved[moved["structure_rank"].notna()].sort_values("ssim_src")
+    assert list(ranked["ssim_src_gap"]) == sorted(ranked["ssim_src_gap"])  # lowest SSIM (src) = closest to 0.30
+    assert ranked["structure_rank"].iloc[0] <= ranked["structure_rank"].iloc[-1]
+
+
+def test_a_realism_metric_that_failed_validity_never_ranks(table):
+    """Two realism axes, each ranked only by a metric that passed validity on the records' preset."""
+    df = load_records(DATA / "records")
+    only_spectrum = summary(df, {("skull-sim", "tiny"): ["nps_dist"]})  # FID failed there
+    assert set(only_spectrum["realism_by"].dropna()) == {"nps_dist"}
+    nothing = summary(df, {("skull-sim", "tiny"): []})
+    assert nothing["realism_rank"].isna().all() and nothing["realism_by"].isna().all()
+    assert nothing["texture_rank"].isna().all()  # the fixture has no nps_flat: no texture rank either
+    from benchmark.reporting.report import rank_note
+
+    assert "realism rank (global statistics): none" in rank_note(nothing)
+    assert "not checked" in rank_note(table) and "not checked" not in rank_note(only_spectrum)

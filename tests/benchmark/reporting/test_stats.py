@@ -106,3 +106,32 @@ def test_every_interval_of_the_archived_tables_contains_its_estimate():
     assert checked > 250  # 29 rows x the metrics the records have
     frd = table[(table["method"] == "cyclegan") & (table["task"] == "sim2real")].iloc[0]
     assert frd["frd_lo"] < 5.212 < frd["frd_hi"]
+
+
+def _curve(change: float, seed_sd: float, subject_sd: float, metric="ssim_gt", base=0.8):
+    """Validation curve records of one method at 8 steps and 3 seeds: `change` added at the last step against the 3/4
+    one, the seeds at -seed_sd, 0, +seed_sd (in another order at every step), subject-bootstrap replicates with spread
+    `subject_sd` (the same draws at every step: one validation set); `nps_dist` constant."""
+    import pandas as pd
+
+    draws = np.random.default_rng(0).normal(0, subject_sd, 50)
+    rows = []
+    for k, step in enumerate(range(100, 900, 100)):
+        for seed in range(3):
+            value = base + (change if step == 800 else 0.0) + seed_sd * ((seed + k) % 3 - 1)
+            rows.append(dict(task="t", method="m", seed=seed, split="val", step=step, source="s", nps_dist=0.3,
+                             **{metric: value}, boot={metric: list(value + draws), "nps_dist": [0.3] * 50}))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("change, seed_sd, verdict", [
+    (0.05, 0.002, "still improving"),  # surely better by more than 0.01
+    (0.0, 0.0005, "flat over the last quarter"),  # surely within +-0.01
+    (0.02, 0.03, "undecided (within the seeds' and subjects' noise)"),  # a mean move the seeds cannot confirm
+])
+def test_the_convergence_verdict_reads_the_interval_of_the_change(change, seed_sd, verdict):
+    """The old verdict compared two means against 5 % / 0.01 and called a noisy 0.02 move "still improving"."""
+    from benchmark.reporting.paper import convergence
+
+    out = convergence(_curve(change, seed_sd, 0.001))
+    assert out["verdict"].iloc[0] == verdict, out.to_dict("records")

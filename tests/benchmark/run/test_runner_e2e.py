@@ -57,6 +57,8 @@ def test_tradeoff_curve_draws_knob_methods_as_lines():
     lines = {line.get_label().split(",")[0]: line for line in ax.get_lines()}
     assert len(lines["MedShift (τ)"].get_xdata()) == 2  # two tau values on one curve
     assert len(lines["CycleGAN"].get_xdata()) == 1  # a single point
+    ideal = df[df["method"] == "identity"]["ssim_gt"].mean()  # a perfect translation's SSIM (src), marked
+    assert lines["ideal SSIM (src) 0.630: a perfect translation (no translation's SSIM (gt))"].get_xdata()[0] == ideal
     # without FID the tables' next realism metric: FRD where every record has it, else the NPS distance
     no_fid = df.assign(fid=None, frd=df["fid"] / 20)
     assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("FRD")

@@ -45,3 +45,28 @@ def test_weight_free_metrics_grow_with_degradation(micro, tmp_path):
     passed = valid_realism_metrics(tmp_path, "skull-sim", "micro")
     assert set(passed) == {m for m, ok in result["passed"].items() if ok}
     assert valid_realism_metrics(tmp_path, "skull-sim", "tiny") is None
+
+
+def test_validity_never_reads_the_test_split_and_a_test_split_result_does_not_choose(micro, tmp_path, monkeypatch):
+    """Its result decides which metric ranks realism, so it reads validation and reference images only; a result
+    written before that rule (on test images) is shown but chooses nothing."""
+    import json
+
+    from datasets.base import XrayDataset
+
+    real_images = XrayDataset.images
+    read = []
+
+    def spy(self, domain, split, *a, **k):
+        read.append(split)
+        return real_images(self, domain, split, *a, **k)
+
+    monkeypatch.setattr(XrayDataset, "images", spy)
+    result = metric_validity(micro, Scorer(weights_dir=tmp_path / "w", frd=False), "real_normal")
+    assert "test" not in read and set(read) == {"val", "ref"} and result["split"] == "val"
+    write_report(result, "skull-sim/micro", tmp_path)
+    assert valid_realism_metrics(tmp_path, "skull-sim", "micro") is not None
+    stored = json.loads((tmp_path / "metric_validity.json").read_text())
+    stored["skull-sim/micro"].pop("split")  # as written before the rule
+    (tmp_path / "metric_validity.json").write_text(json.dumps(stored))
+    assert valid_realism_metrics(tmp_path, "skull-sim", "micro") is None
