@@ -28,7 +28,7 @@ def metrics_of(records):
             for r in records}
 
 
-def tests_of(records):
+def records_of_test_split(records):
     return [r for r in records if r["split"] == "test"]
 
 

@@ -130,3 +130,33 @@ def convergence(df: pd.DataFrame) -> pd.DataFrame:
                          ssim_gt_q3=q3["ssim_gt"], ssim_gt_end=end["ssim_gt"], ssim_gt_change=iv(fidelity),
                          verdict=verdict))
     return pd.DataFrame(rows)
+
+
+def selections(df: pd.DataFrame) -> pd.DataFrame:
+    """Both checkpoint rules side by side, from the learning curves alone: per (task, method), the checkpoint each
+    seed's curve selects by validation realism (`validation.checkpoint_metric`) and by validation fidelity
+    (`ssim_gt`), and the validation realism and fidelity (means over seeds) at each, beside the rule the run used
+    (`TranslationMethod.selection_criterion`: fidelity for the paired upper bounds, realism for the others). Shows
+    how much of a "pairs buy fidelity, not realism" reading the rule makes."""
+    from benchmark.protocol.validation import best_checkpoint, checkpoint_metric
+
+    curve = df[(df["split"] == "val") & df["step"].map(lambda v: isinstance(v, int))] if "split" in df else df.iloc[:0]
+    rows = []
+    for (task, method), g in curve.groupby(["task", "method"], sort=False):
+        recs = g.to_dict("records")
+        if any(r.get("ssim_gt") is None or pd.isna(r.get("ssim_gt")) for r in recs):
+            continue  # no pairs: only the realism rule exists
+        realism = checkpoint_metric(recs)
+        row = dict(task=task, method=method, seeds=g["seed"].nunique(),
+                   rule_used="fidelity" if method_group(method) == "paired" else "realism")
+        for rule in ("realism", "fidelity"):
+            at = []
+            for _, s in g.groupby("seed", sort=True):
+                step = best_checkpoint(s.to_dict("records"), rule)
+                at.append(s[s["step"] == step][[realism, "ssim_gt"]].mean().to_dict() | {"step": step})
+            at = pd.DataFrame(at)
+            row[f"by_{rule}_steps"] = "/".join(str(int(v)) for v in at["step"])
+            row[f"by_{rule}_{realism}"] = at[realism].mean()
+            row[f"by_{rule}_ssim_gt"] = at["ssim_gt"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.protocol.records import atomic_write
-from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table
+from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, selections
 from benchmark.reporting.tables import SAMPLES, formatted, headline
 from benchmark.reporting.utility_tables import paired_gap
 
@@ -100,6 +100,15 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
             f"improving = surely better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); "
             "flat = the whole interval within that either way; else undecided. Still improving = either metric "
             "improving; flat = both flat.\n"))
+    chosen = selections(records) if records is not None else pd.DataFrame()
+    if len(chosen):
+        paths.append(out_dir / "selection.md")
+        atomic_write(paths[-1], chosen.to_markdown(index=False, floatfmt=".3f") + (
+            "\n\nBoth checkpoint rules side by side, from the validation learning curves alone (the records' curve "
+            "scenes; steps per seed): by realism (the spectrum distance, or FID where recorded) and by fidelity "
+            "(SSIM to the aligned image), with each rule's validation realism and fidelity (means over seeds). "
+            "`rule_used` is the rule the run's test records rest on: fidelity for the paired upper bounds, realism "
+            "for every other learned method. Test records exist only at the checkpoint the rule used.\n"))
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):

@@ -135,3 +135,22 @@ def test_the_convergence_verdict_reads_the_interval_of_the_change(change, seed_s
 
     out = convergence(_curve(change, seed_sd, 0.001))
     assert out["verdict"].iloc[0] == verdict, out.to_dict("records")
+
+
+def test_both_checkpoint_rules_are_reported_side_by_side():
+    """Realism picks the step with the lowest spectrum distance, fidelity the one with the highest SSIM (gt), per
+    seed; each rule's validation metrics are the means at its steps."""
+    import pandas as pd
+
+    from benchmark.reporting.paper import selections
+
+    rows = []
+    for seed, (best_real, best_fid) in enumerate(((200, 100), (300, 100))):
+        for step in (100, 200, 300):
+            rows.append(dict(task="t", method="pix2pix", seed=seed, split="val", step=step, source="s",
+                             nps_dist=0.1 if step == best_real else 0.5, ssim_gt=0.9 if step == best_fid else 0.8))
+    out = selections(pd.DataFrame(rows)).iloc[0]
+    assert out["rule_used"] == "fidelity"  # a paired upper bound
+    assert out["by_realism_steps"] == "200/300" and out["by_fidelity_steps"] == "100/100"
+    assert out["by_realism_nps_dist"] == pytest.approx(0.1) and out["by_realism_ssim_gt"] == pytest.approx(0.8)
+    assert out["by_fidelity_nps_dist"] == pytest.approx(0.5) and out["by_fidelity_ssim_gt"] == pytest.approx(0.9)

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from drills import signalled_in_evaluation, signalled_in_training
-from runs import ONE_THREAD, ROOT, fit_cli, metrics_of, run_cmd, tests_of
+from runs import ONE_THREAD, ROOT, fit_cli, metrics_of, records_of_test_split, run_cmd
 
 from benchmark.protocol.records import read_records
 
@@ -22,7 +22,7 @@ def test_sigkill_during_evaluation_then_resume_equals_an_uninterrupted_run(tmp_p
     assert run_cmd(fit_cli(cut, micro)) == 0
     a, b = (read_records(next(r.glob("runs/*/*/*/records.jsonl"))) for r in (whole, cut))
     _same_records(a, b)
-    assert {r["resumed_from_steps"] == [] for r in tests_of(b)} == {True}
+    assert {r["resumed_from_steps"] == [] for r in records_of_test_split(b)} == {True}
 
 
 def _same_records(a: list[dict], b: list[dict]) -> None:
@@ -46,11 +46,11 @@ def test_sigkill_during_training_resumes_to_the_uninterrupted_records(tmp_path, 
     info = json.loads((folder / "train.json").read_text())
     recs = read_records(folder / "records.jsonl")
     assert info["segments"][-1]["start_step"] == 25 and info["segments"][-1]["end_step"] == 60
-    assert {tuple(r["resumed_from_steps"]) for r in tests_of(recs)} == {(25,)}  # provenance, still recorded
+    assert {tuple(r["resumed_from_steps"]) for r in records_of_test_split(recs)} == {(25,)}  # provenance, recorded
     _same_records(read_records(next(whole.glob("runs/*/*/*/records.jsonl"))), recs)
     last = info["segments"][-1]
     # the clock resumed from the checkpoint: the time before the kill (up to that checkpoint) is counted too
-    assert tests_of(recs)[0]["train_sec"] == last["total_sec"] > last["sec"] > 0
+    assert records_of_test_split(recs)[0]["train_sec"] == last["total_sec"] > last["sec"] > 0
 
 
 def test_sigkill_while_writing_a_resume_point_leaves_no_temporary_and_resumes_equal(tmp_path, micro):
@@ -102,7 +102,7 @@ def test_a_signal_during_training_saves_a_resume_point_says_so_and_resumes_equal
     assert not (folder / ".lock").exists() and not (folder / "checkpoints" / "final.ckpt").exists()
     assert run_cmd(cmd) == 0
     recs = read_records(folder / "records.jsonl")
-    assert {tuple(r["resumed_from_steps"]) for r in tests_of(recs)} == {(31,)}
+    assert {tuple(r["resumed_from_steps"]) for r in records_of_test_split(recs)} == {(31,)}
     _same_records(whole_run, recs)
 
 

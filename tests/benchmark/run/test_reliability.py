@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import SMALL, metrics_of, micro_ctx, micro_spec, tests_of
+from runs import SMALL, metrics_of, micro_ctx, micro_spec, records_of_test_split
 
 from benchmark.errors import RunError
 from benchmark.protocol.config import RunSpec
@@ -28,7 +28,7 @@ def test_final_weights_are_saved_before_evaluation_and_never_retrained(tmp_path,
 
     assert torch.load(final, weights_only=True)["global_step"] == 30
     info = json.loads((folder / "train.json").read_text())
-    assert info["segments"][0]["end_step"] == 30 and info["train_sec"] == tests_of(first)[0]["train_sec"]
+    assert info["segments"][0]["end_step"] == 30 and info["train_sec"] == records_of_test_split(first)[0]["train_sec"]
     # interrupted evaluation: the last records and `done` are gone; resuming must not train again
     (folder / "done").unlink()
     kept = first[:-2]
@@ -71,7 +71,7 @@ def test_a_held_run_folder_names_its_holder_and_a_stale_lock_is_taken_over(tmp_p
 
     (folder / ".lock").write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname(), "since": 0}))
     (folder / f".records.jsonl.tmp-{dead.stdout.strip()}").write_text("half")  # a killed writer's leftover
-    assert len(tests_of(run_one(spec, ctx))) == 2
+    assert len(records_of_test_split(run_one(spec, ctx))) == 2
     assert not (folder / ".lock").exists() and not list(folder.glob(".*tmp-*"))
 
 
@@ -185,7 +185,7 @@ def test_a_full_disk_during_a_checkpoint_write_is_one_line_and_the_run_resumes(t
     assert not (folder / "done").exists() and not (folder / ".lock").exists()
     assert not list(folder.glob("**/.*tmp-*"))
     records = run_one(spec, ctx)  # space freed: the same command resumes and finishes
-    assert verify_done(folder) is None and tests_of(records)
+    assert verify_done(folder) is None and records_of_test_split(records)
 
 
 def test_a_donor_fit_is_lent_only_for_the_same_file_contents(tmp_path, micro):
@@ -237,7 +237,7 @@ def test_images_seen_counts_the_images_a_batch_holds(tmp_path, micro):
     spec = micro_spec(micro, max_steps=3, overrides=SMALL + (("batch_size", 100000),))
     records = run_one(spec, micro_ctx(tmp_path))
     n_train = len(micro.rows(micro.domains, "train"))
-    assert {r["images_seen"] for r in tests_of(records)} == {3 * n_train}
+    assert {r["images_seen"] for r in records_of_test_split(records)} == {3 * n_train}
 
 
 def test_a_sampling_setting_that_makes_a_method_the_identity_is_refused(tmp_path, micro):
