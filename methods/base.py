@@ -15,8 +15,10 @@ The whole contract of a subclass:
   layout; "paired" makes a paired upper bound); `sampling_settings` (config keys that only change
   translation: a run differing from a finished one only in these re-uses its fit);
   `optimizer_steps_per_iteration` (for Lightning's step count); `manual_optimization`; `drop_last`;
-  `reference_row` (shown unranked); `style` (colour, marker, label in figures); the table group and the
-  checkpoint criterion follow from `pairing` and `reference_row` (`group`, `selection_criterion`);
+  `reference_row` (shown unranked); `style` (colour, marker, label in figures); `knob_bounds` (the knob's sensible
+  range, within which validation extends the grid when its choice is at an edge); the table group follows from
+  `pairing` and `reference_row` (`group`); the checkpoint criterion is one for every method
+  (`selection_criterion`);
   `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
   (ranges and choices of settings, checked with the config before any work);
 * `training_domains(domains, sources, target)` (classmethod): what it trains on;
@@ -71,6 +73,9 @@ class TranslationMethod(L.LightningModule):
 
     knob_name: ClassVar[str | None] = None
     knob_grid: ClassVar[tuple] = (None,)
+    #: (lowest, highest) knob value that makes sense; validation extends the table grid within it when its choice
+    #: lies at the grid's edge (`benchmark.protocol.validation.beyond_edge`). None: the grid is never extended.
+    knob_bounds: ClassVar[tuple | None] = None
     knob_curve: ClassVar[tuple] = ()
     #: Batch layout the method trains on (see datasets.datamodule): "mixed" (images with domain labels),
     #: "unpaired" (independent source and target batches) or "paired" (each source image with the aligned target
@@ -114,9 +119,10 @@ class TranslationMethod(L.LightningModule):
 
     @classmethod
     def selection_criterion(cls) -> str:
-        """What the validation split selects the checkpoint by (`benchmark.protocol.validation`): "fidelity" for the
-        paired upper bounds (they see the answer and bound fidelity), "realism" for every other learned method."""
-        return "fidelity" if cls.group() == "paired" else "realism"
+        """What the validation split selects the checkpoint by (`benchmark.protocol.validation`): "realism" for every
+        learned method, paired or not (protocol 3: one rule, so that no comparison is made by the rule; the
+        tables' `selection.md` shows the fidelity rule beside it)."""
+        return "realism"
 
     @classmethod
     def group(cls) -> str:

@@ -25,6 +25,7 @@ class HistMatch(TranslationMethod):
 
     knob_name = "blend"
     knob_grid = (1.0, 0.5)
+    knob_bounds = (0.0, 1.0)  # the blend of the matched image with the source
     knob_curve = (0.0, 0.25, 0.5, 0.75, 1.0)
     drop_last = False  # the histograms count every training image
 

@@ -53,6 +53,7 @@ class MedShift(TranslationMethod):
 
     knob_name = "tau"
     knob_grid = (0.6, 0.45, 0.3)
+    knob_bounds = (0.05, 0.95)  # tau = 0 starts from pure noise, tau = 1 is the identity
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
     sampling_settings = ("guidance", "solver", "step_size")
     allowed = {**TranslationMethod.allowed, "step_size": "(0, 1]", "guidance": "[0, inf)", "sigma_min": "[0, 1)",

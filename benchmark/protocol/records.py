@@ -22,7 +22,9 @@ from benchmark.scoring.declarations import METRICS
 #: 1: realism against the test split's own real images, 6-subject test set, last checkpoint.
 #: 2: realism against a disjoint `ref` split of other subjects, 30 test subjects, final weights saved before
 #:    evaluation, SDEdit strength at exactly t0 * T, CycleGAN budgets in iterations, subject ids in records.
-PROTOCOL_VERSION = 2
+#: 3: checkpoints selected on the whole validation split (every source, every subject) at the default knob value, by
+#:    one rule (realism) for every learned method; a knob grid extended on validation where its choice is at an edge.
+PROTOCOL_VERSION = 3
 
 #: Every record has these keys (None when not computed): the point, then every declared metric, then cost.
 RECORD_KEYS = ("method", "setting", "dataset", "preset", "task", "seed", "source", "target", "knob", "knob_value",

@@ -1,23 +1,24 @@
 """Choices on the validation split: learning curves, the checkpoint, and the knob value a method is headlined at.
 
 Nothing here reads the test split. During training, `LearningCurve` saves the weights at `N_CURVE_POINTS` evenly
-spaced iterations and scores them on a fixed subset of the validation scenes (`curve_rows`) at the method's
-cheapest table knob value; those records (`split = "val"`, `step` = iteration) are the learning curves. The
-checkpoint with the best `selection_metric` becomes `checkpoints/selected.ckpt`, the weights every test record
-uses. With those weights every table knob value is scored on the whole validation set; the best one is the
-method's headline value for that task (`val_choice` in the test records).
+spaced iterations and scores each on the whole validation split (every source of every task, every subject; each
+scene translated once per checkpoint) at the method's default knob value, the first of its table grid; those
+records (`split = "val"`, `step` = iteration) are the learning curves. The checkpoint with the best
+`selection_metric` becomes `checkpoints/selected.ckpt`, the weights every test record uses. With those weights every
+table knob value is scored on the whole validation split; the best one is the method's headline value for that task
+(`val_choice` in the test records), and a best value at the edge of the grid extends it (`beyond_edge`, within the
+method's `knob_bounds`) until the choice is interior.
 
 Two criteria, because the two choices answer different questions:
 * the checkpoint - how well has the model learned the target domain? - by validation *realism*, as generative
   models are usually selected (FID where its weights exist, else the spectrum distance, which passes the
-  metric-validity check and costs nothing; FRD is not computed on validation for its cost). At a fixed knob a
-  better-trained model also restyles more, so a fidelity criterion here would prefer under-trained models
-  (measured: MedShift's validation `ssim_gt` peaked after 225 of 599 iterations while its realism kept improving).
-  The paired upper bounds are the exception, declared by their group (`TranslationMethod.selection_criterion`):
-  they train on the answer and stand in the tables as the bound on *fidelity*, so their checkpoint is the one with
-  the best validation `ssim_gt` (measured: by realism, CDM's spectrum distance only worsened as it trained, 0.156 ->
-  0.341, while its validation `ssim_gt` rose 0.785 -> 0.919, and realism picked its first checkpoint, 70 of 557
-  iterations, whose outputs still carried a bright border);
+  metric-validity check and costs nothing; FRD is not computed on validation for its cost), for every learned
+  method alike (protocol 3). At a fixed knob a better-trained model also restyles more, so a fidelity criterion
+  would prefer under-trained models (measured: MedShift's validation `ssim_gt` peaked after 225 of 599 iterations
+  while its realism kept improving). Protocol 2 selected the paired upper bounds by fidelity instead; that made part
+  of the "pairs buy fidelity, not realism" reading (pix2pix's fidelity-selected checkpoint had validation spectrum
+  distance 0.417, its realism-selected one 0.019), so every method now has the same rule and the tables'
+  `selection.md` shows the fidelity rule beside it from the learning curves;
 * the headline knob value - where on its trade-off should a method be reported? - by validation *fidelity*
   `ssim_gt` (SSIM to the aligned real image), which rewards structure and realism together where a dataset has
   exact pairs; without pairs, by the mean of the realism and structure ranks among the knob values (the
@@ -25,14 +26,13 @@ Two criteria, because the two choices answer different questions:
 """
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from benchmark.errors import ConfigError
 
 N_CURVE_POINTS = 8
-CURVE_IMAGES = 24  # validation images scored at each learning-curve point (fixed subset, every subject)
+#: At most this many values beyond a knob grid's edge are scored on validation (`beyond_edge`).
+MAX_EXTENSIONS = 4
 
 
 def curve_steps(iterations: int, n_points: int = N_CURVE_POINTS) -> list[int]:
@@ -55,10 +55,19 @@ def task_rows(dataset, source: str, sources: tuple[str, ...], split: str) -> pd.
     return rows
 
 
-def curve_rows(rows: pd.DataFrame, n_images: int = CURVE_IMAGES) -> pd.DataFrame:
-    """A fixed subset of `rows` with every subject: the first views (by id) of each, about `n_images` in all."""
-    per_subject = max(1, math.ceil(n_images / max(rows["subject"].nunique(), 1)))
-    return rows.groupby("subject", sort=True).head(per_subject).reset_index(drop=True)
+def beyond_edge(grid: list, best, bounds: tuple | None):
+    """The next knob value to score when validation chose `best` at an edge of `grid` (its lowest or highest value):
+    one grid step further (the spacing of the two edge values), if it lies within `bounds` (closed); else None. None
+    for an interior choice, a grid of one value, or a method without bounds (`TranslationMethod.knob_bounds`)."""
+    values = sorted(v for v in grid if v is not None)
+    if bounds is None or len(values) < 2 or best not in (values[0], values[-1]):
+        return None
+    if best == values[0]:
+        nxt = round(values[0] - (values[1] - values[0]), 6)
+    else:
+        nxt = round(values[-1] + (values[-1] - values[-2]), 6)
+    lo, hi = bounds
+    return nxt if lo - 1e-9 <= nxt <= hi + 1e-9 and nxt not in values else None
 
 
 def checkpoint_metric(records: list[dict], criterion: str = "realism") -> str:

@@ -80,6 +80,7 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
         raise NotFound(f"no records under {results_dir} (run `python -m benchmark run` first)")
     df = pd.DataFrame(rows)
     df["protocol"] = df["protocol"].fillna(1).astype(int) if "protocol" in df else 1
+    df, older = _older_archive_left_out(df, results_dir)
     if df["protocol"].nunique() > 1:
         old, new = (df[df["protocol"] == v]["_file"].iloc[0] for v in (df["protocol"].min(), df["protocol"].max()))
         raise ConfigError(f"records of protocol versions {sorted(map(int, df['protocol'].unique()))} are mixed (e.g. "
@@ -104,10 +105,27 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
                          f"knob={r['knob_value']!r}: {Path(files[0]).parent} and {Path(files[-1]).parent}; one fit per "
                          "(method, setting, seed, data): delete one of the folders, or keep fits that differ in how "
                          "they ran (--precision, --accelerator, --devices) under another --results-dir")
-    df.attrs["notes"] = notes
+    df.attrs["notes"] = older + notes
     # a variant (--set / --max-steps) is its own row: "medshift (guidance=3.0)"
     df["method"] = df["method"].where(df["setting"] == "", df["method"] + " (" + df["setting"] + ")")
     return df
+
+
+def _older_archive_left_out(df: pd.DataFrame, results_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Leave out the archived records of an older protocol version than every live run's (a newcomer's runs under
+    today's protocol beside an archive made under the previous one: the archive is the past, not a mix), with one
+    line saying so. Live runs of two versions, or an archive newer than a live run, stay mixed (an error below)."""
+    archived = df["_file"].str.endswith(".jsonl.gz")
+    if archived.all() or not archived.any():
+        return df, []
+    live = set(df.loc[~archived, "protocol"])
+    older = archived & (df["protocol"] < min(live))
+    if len(live) > 1 or not older.any():
+        return df, []
+    runs = df.loc[older, "_file"].map(lambda f: str(Path(f).parent)).nunique()
+    versions = ", ".join(str(v) for v in sorted(set(df.loc[older, "protocol"])))
+    return df[~older], [f"left out the archive's {runs} run(s) of protocol {versions} (records/): the live runs are "
+                        f"protocol {min(live)}; `make archive` replaces them once today's runs are finished"]
 
 
 def _live_stands_in(df: pd.DataFrame, key: pd.Series, results_dir: Path) -> tuple[pd.DataFrame, pd.Series, list[str]]:

@@ -136,8 +136,8 @@ def selections(df: pd.DataFrame) -> pd.DataFrame:
     """Both checkpoint rules side by side, from the learning curves alone: per (task, method), the checkpoint each
     seed's curve selects by validation realism (`validation.checkpoint_metric`) and by validation fidelity
     (`ssim_gt`), and the validation realism and fidelity (means over seeds) at each, beside the rule the run used
-    (`TranslationMethod.selection_criterion`: fidelity for the paired upper bounds, realism for the others). Shows
-    how much of a "pairs buy fidelity, not realism" reading the rule makes."""
+    (`TranslationMethod.selection_criterion`: realism for every method since protocol 3; under protocol 2 fidelity for
+    the paired upper bounds). Shows how much of a "pairs buy fidelity, not realism" reading the rule makes."""
     from benchmark.protocol.validation import best_checkpoint, checkpoint_metric
 
     curve = df[(df["split"] == "val") & df["step"].map(lambda v: isinstance(v, int))] if "split" in df else df.iloc[:0]
@@ -147,8 +147,9 @@ def selections(df: pd.DataFrame) -> pd.DataFrame:
         if any(r.get("ssim_gt") is None or pd.isna(r.get("ssim_gt")) for r in recs):
             continue  # no pairs: only the realism rule exists
         realism = checkpoint_metric(recs)
+        protocol = int(g["protocol"].max()) if "protocol" in g else 3
         row = dict(task=task, method=method, seeds=g["seed"].nunique(),
-                   rule_used="fidelity" if method_group(method) == "paired" else "realism")
+                   rule_used="fidelity" if method_group(method) == "paired" and protocol <= 2 else "realism")
         for rule in ("realism", "fidelity"):
             at = []
             for _, s in g.groupby("seed", sort=True):

@@ -82,33 +82,11 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     for task in configured["task"].unique():
         paths.append(out_dir / f"table1-{task}.tex")
         atomic_write(paths[-1], paper_table(configured, task))
-    gaps = paired_gap(records, configured) if records is not None else pd.DataFrame()
-    if len(gaps):
-        paths.append(out_dir / "gaps.md")
-        atomic_write(paths[-1], gaps.to_markdown(index=False, floatfmt=".3f") + (
-            "\n\nWhat unpaired translation costs: per metric, the best unpaired row against the best paired upper "
-            "bound of the headline table; advantage_of_pairs = the bound's value minus the unpaired one, signed so "
-            "that > 0 favours the bound, with its 95% interval (lo, hi) from the two rows' replicates on the same "
-            "test subjects and seed draws.\n"))
-    conv = convergence(records) if records is not None else pd.DataFrame()
-    if len(conv):
-        paths.append(out_dir / "convergence.md")
-        atomic_write(paths[-1], conv.to_markdown(index=False, floatfmt=".3f") + (
-            "\n\nValidation learning curves (the records' curve scenes, mean over seeds): spectrum distance and SSIM "
-            "to the aligned image at 3/4 of the training budget and at its end, with the 95% interval of each change "
-            "(end minus 3/4; over seeds and the validation subjects, paired replicate by replicate). Per metric: "
-            f"improving = surely better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); "
-            "flat = the whole interval within that either way; else undecided. Still improving = either metric "
-            "improving; flat = both flat.\n"))
-    chosen = selections(records) if records is not None else pd.DataFrame()
-    if len(chosen):
-        paths.append(out_dir / "selection.md")
-        atomic_write(paths[-1], chosen.to_markdown(index=False, floatfmt=".3f") + (
-            "\n\nBoth checkpoint rules side by side, from the validation learning curves alone (the records' curve "
-            "scenes; steps per seed): by realism (the spectrum distance, or FID where recorded) and by fidelity "
-            "(SSIM to the aligned image), with each rule's validation realism and fidelity (means over seeds). "
-            "`rule_used` is the rule the run's test records rest on: fidelity for the paired upper bounds, realism "
-            "for every other learned method. Test records exist only at the checkpoint the rule used.\n"))
+    for name, make, footer in _record_tables(configured):
+        part = make(records) if records is not None else pd.DataFrame()
+        if len(part):
+            paths.append(out_dir / name)
+            atomic_write(paths[-1], part.to_markdown(index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):
@@ -118,6 +96,30 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         variants_path.unlink(missing_ok=True)
         paths.pop()
     return paths
+
+
+def _record_tables(configured: pd.DataFrame) -> list[tuple]:
+    """(file name, records -> table, footer) of the tables made from the records themselves."""
+    return [
+        ("gaps.md", lambda records: paired_gap(records, configured),
+         "What unpaired translation costs: per metric, the best unpaired row against the best paired upper bound of "
+         "the headline table; advantage_of_pairs = the bound's value minus the unpaired one, signed so that > 0 "
+         "favours the bound, with its 95% interval (lo, hi) from the two rows' replicates on the same test subjects "
+         "and seed draws."),
+        ("convergence.md", convergence,
+         "Validation learning curves (the records' curve scenes, mean over seeds): spectrum distance and SSIM to the "
+         "aligned image at 3/4 of the training budget and at its end, with the 95% interval of each change (end minus "
+         "3/4; over seeds and the validation subjects, paired replicate by replicate). Per metric: improving = surely "
+         f"better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); flat = the whole "
+         "interval within that either way; else undecided. Still improving = either metric improving; flat = both "
+         "flat."),
+        ("selection.md", selections,
+         "Both checkpoint rules side by side, from the validation learning curves alone (the records' curve scenes; "
+         "steps per seed): by realism (the spectrum distance, or FID where recorded) and by fidelity (SSIM to the "
+         "aligned image), with each rule's validation realism and fidelity (means over seeds). `rule_used` is the "
+         "rule the run's test records rest on (realism for every learned method since protocol 3; under protocol 2 "
+         "fidelity for the paired upper bounds). Test records exist only at the checkpoint the rule used."),
+    ]
 
 
 #: What each rank's metric is called in a table's footer.

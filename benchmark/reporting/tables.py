@@ -313,7 +313,8 @@ def headline(table: pd.DataFrame, variants: bool = False) -> pd.DataFrame:
     def on_grid(row) -> bool:
         info = method_info(row["method"])  # a variant has its method's grid
         grid = ("",) if not info or info.get("knob") is None else tuple(info["knob_grid"])
-        return row["knob_value"] in grid
+        chosen = row.get("val_choice")  # a value beyond the grid's edge that validation chose (protocol 3)
+        return row["knob_value"] in grid or (chosen is not None and pd.notna(chosen) and chosen > 0)
 
     configured, with_variants = split_variants(table[table.apply(on_grid, axis=1)])
 

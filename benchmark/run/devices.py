@@ -52,7 +52,7 @@ def translation_shards(spec: RunSpec, config: dict) -> int:
 
 
 def translate_sharded(run: PreparedRun, keys: list[tuple], shards: int) -> dict:
-    """Translate the evaluation's `keys` ((split, task, source, knob, subset), `Evaluator.plan`) with the selected
+    """Translate the evaluation's `keys` ((split, task, source, knob), `Evaluator.plan`) with the selected
     weights in `shards` spawned processes, one per device (`shard_device`), and return {key: (translations,
     seconds per image)} for this process to score. The batches are the in-process evaluation's (`EVAL_BATCH`
     images, each sampler call seeding its own noise), dealt round-robin over the processes, so the translations are
@@ -111,11 +111,11 @@ def _translate_shard(spec: RunSpec, ctx, folder, keys: list[tuple], rank: int, w
     load_weights(run.method, folder / "checkpoints" / "selected.ckpt")
     run.method.eval().to(shard_device(spec, rank))
     evaluator = Evaluator(run, [])
-    sets = [evaluator._set(split, task, source, subset)[0] for split, task, source, _, subset in keys]
+    sets = [evaluator.split_set(split, task, source)[0] for split, task, source, _ in keys]
     items = [(i, b) for i, x in enumerate(sets) for b in range(-(-len(x) // EVAL_BATCH))]
     mine: dict = {}
     for i, b in items[rank::world]:
-        _, task, source, knob, _ = keys[i]
+        _, task, source, knob = keys[i]
         x = sets[i][b * EVAL_BATCH:(b + 1) * EVAL_BATCH]
         x_hat, sec = translate(run.method, x, source, evaluator.tasks[task].target, knob)
         mine.setdefault(i, {})[b] = (x_hat, sec * len(x))

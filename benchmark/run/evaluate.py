@@ -46,7 +46,7 @@ def point_key(rec: dict) -> tuple:
 
 
 class Evaluator:
-    """Scores points of one run: the learning curve (validation subset), the knob choice (validation) and the
+    """Scores points of one run: the learning curve (validation), the knob choice (validation) and the
     test evaluations; loads each image set and real reference once and writes every record as it is made."""
 
     def __init__(self, run: PreparedRun, records: list[dict]):
@@ -63,13 +63,13 @@ class Evaluator:
         self.translated: dict = {}
 
     # ------------------------------------------------------------------ data
-    def _set(self, split: str, task_name: str, source: str, subset: bool = False):
-        key = (split, task_name, source, subset)
+    def split_set(self, split: str, task_name: str, source: str):
+        """(source images, aligned images, why none, subjects, scenes) of `source`'s scenes of `split` in the task,
+        loaded once."""
+        key = (split, task_name, source)
         if key not in self.sets:
             task = self.tasks[task_name]
             rows = V.task_rows(self.dataset, source, task.sources, split)
-            if subset:
-                rows = V.curve_rows(rows)
             if rows.empty:
                 raise RunError(f"{self.dataset.name}: no {source} images in the {split!r} split")
             x_src = self.dataset.load(rows)
@@ -85,10 +85,10 @@ class Evaluator:
         return self.references[target]
 
     # ------------------------------------------------------------------ records
-    def _record(self, method, split: str, task_name: str, source: str, knob, step=None, subset=False) -> dict:
-        x_src, x_gt, gt_reason, subjects, scenes = self._set(split, task_name, source, subset)
+    def _record(self, method, split: str, task_name: str, source: str, knob, step=None) -> dict:
+        x_src, x_gt, gt_reason, subjects, scenes = self.split_set(split, task_name, source)
         target = self.tasks[task_name].target
-        done = self.translated.pop((split, task_name, source, knob, subset), None)
+        done = self.translated.pop((split, task_name, source, knob), None)
         x_hat, sec = done if done is not None else translate(method, x_src, source, target, knob)
         if split == "test":
             save_samples(self.path.parent, task_name, scenes, sample_scenes(self.dataset, target), source, target,
@@ -118,14 +118,15 @@ class Evaluator:
         return rec
 
     def curve_points(self) -> list[tuple]:
-        """(task, source, knob) of the learning curve: each task's first source at its cheapest table knob value."""
-        knob = min(self.method.knob_grid, key=lambda k: self.method.nfe(k))
-        return [(t, task.sources[0], knob) for t, task in self.tasks.items()]
+        """(task, source, knob) of the learning curve: every source of every task (so the whole validation split),
+        at the method's default knob value (the first of its table grid), each translated once per checkpoint."""
+        knob = self.method.knob_grid[0]
+        return [(t, s, knob) for t, task in self.tasks.items() for s in task.sources]
 
     def curve_point(self, method, step: int) -> None:
         for task_name, source, knob in self.curve_points():
             if ("val", step, task_name, source, knob) not in {point_key(r) for r in self.records}:
-                rec = self._record(method, "val", task_name, source, knob, step=step, subset=True)
+                rec = self._record(method, "val", task_name, source, knob, step=step)
                 self.add(dict(rec, flops=step * (self.train.get("flops_per_iteration") or 0) or None))
 
     def curve_records(self) -> list[dict]:
@@ -137,22 +138,39 @@ class Evaluator:
 
     def plan(self, todo: list[tuple]) -> list[tuple]:
         """The translations an evaluation of the test points `todo` makes with the selected weights, as keys
-        (split, task, source, knob, subset): the knob choice's validation points not yet recorded, then `todo`."""
+        (split, task, source, knob): the knob choice's validation points not yet recorded, then `todo` (values
+        beyond the grid's edge, `choose_knobs`, are translated here when validation asks for them)."""
         have = {point_key(r) for r in self.records}
-        keys = [("val", *p, False) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
-        return keys + [("test", t, s, k, False) for t, s, k in todo]
+        keys = [("val", *p) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
+        return keys + [("test", t, s, k) for t, s, k in todo]
 
     def choose_knobs(self, bar=None) -> dict:
-        """Score every table knob value on the whole validation set; {task: the best value}."""
+        """Score every table knob value on the whole validation set; {task: the best value}. A best value at the edge
+        of the grid extends it (`validation.beyond_edge`, within the method's `knob_bounds`) until the choice is
+        interior or the bound is reached; the extended values are scored on validation like the grid's."""
         have: dict[tuple, dict] = {}
         for r in self.records:
             have.setdefault(point_key(r), r)
-        recs: dict[str, list] = {}
-        for task_name, source, knob in self._knob_choice_points():
+
+        def scored(task_name: str, source: str, knob) -> dict:
             done = have.get(("val", "selected", task_name, source, knob))
-            recs.setdefault(task_name, []).append(done if done is not None else self.add(
-                self._record(self.method, "val", task_name, source, knob, step="selected")))
-        return {task_name: V.best_knob(r) for task_name, r in recs.items()}
+            return done if done is not None else self.add(
+                self._record(self.method, "val", task_name, source, knob, step="selected"))
+
+        choice = {}
+        for task_name, task in self.tasks.items():
+            grid = list(self.method.knob_grid)
+            recs = [scored(task_name, s, k) for s in task.sources for k in grid]
+            best = V.best_knob(recs)
+            for _ in range(V.MAX_EXTENSIONS):
+                nxt = V.beyond_edge(grid, best, type(self.method).knob_bounds)
+                if nxt is None or self.method.nfe(nxt) < 1:
+                    break
+                grid.append(nxt)
+                recs += [scored(task_name, s, nxt) for s in task.sources]
+                best = V.best_knob(recs)
+            choice[task_name] = best
+        return choice
 
     def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
         """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""

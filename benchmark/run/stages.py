@@ -222,6 +222,10 @@ def evaluate_points(run: PreparedRun, evaluator: Evaluator, todo: list, state: _
     spec, ctx, folder = run.spec, run.ctx, run.folder
     choice = evaluator.choose_knobs()
     records = state.records
+    have = {point_key(r) for r in records}
+    for task_name, knob in choice.items():  # a value beyond the grid that validation chose is tested as well
+        todo += [(task_name, s, knob) for s in evaluator.tasks[task_name].sources
+                 if ("test", None, task_name, s, knob) not in have and (task_name, s, knob) not in todo]
     bar = ctx.progress.add_task(f"{spec.method} seed {spec.seed}: evaluate", total=len(todo)) if ctx.progress else None
     for task_name, source, knob in todo:
         point = ("test", None, task_name, source, knob)

@@ -44,7 +44,6 @@ def test_flop_counter_semantics_pinned_by_closed_form(micro):
 
 def test_every_learned_method_gets_the_same_budget(micro):
     from datasets.datamodule import TranslationDataModule
-    from methods import get_method
 
     budget = preset_budget("skull-sim", "micro")
     assert budget == 3.0e11 and preset_budget("skull-sim", "tiny") == 2.1e13
@@ -82,8 +81,9 @@ def test_selection_rules_by_hand():
     assert best_checkpoint(paired, "fidelity") == 150 and best_checkpoint(paired) == 75
     with pytest.raises(ValueError, match="aligned pairs"):
         best_checkpoint([dict(step=1, nps_dist=0.1, ssim_gt=None)], "fidelity")
-    assert get_method("cdm").selection_criterion() == "fidelity"
-    assert {get_method(m).selection_criterion() for m in ("medshift", "cyclegan", "sdedit")} == {"realism"}
+    from methods import METHODS  # protocol 3: one rule for every learned method, paired or not
+
+    assert {cls.selection_criterion() for cls in METHODS.values()} == {"realism"}
     knobs = [dict(knob_value=k, ssim_gt=g, nps_dist=0.1, ssim_src=0.5) for k, g in ((0.6, 0.80), (0.45, 0.85),
                                                                                     (0.3, 0.84))]
     assert best_knob(knobs) == 0.45  # fidelity where pairs exist
@@ -115,9 +115,11 @@ def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path,
     assert plan["budget"] == 3.0e11 and cfg["method_config"]["max_steps"] == plan["max_steps"] == info["train_steps"]
     assert info["train_flops"] == plan["max_steps"] * plan["flops_per_iteration"] <= 3.0e11
     curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
-    assert [r["step"] for r in curve] == curve_steps(plan["max_steps"])  # 8 points, one source, the cheapest knob
-    assert {r["knob_value"] for r in curve} == {0.6} and all(r["flops"] for r in curve)
-    best = min(curve, key=lambda r: (r["nps_dist"], -r["step"]))["step"]  # realism selects the checkpoint
+    assert sorted({r["step"] for r in curve}) == curve_steps(plan["max_steps"])  # 8 points
+    assert len(curve) == 2 * 8 and {r["source"] for r in curve} == {"syn_low", "syn_high"}  # every source
+    assert {r["knob_value"] for r in curve} == {0.6} and all(r["flops"] for r in curve)  # the default knob
+    mean = {s: sum(r["nps_dist"] for r in curve if r["step"] == s) / 2 for s in {r["step"] for r in curve}}
+    best = min(mean, key=lambda s: (mean[s], -s))  # realism, over the whole validation split, selects it
     assert info["selected_step"] == best and info["selection_metric"] == "nps_dist"
     sel = torch.load(folder / "checkpoints/selected.ckpt", weights_only=True)["state_dict"]
     step = torch.load(folder / f"checkpoints/step{best}.ckpt", weights_only=True)["state_dict"]
@@ -137,12 +139,51 @@ def test_choices_on_validation_and_the_test_split_read_once_at_the_end(tmp_path,
     assert ("test",) not in loaded[:first_test]
 
 
-def test_a_paired_upper_bound_selects_its_checkpoint_by_validation_fidelity(tmp_path, micro):
+def test_a_paired_upper_bound_selects_its_checkpoint_by_the_same_rule_as_every_method(tmp_path, micro):
+    """Protocol 3: validation realism for every learned method (protocol 2 selected the paired bounds by fidelity)."""
     results = tmp_path / "r"
     ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", frd=False), quiet=True)
     spec = RunSpec("unet-regression", preset="micro", data_root=str(micro.root.parent.parent), max_steps=16)
     records = run_one(spec, ctx)
     info = json.loads((spec.folder(results) / "train.json").read_text())
     curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
-    best = max(curve, key=lambda r: (r["ssim_gt"], r["step"]))["step"]
-    assert info["selection_metric"] == "ssim_gt" and info["selected_step"] == best
+    mean = {s: sum(r["nps_dist"] for r in curve if r["step"] == s) / 2 for s in {r["step"] for r in curve}}
+    assert info["selection_metric"] == "nps_dist" and info["selected_step"] == min(mean, key=lambda s: (mean[s], -s))
+
+
+def test_a_knob_choice_at_the_grids_edge_extends_the_grid_within_its_bounds():
+    from benchmark.protocol.validation import beyond_edge
+
+    assert beyond_edge([0.6, 0.45, 0.3], 0.3, (0.05, 0.95)) == 0.15  # the lowest value: one step further down
+    assert beyond_edge([0.6, 0.45, 0.3, 0.15], 0.15, (0.05, 0.95)) is None  # 0.0 lies outside the bounds
+    assert beyond_edge([0.1, 0.2, 0.3], 0.1, (0.05, 1.0)) is None  # 0.0 < 0.05
+    assert beyond_edge([1.0, 0.5], 1.0, (0.1, 1.0)) is None  # at the bound already
+    assert beyond_edge([1.0, 0.5], 0.5, (0.0, 1.0)) == 0.0
+    assert beyond_edge([0.6, 0.45, 0.3], 0.45, (0.05, 0.95)) is None  # interior: nothing to extend
+    assert beyond_edge([0.1, 0.2, 0.3], 0.3, None) is None  # a method without bounds keeps its grid
+
+
+def test_the_learning_curve_reads_the_whole_validation_split_at_the_default_knob(tmp_path, micro):
+    """Protocol 3: every source, every validation scene, the first value of the table grid; and a validation choice
+    at the grid's edge is extended and tested."""
+    from benchmark.protocol.validation import best_knob, task_rows
+
+    spec = RunSpec("sdedit", preset="micro", data_root=str(micro.root.parent.parent), max_steps=8,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2]), ("num_inference_steps", 20)))
+    records = run_one(spec, RunContext(tmp_path, Scorer(cache_dir=tmp_path / "c", frd=False), quiet=True))
+    curve = [r for r in records if r["split"] == "val" and isinstance(r["step"], int)]
+    sources = ("syn_low", "syn_high")
+    assert {r["source"] for r in curve} == set(sources) and {r["knob_value"] for r in curve} == {0.1}
+    for r in curve:
+        assert r["n_images"] == len(task_rows(micro, r["source"], sources, "val"))
+    assert sum(len(task_rows(micro, s, sources, "val")) for s in sources) == len(micro.rows("real_normal", "val"))
+    chosen = {r["knob_value"] for r in records if r["split"] == "test" and r["val_choice"]}
+    val = {r["knob_value"] for r in records if r["split"] == "val" and r["step"] == "selected"}
+    tested = {r["knob_value"] for r in records if r["split"] == "test"}
+    assert len(chosen) == 1 and chosen <= tested and {0.1, 0.2, 0.3} <= val
+    grid = [r for r in records
+            if r["split"] == "val" and r["step"] == "selected" and r["knob_value"] in (0.1, 0.2, 0.3)]
+    if best_knob(grid) == 0.3:  # the grid's upper edge, with room up to 1.0: validation scored 0.4 (and on)
+        assert 0.4 in val
+    else:  # 0.1 is an edge too, but 0.0 lies below the bounds; 0.2 is interior
+        assert val == {0.1, 0.2, 0.3} and chosen <= {0.1, 0.2}

@@ -147,10 +147,10 @@ def test_both_checkpoint_rules_are_reported_side_by_side():
     rows = []
     for seed, (best_real, best_fid) in enumerate(((200, 100), (300, 100))):
         for step in (100, 200, 300):
-            rows.append(dict(task="t", method="pix2pix", seed=seed, split="val", step=step, source="s",
+            rows.append(dict(task="t", method="pix2pix", seed=seed, split="val", step=step, source="s", protocol=2,
                              nps_dist=0.1 if step == best_real else 0.5, ssim_gt=0.9 if step == best_fid else 0.8))
     out = selections(pd.DataFrame(rows)).iloc[0]
-    assert out["rule_used"] == "fidelity"  # a paired upper bound
+    assert out["rule_used"] == "fidelity"  # a paired upper bound under protocol 2
     assert out["by_realism_steps"] == "200/300" and out["by_fidelity_steps"] == "100/100"
     assert out["by_realism_nps_dist"] == pytest.approx(0.1) and out["by_realism_ssim_gt"] == pytest.approx(0.8)
     assert out["by_fidelity_nps_dist"] == pytest.approx(0.5) and out["by_fidelity_ssim_gt"] == pytest.approx(0.9)

@@ -321,3 +321,29 @@ def test_resume_points_keep_the_callback_state_keys_older_checkpoints_hold(tmp_p
     ckpt = torch.load(spec.folder(tmp_path) / "checkpoints" / "last.ckpt", weights_only=False)
     assert "_train_clock.<locals>.TrainClock" in ckpt["callbacks"]
     assert ckpt["callbacks"]["_train_clock.<locals>.TrainClock"]["elapsed"] > 0
+
+
+def test_an_archive_of_an_older_protocol_is_left_out_beside_live_runs_not_mixed(tmp_path, micro, capsys):
+    """A newcomer's runs under today's protocol beside an archive made under the previous one: `collect` leaves the
+    archive out with one line (it used to refuse to build any table); two live versions still refuse."""
+    import gzip
+    import json
+    import shutil
+
+    from benchmark.cli.main import main
+    from benchmark.protocol.records import PROTOCOL_VERSION, record_sha
+    from benchmark.reporting.archive import archive_runs
+
+    run_one(micro_spec(micro, "identity", max_steps=None, overrides=()), micro_ctx(tmp_path))
+    run_one(micro_spec(micro, "histmatch", max_steps=None, overrides=()), micro_ctx(tmp_path))
+    archive_runs(tmp_path)
+    old = next((tmp_path / "records").glob("histmatch/*/*/records.jsonl.gz"))
+    recs = [json.loads(line) for line in gzip.decompress(old.read_bytes()).decode().splitlines()]
+    recs = [dict({k: v for k, v in r.items() if k != "_sha"}, protocol=PROTOCOL_VERSION - 1) for r in recs]
+    old.write_bytes(gzip.compress("".join(json.dumps(dict(r, _sha=record_sha(r))) + "\n" for r in recs).encode()))
+    for run in (tmp_path / "runs" / "histmatch").glob("*/*"):  # only identity stays live
+        shutil.rmtree(run)
+    assert main(["collect", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"left out the archive's 1 run(s) of protocol {PROTOCOL_VERSION - 1}" in out
+    assert "histmatch" not in (tmp_path / "tables" / "summary.csv").read_text()
