@@ -153,7 +153,7 @@ def test_a_fit_on_two_processes_records_what_one_process_records(tmp_path, micro
                              text=True, env=ONE_THREAD)
         assert out.returncode == 0, out.stderr[-2000:]
     _, a = _metrics(runs[1, 1])
-    assert len([k for k in a if k[0] == "val"]) == 8 + 2  # curve + knob choice
+    assert len([k for k in a if k[0] == "val"]) == 8 * 2 + 2  # curve (both sources) + knob choice
     for (devices, accumulate), results in list(runs.items())[1:]:
         folder, b = _metrics(results)
         assert a.keys() == b.keys()
