@@ -160,7 +160,7 @@ def test_a_fit_on_two_processes_records_what_one_process_records(tmp_path, micro
         for k in a:
             assert b[k] == pytest.approx(a[k], abs=2e-3), (devices, accumulate, k)
         info = json.loads((folder / "train.json").read_text())
-        assert info["train_steps"] == 16 and info["images_seen"] == 16 * 16 and info["selection_metric"] == "ssim_gt"
+        assert info["train_steps"] == 16 and info["images_seen"] == 16 * 16 and info["selection_metric"] == "nps_dist"
         spec = json.loads((folder / "config.json").read_text())["spec"]
         assert verify_done(folder) is None and (spec["devices"], spec["accumulate"]) == (devices, accumulate)
         assert not list(folder.glob("**/.*tmp-*"))  # no rank left a temporary behind
