@@ -24,22 +24,29 @@ def default_data_root() -> Path:
 
 
 def _load_skull_sim(preset: str = DEFAULT_PRESET, data_root: str | Path | None = None, seed: int = 0,
-                    jitter: bool = False, progress: Callable | None = None, **_) -> XrayDataset:
+                    jitter: bool = False, progress: Callable | None = None, version: str | None = None,
+                    **_) -> XrayDataset:
     import json
 
     import pandas as pd
 
-    from .skull_sim import DOMAINS, dataset_folder, generate, get_preset
+    from .skull_sim import DOMAINS, GENERATOR_VERSION, dataset_folder, generate, get_preset
 
     get_preset(preset)
-    root = dataset_folder(data_root or default_data_root(), preset, seed, jitter=jitter)
-    generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress)
+    version = version or GENERATOR_VERSION
+    name = "skull-sim" if version == GENERATOR_VERSION else f"skull-sim-v{version}"
+    root = dataset_folder(data_root or default_data_root(), preset, seed, jitter=jitter, version=version)
+    generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress, version=version)
     meta = json.loads((root / "dataset.json").read_text())
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
-    return XrayDataset(name="skull-sim", root=root, manifest=manifest, domains=DOMAINS,
+    return XrayDataset(name=name, root=root, manifest=manifest, domains=DOMAINS,
                        size=int(meta["preset_config"]["size"]), aligned=not jitter,
-                       config=dict(dataset="skull-sim", preset=preset, seed=seed, jitter=jitter, root=str(root),
+                       config=dict(dataset=name, preset=preset, seed=seed, jitter=jitter, root=str(root),
                                    generator_version=meta["generator_version"]))
+
+
+def _load_skull_sim_v2(**kwargs) -> XrayDataset:
+    return _load_skull_sim(**dict(kwargs, version="2"))
 
 
 def _load_folder(preset: str = "", data_root: str | Path | None = None, config: str | Path | None = None,
@@ -61,6 +68,7 @@ def _load_xdigiskull(preset: str = "", data_root: str | Path | None = None, conf
 #: name -> loader(preset, data_root, ...) returning an XrayDataset.
 DATASETS: dict[str, Callable[..., XrayDataset]] = {
     "skull-sim": _load_skull_sim,
+    "skull-sim-v2": _load_skull_sim_v2,  # the physics-only gap: the real domains without their fine anatomy
     "x-digiskull": _load_xdigiskull,
     "folder": _load_folder,
 }
@@ -74,7 +82,8 @@ def _skull_sim_domains(preset: str = DEFAULT_PRESET, **_) -> tuple[str, ...]:
 
 
 #: Datasets whose domains are known without loading them (the rest are loaded once to learn theirs).
-DECLARED_DOMAINS: dict[str, Callable[..., tuple[str, ...]]] = {"skull-sim": _skull_sim_domains}
+DECLARED_DOMAINS: dict[str, Callable[..., tuple[str, ...]]] = {"skull-sim": _skull_sim_domains,
+                                                              "skull-sim-v2": _skull_sim_domains}
 
 
 def dataset_domains(name: str, **kwargs) -> tuple[tuple[str, ...], XrayDataset | None]:
@@ -106,7 +115,8 @@ def _folder_identity(config: str | None = None, data_root: str | None = None, **
 
 
 #: Datasets whose identity is not their folder config and data root.
-DECLARED_IDENTITY: dict[str, Callable[..., dict]] = {"skull-sim": _skull_sim_identity}
+DECLARED_IDENTITY: dict[str, Callable[..., dict]] = {"skull-sim": _skull_sim_identity,
+                                                     "skull-sim-v2": lambda **_: {"generator_version": "2"}}
 
 
 def dataset_identity(name: str, **kwargs) -> dict:

@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m datasets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate a procedural dataset (skull-sim)")
-    gen.add_argument("--dataset", default="skull-sim", choices=["skull-sim"])
+    gen.add_argument("--dataset", default="skull-sim", choices=["skull-sim", "skull-sim-v2"],
+                     help="skull-sim (v3: real domains with fine anatomy) or skull-sim-v2 (physics-only gap)")
     gen.add_argument("--preset", default="tiny")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--split-seed", type=int, default=0)
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--workers", type=int, default=None)
     gen.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
     lab = sub.add_parser("labels", help="per-structure label maps of a generated skull-sim set (cached beside it)")
+    lab.add_argument("--dataset", default="skull-sim", choices=["skull-sim", "skull-sim-v2"])
     lab.add_argument("--preset", default="tiny")
     lab.add_argument("--seed", type=int, default=0)
     lab.add_argument("--data-root", type=Path)
@@ -51,19 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             from . import default_data_root
-            from .skull_sim import dataset_folder, generate, get_preset
+            from .skull_sim import GENERATOR_VERSION, dataset_folder, generate, get_preset
 
             get_preset(args.preset)
-            out = args.out or dataset_folder(default_data_root(), args.preset, args.seed, args.split_seed, args.jitter)
-            progress, update = _progress_bar(f"skull-sim {args.preset}: subjects")
+            version = "2" if args.dataset == "skull-sim-v2" else GENERATOR_VERSION
+            out = args.out or dataset_folder(default_data_root(), args.preset, args.seed, args.split_seed, args.jitter,
+                                             version)
+            progress, update = _progress_bar(f"{args.dataset} {args.preset}: subjects")
             with progress:
                 generate(out, args.preset, args.seed, args.split_seed, args.jitter, args.dicom, args.workers,
-                         args.force, progress=update)
+                         args.force, progress=update, version=version)
             print(f"dataset ready: {out}")
         elif args.command == "labels":
             from .labels import ensure_labels
 
-            ds = load_dataset("skull-sim", preset=args.preset, data_root=args.data_root, seed=args.seed)
+            ds = load_dataset(args.dataset, preset=args.preset, data_root=args.data_root, seed=args.seed)
             print(f"labels ready: {ensure_labels(ds, args.workers)}")
         else:
             from .preview import montage

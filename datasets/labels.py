@@ -132,7 +132,7 @@ def ensure_labels(dataset, workers: int | None = None) -> Path:
     """
     from .io import write_png16
 
-    if dataset.name != "skull-sim":
+    if not dataset.name.startswith("skull-sim"):
         raise ValueError(f"{dataset.name}: per-structure labels exist only for skull-sim (from its phantom); "
                          "a folder dataset would need its own label maps")
     out = labels_folder(dataset.root)

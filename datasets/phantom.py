@@ -30,6 +30,8 @@ class Primitive:
         half_axes: (3,) mm, along the local axes.
         rotation: (3, 3) world-from-local rotation matrix.
         clips: Half-spaces (normal (3,), offset) keeping points with normal . x <= offset (world, mm).
+        host: Optional primitive that this one is intersected with (still convex): fine structure that must lie
+            inside a layer of the anatomy, a vein inside the diploe (`datasets.detail`).
     """
 
     name: str
@@ -38,13 +40,16 @@ class Primitive:
     half_axes: np.ndarray
     rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
     clips: tuple[tuple[np.ndarray, float], ...] = ()
+    host: "Primitive | None" = None
 
     def contains(self, points: np.ndarray) -> np.ndarray:
-        """Boolean (N,) for world points (N, 3): inside the ellipsoid and every clip half-space."""
+        """Boolean (N,) for world points (N, 3): inside the ellipsoid, every clip half-space and the host."""
         local = (points - self.center) @ self.rotation / self.half_axes
         inside = np.sum(local**2, axis=1) <= 1.0
         for normal, offset in self.clips:
             inside &= points @ normal <= offset
+        if self.host is not None:
+            inside &= self.host.contains(points)
         return inside
 
 

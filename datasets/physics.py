@@ -172,8 +172,17 @@ def to_display(q: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     return np.clip((q - lo) / (hi - lo), 0.0, 1.0)
 
 
+def poisson_coupled(rng: np.random.Generator, mean: np.ndarray) -> np.ndarray:
+    """Poisson counts by inversion of one uniform per pixel: exact Poisson marginals, and two images drawn with the
+    same generator state differ only where their means differ (monotone coupling; `rng.poisson` instead draws a
+    mean-dependent number of variates, so one changed pixel changes the noise of every later one)."""
+    from scipy import stats
+
+    return stats.poisson.ppf(rng.random(mean.shape), mean)
+
+
 def realize(lengths: np.ndarray, style: DomainStyle, rng: np.random.Generator, pixel_mm: float,
-            detector_seed: int = 0, return_log: bool = False):
+            detector_seed: int = 0, return_log: bool = False, coupled_noise: bool = False):
     """Render one image of `style` from path-length maps.
 
     Args:
@@ -183,6 +192,8 @@ def realize(lengths: np.ndarray, style: DomainStyle, rng: np.random.Generator, p
         pixel_mm: Output pixel size at the detector, mm.
         detector_seed: Seeds the fixed gain pattern (the same detector for every image).
         return_log: Also return the noisy log image -ln(T) before windowing.
+        coupled_noise: Draw the quanta with `poisson_coupled` (skull-sim v3: two realisations of a scene's
+            anatomy under the same noise seed differ by the anatomy alone).
 
     Returns:
         Display image (H, W) float64 in [0, 1] (bone bright), or (display, log_image).
@@ -201,7 +212,8 @@ def realize(lengths: np.ndarray, style: DomainStyle, rng: np.random.Generator, p
     scatter = scatter_field(primary, obj, style.spr, style.scatter_fwhm_mm / pixel_mm)
     # 4. Poisson quanta: scale so the object mean is `quanta`
     q_open = style.quanta / (primary + scatter)[obj].mean()
-    counts = rng.poisson(q_open * (primary + scatter)).astype(np.float64)
+    mean = q_open * (primary + scatter)
+    counts = (poisson_coupled(rng, mean) if coupled_noise else rng.poisson(mean)).astype(np.float64)
     # 5. detector blur after the draw (correlated noise), 6. electronic noise and fixed gain pattern
     sigma_px = max(style.det_sigma_mm / pixel_mm, 0.5) if style.det_sigma_mm > 0 else 0.0
     if sigma_px > 0:

@@ -41,7 +41,7 @@ def montage(dataset: XrayDataset, subject: str | None = None, out: Path | None =
         raise KeyError(f"subject {subject!r} not in {dataset.name}; e.g. {examples}")
     scenes = sorted(rows["scene"].unique())
     has_masks = "mask_path" in rows and rows["mask_path"].astype(bool).all()
-    has_labels = dataset.name == "skull-sim"
+    has_labels = dataset.name.startswith("skull-sim")
     ncols = len(dataset.domains) + int(has_masks) + int(has_labels)
     fig, axes = plt.subplots(len(scenes), ncols, figsize=(1.9 * ncols, 1.9 * len(scenes)), squeeze=False)
     for i, scene in enumerate(scenes):

@@ -130,8 +130,25 @@ def chord_intervals(source: np.ndarray, dirs: np.ndarray, prim: Primitive) -> tu
         t0 = np.where(nd < 0, np.maximum(t0, t_plane), t0)
         t1 = np.where((nd == 0) & (ns > offset), t0, t1)
     t0 = np.maximum(t0, 0.0)
+    if prim.host is not None:  # the intersection of two convex sets: one interval
+        h0, h1 = chord_intervals(source, dirs, prim.host)
+        t0, t1 = np.maximum(t0, h0), np.minimum(t1, h1)
     empty = t1 <= t0
     return np.where(empty, 0.0, t0), np.where(empty, 0.0, t1)
+
+
+def bounding_spheres(prims: list[Primitive]) -> tuple[np.ndarray, np.ndarray]:
+    """(centres (K, 3), radii (K,)) of a sphere around each primitive: its ellipsoid's, or its host's where smaller
+    (the primitive lies inside both)."""
+    def sphere(p: Primitive) -> tuple[np.ndarray, float]:
+        own = (p.center, float(np.max(p.half_axes)))
+        if p.host is None:
+            return own
+        host = sphere(p.host)
+        return own if own[1] <= host[1] else host
+
+    spheres = [sphere(p) for p in prims]
+    return np.array([c for c, _ in spheres], float).reshape(-1, 3), np.array([r for _, r in spheres], float)
 
 
 def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
@@ -157,12 +174,21 @@ def path_lengths(source: np.ndarray, dirs: np.ndarray, prims: list[Primitive],
     material_of = np.array([p.material for p in prims]) if channels is None else np.asarray(channels)
     n_out = len(MATERIALS) if channels is None else int(n_channels)
     out = np.zeros((n_out, n_rays))
+    centre, radius = bounding_spheres(prims)
+    to_centre = centre - source  # (K, 3)
     for lo in range(0, n_rays, chunk):
         d = flat[lo:lo + chunk]
-        t0, t1 = zip(*(chord_intervals(source, d, p) for p in prims), strict=True)
-        t0, t1 = np.stack(t0, 1), np.stack(t1, 1)  # (r, K)
+        # a primitive whose bounding sphere no ray of the block meets is left out before its chords are computed
+        # (the result is the same: such a primitive has an empty chord on every ray of the block)
+        along = d @ to_centre.T  # (r, K)
+        near = ((np.sum(to_centre**2, axis=1) - along**2 <= radius**2) & (along + radius >= 0)).any(axis=0)
+        candidates = np.flatnonzero(near)
+        if len(candidates) == 0:
+            continue
+        t0, t1 = zip(*(chord_intervals(source, d, prims[k]) for k in candidates), strict=True)
+        t0, t1 = np.stack(t0, 1), np.stack(t1, 1)  # (r, K')
         hit = (t1 > t0).any(axis=0)  # cull primitives no ray of this block meets (painting order kept)
-        t0, t1, block_material = t0[:, hit], t1[:, hit], material_of[hit]
+        t0, t1, block_material = t0[:, hit], t1[:, hit], material_of[candidates][hit]
         n_hit = int(hit.sum())
         if n_hit == 0:
             continue

@@ -1,9 +1,14 @@
 """`skull-sim`: a seeded generator of aligned skull radiographs in the five X-DigiSkull domains.
 
-Every (subject, view) scene is projected once (exact line integrals through the analytic head of
+Every (subject, view) scene is projected (exact line integrals through the analytic head of
 `datasets.phantom`) and rendered in every domain of `datasets.physics.DOMAIN_STYLES`, so the
-domains of one scene are pixel-exact pairs. Label masks (0 air, 1 soft tissue, 2 bone) and the
-per-material path-length maps are saved beside the images. With `jitter=True` the synthetic
+domains of one scene are pixel-exact pairs of the same pose. Version 3 (the default) projects the
+real domains through the subject's head *with* its fine anatomy (`datasets.detail`: vascular
+grooves, diploic veins, sutures, granulation pits, regional vault thickness, scalp fat), the
+synthetic domains through the coarse head without it: the real image holds anatomy that no
+synthetic image shows. Version 2 (the dataset `skull-sim-v2`) renders both from the coarse head:
+a gap of physics alone. Label masks (0 air, 1 soft tissue, 2 bone) and the per-material
+path-length maps (of the coarse head) are saved beside the images. With `jitter=True` the synthetic
 domains are re-projected under a small pose perturbation (±1.5°, ±3 mm), mimicking X-DigiSkull's
 only-approximately aligned views; the masks and path maps then belong to the real-domain pose.
 
@@ -30,11 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .detail import add_detail
 from .phantom import BONE_MATERIALS, MATERIAL_ID, MATERIALS, SubjectParams, build_head, rot_x, rot_z
 from .physics import DOMAIN_STYLES, realize
 from .projector import VIEWS, Geometry, project
 
-GENERATOR_VERSION = "2"  # 2: train/val/test/ref splits with a 30-subject test set
+GENERATOR_VERSION = "3"  # 3: real-domain fine anatomy (datasets.detail); 2: physics-only gap
+#: Versions the generator still renders (the dataset `skull-sim-v2` names version 2).
+GENERATOR_VERSIONS = ("2", "3")
 DOMAINS: tuple[str, ...] = tuple(DOMAIN_STYLES)
 MANIFEST_COLUMNS = ("id", "scene", "subject", "view", "domain", "split", "dose", "kvp", "path", "checksum",
                     "mask_path", "paths_path", "height", "width")
@@ -76,16 +84,23 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def dataset_folder(data_root: Path, preset: str, seed: int = 0, split_seed: int = 0, jitter: bool = False) -> Path:
+def dataset_folder(data_root: Path, preset: str, seed: int = 0, split_seed: int = 0, jitter: bool = False,
+                   version: str = GENERATOR_VERSION) -> Path:
     """Where the loader and `python -m datasets generate` keep one generated variant (never shared by two)."""
     name = f"{preset}-seed{seed}" + (f"-split{split_seed}" if split_seed else "") + ("-jitter" if jitter else "")
-    return Path(data_root) / "skull-sim" / f"{name}-v{GENERATOR_VERSION}"
+    return Path(data_root) / "skull-sim" / f"{name}-v{check_version(version)}"
 
 
-def _identity(preset: str, seed: int, split_seed: int, jitter: bool, dicom: bool) -> dict:
+def check_version(version: str) -> str:
+    if str(version) not in GENERATOR_VERSIONS:
+        raise ValueError(f"unknown skull-sim generator version {version!r}; available: {', '.join(GENERATOR_VERSIONS)}")
+    return str(version)
+
+
+def _identity(preset: str, seed: int, split_seed: int, jitter: bool, dicom: bool, version: str) -> dict:
     """The fields of `dataset.json` that a cached copy must match to be reused."""
     return dict(preset=preset, preset_config=asdict(get_preset(preset)), seed=seed, split_seed=split_seed,
-                jitter=jitter, dicom=dicom, generator_version=GENERATOR_VERSION)
+                jitter=jitter, dicom=dicom, generator_version=version)
 
 
 def get_preset(name: str) -> Preset:
@@ -117,10 +132,13 @@ def _scene_pose(rng: np.random.Generator, deg: float, mm: float) -> tuple[np.nda
     return pose, rng.uniform(-mm, mm, size=3)
 
 
-def subject_head(seed: int, subject: int) -> list:
-    """The phantom of one subject (its primitives in painting order), as the generator drew it."""
+def subject_head(seed: int, subject: int, detail: bool = False, draw: int = 0) -> list:
+    """The phantom of one subject (its primitives in painting order), as the generator drew it; with `detail`, the
+    real domains' head: the same anatomy with its fine structure (`datasets.detail`, realisation `draw`)."""
     rng = np.random.default_rng([seed, subject])
-    return build_head(SubjectParams.sample(rng), rng)
+    params = SubjectParams.sample(rng)
+    prims = build_head(params, rng)
+    return add_detail(prims, params, seed, subject, draw) if detail else prims
 
 
 def scene_pose(seed: int, subject: int, view_index: int) -> tuple[np.random.Generator, np.ndarray, np.ndarray]:
@@ -129,33 +147,59 @@ def scene_pose(seed: int, subject: int, view_index: int) -> tuple[np.random.Gene
     return (pose_rng, *_scene_pose(pose_rng, 3.0, 3.0))
 
 
-def render_subject(args: tuple) -> list[dict]:
-    """Render every view and domain of one subject (worker function; writes files under `root`)."""
-    root, seed, subject, preset_name, jitter = args
+def render_scene(seed: int, subject: int, preset_name: str, view_index: int, jitter: bool = False,
+                 version: str = GENERATOR_VERSION, domains: tuple[str, ...] = DOMAINS, draw: int = 0,
+                 detail: bool | None = None) -> dict:
+    """One scene in `domains`: {"lengths": the coarse head's path lengths in the real pose, domain: display image}.
+    `draw` > 0 renders the real domains with another realisation of the fine anatomy, under the same noise;
+    `detail=False` renders v3's real domains without it, under the same noise (what the anatomy adds)."""
     preset = PRESETS[preset_name]
+    view_name = preset.views[view_index]
     geom = Geometry()
     pixel_mm = geom.detector_mm / preset.size
-    prims = subject_head(seed, subject)
+    coarse = subject_head(seed, subject)
+    pose_rng, pose, shift = scene_pose(seed, subject, view_index)
+    lengths = project(coarse, VIEWS[view_name], preset.size, geom, preset.supersample, pose, shift)
+    syn_lengths = real_lengths = lengths
+    if jitter:
+        d_pose, d_shift = _scene_pose(pose_rng, 1.5, 3.0)
+        syn_lengths = project(coarse, VIEWS[view_name], preset.size, geom, preset.supersample,
+                              d_pose @ pose, shift + d_shift)
+    detail = check_version(version) != "2" if detail is None else detail
+    if detail and any(DOMAIN_STYLES[d].kind == "real" for d in domains):
+        real_lengths = project(subject_head(seed, subject, detail=True, draw=draw), VIEWS[view_name], preset.size,
+                               geom, preset.supersample, pose, shift)
+    out = {"lengths": lengths}
+    for domain in domains:
+        d_idx = DOMAINS.index(domain)
+        style = DOMAIN_STYLES[domain]
+        noise_rng = np.random.default_rng([seed, subject, view_index, d_idx])
+        src = syn_lengths if style.kind == "synthetic" else real_lengths
+        out[domain] = realize(src, style, noise_rng, pixel_mm, detector_seed=seed, coupled_noise=version != "2")
+    return out
+
+
+def render_subject(args: tuple) -> list[dict]:
+    """Render every view and domain of one subject (worker function; writes files under `root`).
+
+    Args:
+        args: (root, seed, subject, preset name, jitter[, generator version]).
+    """
+    root, seed, subject, preset_name, jitter, *rest = args
+    version = rest[0] if rest else GENERATOR_VERSION
+    preset = PRESETS[preset_name]
     from .io import write_png16  # local import keeps workers light
 
     rows = []
     for v_idx, view_name in enumerate(preset.views):
         scene = f"s{subject:03d}_{view_name}"
-        pose_rng, pose, shift = scene_pose(seed, subject, v_idx)
-        lengths = project(prims, VIEWS[view_name], preset.size, geom, preset.supersample, pose, shift)
-        syn_lengths = lengths
-        if jitter:
-            d_pose, d_shift = _scene_pose(pose_rng, 1.5, 3.0)
-            syn_lengths = project(prims, VIEWS[view_name], preset.size, geom, preset.supersample,
-                                  d_pose @ pose, shift + d_shift)
+        images = render_scene(seed, subject, preset_name, v_idx, jitter, version)
+        lengths = images.pop("lengths")
         np.savez_compressed(root / "paths" / f"{scene}.npz", lengths=lengths.astype(np.float16),
                             materials=np.array(MATERIALS))
         write_png16(root / "masks" / f"{scene}.png", label_mask(lengths), bits=8)
-        for d_idx, domain in enumerate(DOMAINS):
+        for domain, img in images.items():
             style = DOMAIN_STYLES[domain]
-            noise_rng = np.random.default_rng([seed, subject, v_idx, d_idx])
-            src = syn_lengths if style.kind == "synthetic" else lengths
-            img = realize(src, style, noise_rng, pixel_mm, detector_seed=seed)
             rel = Path("images") / domain / f"{scene}_{domain}.png"
             write_png16(root / rel, img)
             rows.append(dict(id=f"{scene}_{domain}", scene=scene, subject=f"s{subject:03d}", view=view_name,
@@ -166,7 +210,8 @@ def render_subject(args: tuple) -> list[dict]:
 
 
 def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0, jitter: bool = False,
-             dicom: bool = False, workers: int | None = None, force: bool = False, progress=None) -> Path:
+             dicom: bool = False, workers: int | None = None, force: bool = False, progress=None,
+             version: str = GENERATOR_VERSION) -> Path:
     """Generate `skull-sim` into `out` atomically; return `out`. A complete `out` is reused when its
     `dataset.json` matches the request (preset, seed, split seed, jitter, DICOM, generator version).
 
@@ -180,6 +225,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
         workers: Processes (default: CPU count, at most 8).
         force: Regenerate even if a complete dataset exists.
         progress: Optional callable(done, total) for progress display.
+        version: Generator version (`GENERATOR_VERSIONS`): "3" with real-domain fine anatomy, "2" without.
 
     Raises:
         FileExistsError: `out` exists and is not a complete skull-sim dataset, or holds another variant.
@@ -188,8 +234,9 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
 
     out = Path(out)
     cfg = get_preset(preset)
+    version = check_version(version)
     if is_complete(out) and not force:
-        want = json.loads(json.dumps(_identity(preset, seed, split_seed, jitter, dicom)))  # as stored
+        want = json.loads(json.dumps(_identity(preset, seed, split_seed, jitter, dicom, version)))  # as stored
         have = json.loads((out / "dataset.json").read_text())
         diff = [k for k in want if have.get(k) != want[k] and not (k == "dicom" and have.get(k) and not dicom)]
         if diff:
@@ -205,7 +252,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
     for sub in ["paths", "masks"] + [f"images/{d}" for d in DOMAINS]:
         (tmp / sub).mkdir(parents=True)
     t_start = time.time()
-    jobs = [(tmp, seed, s, preset, jitter) for s in range(cfg.n_subjects)]
+    jobs = [(tmp, seed, s, preset, jitter, version) for s in range(cfg.n_subjects)]
     workers = workers or min(os.cpu_count() or 1, 8)
     rows: list[dict] = []
     try:
@@ -231,7 +278,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
                 dcm.parent.mkdir(parents=True, exist_ok=True)
                 write_dicom_dx(dcm, tmp / r["path"], r)
         _write_manifest(tmp / "manifest.csv", rows)
-        meta = dict(dataset="skull-sim", **_identity(preset, seed, split_seed, jitter, dicom),
+        meta = dict(dataset="skull-sim", **_identity(preset, seed, split_seed, jitter, dicom, version),
                     domains=list(DOMAINS), styles={d: s.to_dict() for d, s in DOMAIN_STYLES.items()},
                     geometry=asdict(Geometry()), n_images=len(rows),
                     manifest_sha256=sha256_file(tmp / "manifest.csv"),

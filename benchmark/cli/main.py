@@ -15,7 +15,8 @@ from benchmark.cli.parsers import build_parser
 #: sub-command -> its function
 COMMANDS = {"run": fitc.cmd_run, "sweep": fitc.cmd_sweep, "rescore": fitc.cmd_rescore, "collect": repc.cmd_collect,
             "figures": repc.cmd_figures, "archive": repc.cmd_archive, "regress": repc.cmd_regress,
-            "validity": repc.cmd_validity, "utility": repc.cmd_utility, "perf": repc.cmd_perf,
+            "validity": repc.cmd_validity, "ceiling": repc.cmd_ceiling, "utility": repc.cmd_utility,
+            "perf": repc.cmd_perf,
             "weights": repc.cmd_weights}
 
 

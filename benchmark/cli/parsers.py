@@ -125,6 +125,9 @@ def _perf(p) -> None:
     p.add_argument("--precisions", nargs="+", default=["32-true", "bf16-mixed"])
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"], help="--train: where to time it")
+    p.add_argument("--unet-sizes", nargs="+", type=int, default=[], metavar="PX",
+                   help="--train: time MedShift's U-Net on random images of these sizes instead of each method")
 
 
 def _out(p) -> None:
@@ -151,6 +154,9 @@ COMMANDS = {
     "validity": ("which realism metrics grow with controlled degradations of real images",
                  [_data, lambda p: p.add_argument("--domain", default="real_normal"), _results, _weights, _data_root,
                   _dataset_config, _no_frd]),
+    "ceiling": ("the best SSIM/PSNR (gt) any translator can reach where the real images hold anatomy the synthetic "
+                "ones lack (skull-sim v3)",
+                [_data, _results, _data_root, lambda p: p.add_argument("--workers", type=int, default=1)]),
     "utility": ("does translated synthetic data train a segmenter that works on real images",
                 [lambda p: _method(p, ["all"], "method name(s) with finished runs, or 'all'"), _data,
                  lambda p: p.add_argument("--task", nargs="+", default=["sim2real", "dose"]),

@@ -63,6 +63,25 @@ def cmd_validity(args) -> int:
     return 0
 
 
+def cmd_ceiling(args) -> int:
+    """The ceiling on fidelity of a dataset whose real images hold anatomy its synthetic ones lack (skull-sim v3)."""
+    from benchmark.errors import user_input
+    from benchmark.scoring.ceiling import fidelity_ceiling, write_ceiling
+    from datasets import load_dataset
+
+    use_cores()
+    check_writable(args.results_dir)
+    with user_input():  # an unknown dataset or preset, a dataset without fine anatomy: one line naming it
+        dataset = load_dataset(args.dataset, preset=args.preset, data_root=args.data_root)
+        result = fidelity_ceiling(dataset, workers=args.workers)
+    for p in write_ceiling(result, f"{args.dataset}/{args.preset}", args.results_dir / "tables"):
+        print(f"written: {p}")
+    for d, e in result.items():
+        if isinstance(e, dict):
+            print(f"{d}: SSIM (gt) ceiling {e['ssim_gt'][0]:.4f}, PSNR (gt) {e['psnr_gt'][0]:.1f} dB")
+    return 0
+
+
 def cmd_utility(args) -> int:
     """Downstream utility of finished runs: translated training images train a segmenter tested on real images."""
     from benchmark.orchestration.utility import run_utility

@@ -54,7 +54,7 @@ def main(args) -> int:
     return 0
 
 
-def train_seconds(method, datamodule, precision: str, iterations: int) -> float:
+def train_seconds(method, datamodule, precision: str, iterations: int, accelerator: str = "cpu") -> float:
     """Seconds per training iteration of a fresh copy of `method` at `precision` (after one warm-up iteration)."""
     import copy
     import logging
@@ -74,7 +74,7 @@ def train_seconds(method, datamodule, precision: str, iterations: int) -> float:
         logging.getLogger(name).setLevel(logging.WARNING)
     clock = Clock()
     per_iter = type(method).optimizer_steps_per_iteration
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, max_steps=(iterations + 1) * per_iter,
+    trainer = L.Trainer(accelerator=accelerator, devices=1, precision=precision, max_steps=(iterations + 1) * per_iter,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, callbacks=[clock])
     with warnings.catch_warnings():
@@ -92,10 +92,12 @@ def train_main(args) -> int:
     from datasets.datamodule import TranslationDataModule
     from methods import get_method
 
+    if args.unet_sizes:
+        return unet_main(args)
     dataset = load_dataset("skull-sim", preset=args.preset)
     task = get_task("sim2real", dataset.domains)
-    print(f"seconds per training iteration on {args.preset}, {torch.get_num_threads()} threads, median of "
-          f"{args.repeats} alternating rounds of {args.iterations} iterations", flush=True)
+    print(f"seconds per training iteration on {args.preset} ({args.accelerator}), {torch.get_num_threads()} threads, "
+          f"median of {args.repeats} alternating rounds of {args.iterations} iterations", flush=True)
     from methods import METHODS
 
     for name in args.methods or list(METHODS):
@@ -111,9 +113,69 @@ def train_main(args) -> int:
         times = {p: [] for p in args.precisions}
         for _ in range(args.repeats):
             for p in args.precisions:
-                times[p].append(train_seconds(method, dm, p, args.iterations))
+                times[p].append(train_seconds(method, dm, p, args.iterations, args.accelerator))
         med = {p: statistics.median(v) for p, v in times.items()}
         base = med[args.precisions[0]]
         cells = "  ".join(f"{p} {v:.3f} s ({base / v:.2f}x)" for p, v in med.items())
         print(f"{name:16s} {cells}", flush=True)
+    return 0
+
+
+def unet_step_seconds(method, size: int, batch: int, precision: str, device: torch.device, iterations: int) -> float:
+    """Median seconds of one training iteration (forward, backward, AdamW) of a MedShift-like `method` on random
+    `size`-pixel images, its own `training_step` under autocast for bf16 (after two warm-up iterations)."""
+    import statistics
+
+    method = method.to(device).train()
+    opt = torch.optim.AdamW(method.parameters(), lr=1e-4)
+    data = {"image": torch.randn(batch, 1, size, size, device=device),
+            "domain": torch.randint(0, len(method.domains), (batch,), device=device)}
+    cuda = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = method.training_step(data, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    times = []
+    for i in range(iterations + 2):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def unet_main(args) -> int:
+    """MedShift's U-Net (as configured for `--preset`) trained on random images of each of `--unet-sizes`, pixel space,
+    at each precision on `--accelerator`: what a larger image costs per iteration (the paper's 512 px question)."""
+    import logging
+    import warnings
+
+    from benchmark.protocol.config import RunSpec, resolve_config
+    from datasets.skull_sim import DOMAINS
+    from methods import get_method
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
+    config = resolve_config(RunSpec("medshift", preset=args.preset))
+    batch = int(config.get("batch_size", 16))
+    print(f"MedShift U-Net ({args.preset} config, batch {batch}) seconds per training iteration on {device}, "
+          f"median of {args.iterations}", flush=True)
+    for size in args.unet_sizes:
+        method = get_method("medshift")(domains=DOMAINS, sources=DOMAINS[:2], target="real_normal", image_size=size,
+                                        **config)
+        cells = []
+        for p in args.precisions:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # self.log outside a Trainer
+                sec = unet_step_seconds(method, size, batch, p, device, args.iterations)
+            cells.append(f"{p} {sec:.4f} s ({batch / sec:.0f} images/s)")
+        print(f"{size:5d} px  " + "  ".join(cells), flush=True)
     return 0

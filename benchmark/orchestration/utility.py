@@ -260,7 +260,8 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
                 split="utility", n_train=len(x_train), translate_sec=sec_train + sec_val, seg_sec=info["sec"],
                 seg_selected_step=info["selected_step"], seg_val_dice=info["val_dice"], seg_curve=info["curve"],
                 segmenter=settings, labels_version=LABELS_VERSION, utility_version=UTILITY_VERSION,
-                translator_run=run_id, git_sha=git_sha(), protocol=PROTOCOL_VERSION)
+                translator_run=run_id, git_sha=git_sha(), protocol=PROTOCOL_VERSION,
+                generator_version=dataset.config.get("generator_version"))
 
 
 def record_path(results_dir: Path, dataset: str, preset: str, task: str, method: str, seed: int) -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.protocol.config import CONFIG_DIR
+from benchmark.protocol.config import CONFIG_DIR, config_scope
 
 BUDGETS_PATH = CONFIG_DIR / "budgets.yaml"
 
@@ -27,6 +27,7 @@ BUDGETS_PATH = CONFIG_DIR / "budgets.yaml"
 def preset_budget(dataset: str, preset: str, path: Path = BUDGETS_PATH) -> float | None:
     """The FLOP budget declared for `dataset/preset` (None: none declared)."""
     budgets = yaml.safe_load(Path(path).read_text()) or {}
+    dataset = config_scope(dataset)
     value = budgets.get(f"{dataset}/{preset}", budgets.get(dataset))
     return None if value is None else float(value)
 

@@ -180,6 +180,15 @@ def _typed(method: str, key: str, value, default, want: type | None = None):
     return value
 
 
+#: Datasets that use another's configs and FLOP budgets: another generator version of the same images (same sizes).
+CONFIG_OF = {"skull-sim-v2": "skull-sim"}
+
+
+def config_scope(dataset: str) -> str:
+    """The dataset name under which `configs/*.yaml` and `budgets.yaml` list `dataset`'s settings."""
+    return CONFIG_OF.get(dataset, dataset)
+
+
 def resolve_config(spec: RunSpec) -> dict:
     """Constructor defaults <- configs/<method>.yaml deltas (<dataset>, then <dataset>/<preset>) <- --set."""
     from methods import get_method
@@ -189,7 +198,8 @@ def resolve_config(spec: RunSpec) -> dict:
     deltas_path = CONFIG_DIR / f"{spec.method}.yaml"
     if deltas_path.is_file():
         deltas = yaml.safe_load(deltas_path.read_text()) or {}
-        for scope in (spec.dataset, f"{spec.dataset}/{spec.preset}"):
+        name = config_scope(spec.dataset)
+        for scope in (name, f"{name}/{spec.preset}"):
             cfg.update(deltas.get(scope) or {})
     defaults = method_defaults(cls)
     if spec.max_steps is not None and spec.max_steps < 1:

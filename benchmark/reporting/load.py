@@ -40,9 +40,12 @@ def method_info(method: str) -> dict:
     return _METHOD_INFO[name]
 
 
-def _read_method_info(files: list[Path]) -> None:
+def _read_method_info(files: list[Path]) -> dict[str, str]:
+    """Fill `_METHOD_INFO` from the runs' config.json; return {record file: dataset name} for the runs whose dataset
+    was renamed since they ran (skull-sim of generator version 2 is `skull-sim-v2` since v3 became the default)."""
     import json
 
+    renamed = {}
     for f in files:
         cfg_path = Path(f).parent / "config.json"
         try:
@@ -52,6 +55,10 @@ def _read_method_info(files: list[Path]) -> None:
         info, name = cfg.get("method_info"), (cfg.get("spec") or {}).get("method")
         if isinstance(info, dict) and name:
             _METHOD_INFO.setdefault(name, info)
+        data = cfg.get("dataset_config") or {}
+        if data.get("dataset") == "skull-sim" and str(data.get("generator_version")) == "2":
+            renamed[str(f)] = "skull-sim-v2"
+    return renamed
 
 
 def load_records(results_dir: Path, partial: bool = False, status: list | None = None) -> pd.DataFrame:
@@ -69,7 +76,9 @@ def load_records(results_dir: Path, partial: bool = False, status: list | None =
     status = run_status(results_dir) if status is None else status
     files = record_files(results_dir, partial, status) or sorted(results_dir.glob("*.jsonl"))
     rows = [dict(r, _file=str(f)) for f in files for r in read_records(f)]
-    _read_method_info(files)
+    renamed = _read_method_info(files)
+    for r in rows:
+        r["dataset"] = renamed.get(r["_file"], r.get("dataset"))
     if not rows:
         left = [(folder, why) for folder, why in status if why is not None]
         if left:

@@ -69,7 +69,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
                 f"seeds (Student t over seeds);{scope} {rank_note(ranked)}; rows not surely apart (the 95% interval of "
                 "their paired difference includes 0) share a rank; paired (upper bound) rows see aligned pairs in "
                 "training and are ranked among themselves only; ref. = reference row, not ranked. n/a = unavailable "
-                f"(see the records' `unavailable`).{utility}{cost_note(records)}\n")
+                f"(see the records' `unavailable`).{utility}{cost_note(records)}{ceiling_note(ranked, out_dir)}\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
@@ -96,6 +96,21 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         variants_path.unlink(missing_ok=True)
         paths.pop()
     return paths
+
+
+def ceiling_note(table: pd.DataFrame, tables_dir: Path) -> str:
+    """The ceiling on fidelity of each dataset and preset of `table` that has one (`ceiling.md`): a footer sentence."""
+    from benchmark.scoring.ceiling import ceiling_of
+
+    parts = []
+    for d, p in table[["dataset", "preset"]].drop_duplicates().itertuples(index=False):
+        ceiling = ceiling_of(tables_dir, d, p)
+        if ceiling:
+            per = "; ".join(f"{dom} {e['ssim_gt'][0]:.4f} / {e['psnr_gt'][0]:.1f} dB" for dom, e in ceiling.items()
+                            if isinstance(e, dict))
+            parts.append(f" Ceiling on fidelity of {d}/{p} (SSIM (gt) / PSNR (gt) between two realisations of the "
+                         f"real images' fine anatomy, ceiling.md): {per}.")
+    return "".join(parts)
 
 
 def _record_tables(configured: pd.DataFrame) -> list[tuple]:

@@ -33,7 +33,11 @@ def load_utility(results_dir: Path) -> pd.DataFrame:
     import json
 
     files = sorted(Path(results_dir).glob("utility/*/*/*/seed*.json"))
-    return pd.DataFrame([json.loads(f.read_text()) for f in files])
+    records = [json.loads(f.read_text()) for f in files]
+    for r in records:  # written before skull-sim v3 (no generator version recorded): the v2 data, now skull-sim-v2
+        if r.get("dataset") == "skull-sim" and str(r.get("generator_version", "2")) == "2":
+            r["dataset"] = "skull-sim-v2"
+    return pd.DataFrame(records)
 
 
 def utility_group(method: str) -> str:

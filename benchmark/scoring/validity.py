@@ -98,7 +98,18 @@ def metric_validity(dataset, scorer, domain: str, native_frd: bool = False) -> d
                 values.setdefault("frd_native", {}).setdefault(kind, []).append(
                     frd_from_features(native_ref, native(x)))
     passed = {m: all(rising(v) for v in per.values()) for m, per in values.items()}
-    return dict(values=values, passed=passed, n_images=len(x_real), n_reference=ref.n, domain=domain, split=SPLIT)
+    separation: dict[str, dict[str, float]] = {}
+    for other in dataset.domains:
+        if other == domain:
+            continue
+        x_other = dataset.images(other, SPLIT)[0]
+        out = scorer.score(x_other, x_other, None, ref)
+        for m in values:
+            if isinstance(out.get(m), float):
+                separation.setdefault(m, {})[other] = out[m]
+    separates = {m: all(v > values[m][DEGRADATIONS[0]][0] for v in per.values()) for m, per in separation.items()}
+    return dict(values=values, passed=passed, n_images=len(x_real), n_reference=ref.n, domain=domain, split=SPLIT,
+                separation=separation, separates=separates)
 
 
 def write_report(result: dict, key: str, out_dir: Path) -> list[Path]:
@@ -118,11 +129,21 @@ def write_report(result: dict, key: str, out_dir: Path) -> list[Path]:
             lines.append(f"| {k} ({res['n_images']} {res.get('split', 'test')} vs {res['n_reference']} ref) | {m} | "
                          + " | ".join(cells)
                          + f" | {'yes' if res['passed'][m] else 'no'} |")
+    sep = ["| data | metric | its own domain (undegraded) | every other domain | separates |", "|---|---|---|---|---|"]
+    for k, res in sorted(all_results.items()):
+        for m, per in (res.get("separation") or {}).items():
+            others = ", ".join(f"{d} {v:.3g}" for d, v in per.items())
+            sep.append(f"| {k} ({res.get('domain', '')}) | {m} | {res['values'][m][DEGRADATIONS[0]][0]:.3g} | {others} "
+                       f"| {'yes' if res['separates'][m] else 'no'} |")
     md = out_dir / "metric_validity.md"
     atomic_write(md, "\n".join(lines) + "\n\nA metric passes when it rises strictly with the strength of every "
                  "degradation (real images of the validation split vs the real ref split; "
                  "`benchmark/scoring/validity.py`). A result computed on another split (test images, before this rule) "
-                 "is listed but does not choose the ranking metric.\n")
+                 "is listed but does not choose the ranking metric.\n"
+                 + ("\n## Separation\n\nThe same metrics between the validation images of every other domain and the "
+                    "ref split of the checked domain: a metric separates when each other domain (the synthetic ones "
+                    "above all) lies farther from the real domain than the real domain's own validation images do.\n\n"
+                    + "\n".join(sep) + "\n" if len(sep) > 2 else ""))
     return [path, md]
 
 

@@ -276,3 +276,20 @@ def test_a_realism_metric_that_failed_validity_never_ranks(table):
 
     assert "realism rank (global statistics): none" in rank_note(nothing)
     assert "not checked" in rank_note(table) and "not checked" not in rank_note(only_spectrum)
+
+
+def test_the_ceiling_on_fidelity_is_printed_under_the_tables_of_its_data(table, tmp_path):
+    from benchmark.scoring.ceiling import write_ceiling
+
+    d, p = table["dataset"].iloc[0], table["preset"].iloc[0]
+    entry = {"ssim_gt": [0.9871, 0.98, 0.99], "psnr_gt": [41.25, 40.0, 42.0], "share_flat": 0.001, "share_bone": 0.02}
+    write_ceiling({"split": "test", "n_images": 6, "n_subjects": 2, "real_normal": entry}, "other/tiny", tmp_path)
+    write_tables(table, tmp_path)
+    assert "Ceiling on fidelity" not in (tmp_path / "summary.md").read_text()  # another dataset's ceiling
+    write_ceiling({"split": "test", "n_images": 6, "n_subjects": 2, "real_normal": entry}, f"{d}/{p}", tmp_path)
+    write_tables(table, tmp_path)
+    for name in ("summary.md", "headline.md"):
+        assert f"Ceiling on fidelity of {d}/{p}" in (tmp_path / name).read_text()
+        assert "real_normal 0.9871 / 41.2 dB" in (tmp_path / name).read_text()
+    assert "| other/tiny (6 test images, 2 subjects) | real_normal | 0.9871 [0.9800, 0.9900]" in \
+        (tmp_path / "ceiling.md").read_text()
