@@ -13,7 +13,8 @@ The whole contract of a subclass:
 * class attributes: `knob_name` / `knob_grid` (table values; the first is the default knob value) /
   `knob_curve` (dense values for curves), `knob_name = None` for a single point; `pairing` (batch
   layout; "paired" makes a paired upper bound); `sampling_settings` (config keys that only change
-  translation: a run differing from a finished one only in these re-uses its fit);
+  translation: a run differing from a finished one only in these re-uses its fit); `sampling_grid` (candidate
+  values of some of them, chosen on validation after the checkpoint like the knob);
   `optimizer_steps_per_iteration` (for Lightning's step count); `manual_optimization`; `drop_last`;
   `reference_row` (shown unranked); `style` (colour, marker, label in figures); `knob_bounds` (the knob's sensible
   range, within which validation extends the grid when its choice is at an edge); the table group follows from
@@ -83,6 +84,9 @@ class TranslationMethod(L.LightningModule):
     pairing: ClassVar[str] = "mixed"
     #: Config keys used only by `translate` (a change reuses the trained weights).
     sampling_settings: ClassVar[tuple[str, ...]] = ()
+    #: Candidate values of sampling settings that validation chooses among (`benchmark.protocol.validation`): every
+    #: combination, the config's own values first (the default when nothing is chosen); keys are `sampling_settings`.
+    sampling_grid: ClassVar[dict[str, tuple]] = {}
     #: `optimizer.step()` calls per `training_step`. Lightning counts every optimizer step of manual
     #: optimisation in `global_step` (and so in `max_steps`); a budget counts iterations of the method's loop.
     optimizer_steps_per_iteration: ClassVar[int] = 1
@@ -170,6 +174,10 @@ class TranslationMethod(L.LightningModule):
             (B, 1, H, W) float32 in [-1, 1].
         """
         raise NotImplementedError
+
+    def apply_sampling(self) -> None:
+        """Called after the runner changed sampling settings in `hparams` (`sampling_grid`): a method that built
+        something from them at construction rebuilds it here (its translate otherwise reads `hparams` each call)."""
 
     def nfe(self, knob_value=None) -> int:
         """Network evaluations per translated image at `knob_value` (0 for analytic methods)."""

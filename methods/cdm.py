@@ -57,6 +57,7 @@ class CDM(TranslationMethod):
 
     pairing = "paired"
     sampling_settings = ("mdn_steps",)
+    sampling_grid = {"mdn_steps": (10, 20)}  # code-sampling DDIM steps, chosen on validation
     style = dict(color="tab:pink", marker="h", label="CDM (paired)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), encoder_channels=4, code_dim=8, mdn_width=16,
                           mdn_blocks=1, mdn_steps=2, max_steps=3, batch_size=4, warmup_steps=1)

@@ -33,6 +33,7 @@ class ContourDiff(TargetDiffusion):
     knob_bounds = (0.1, 1.0)  # 1.0 is the paper's pure-noise start
     knob_curve = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2)
     sampling_settings = ("sampler", "num_inference_steps")
+    sampling_grid = {"sampler": ("ddpm", "ddim"), "num_inference_steps": (10, 50)}  # chosen on validation
     style = dict(color="tab:purple", marker="P", label="ContourDiff")
     condition_channels = 1
 

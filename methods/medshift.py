@@ -56,6 +56,9 @@ class MedShift(TranslationMethod):
     knob_bounds = (0.05, 0.95)  # tau = 0 starts from pure noise, tau = 1 is the identity
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
     sampling_settings = ("guidance", "solver", "step_size")
+    #: chosen on validation: guidance 1 (no guidance branch) or the paper's 2, Euler or Heun, the suite's CPU step
+    #: or the authors' 0.04
+    sampling_grid = {"guidance": (2.0, 1.0), "solver": ("euler", "heun"), "step_size": (0.1, 0.04)}
     allowed = {**TranslationMethod.allowed, "step_size": "(0, 1]", "guidance": "[0, inf)", "sigma_min": "[0, 1)",
                "p_uncond": "[0, 1]", "time_scale": "(0, inf)", "solver": ("euler", "heun"),
                "space": ("pixel", "latent"), "ae_channels": "[1, inf)", "ae_latent_channels": "[1, inf)",

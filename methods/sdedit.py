@@ -31,6 +31,7 @@ class SDEdit(TargetDiffusion):
     knob_bounds = (0.05, 1.0)  # strength 1 re-generates from pure noise
     knob_curve = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8)
     sampling_settings = ("sampler", "num_inference_steps", "repeats")
+    sampling_grid = {"sampler": ("ddpm", "ddim"), "num_inference_steps": (10, 50)}  # chosen on validation
     allowed = {**TargetDiffusion.allowed, "repeats": "[1, inf)"}
     style = dict(color="tab:green", marker="v", label="SDEdit (strength)")
 

@@ -27,6 +27,10 @@ class TargetDiffusion(TranslationMethod):
                                h.layers_per_block, h.attention, h.sampler, h.num_inference_steps, h.ema_decay)
         TargetDDPM.adopt_legacy_keys(self, "ddpm")
 
+    def apply_sampling(self) -> None:
+        self.ddpm.core.sampler = self.hparams.sampler
+        self.ddpm.core.num_inference_steps = self.hparams.num_inference_steps
+
     def condition(self, images: torch.Tensor) -> torch.Tensor | None:
         """What conditions the model for these images (in training: the target images; in translation: the source)."""
         return None

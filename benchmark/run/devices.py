@@ -111,13 +111,14 @@ def _translate_shard(spec: RunSpec, ctx, folder, keys: list[tuple], rank: int, w
     load_weights(run.method, folder / "checkpoints" / "selected.ckpt")
     run.method.eval().to(shard_device(spec, rank))
     evaluator = Evaluator(run, [])
-    sets = [evaluator.split_set(split, task, source)[0] for split, task, source, _ in keys]
+    sets = [evaluator.split_set(split, task, source)[0] for split, task, source, *_ in keys]
     items = [(i, b) for i, x in enumerate(sets) for b in range(-(-len(x) // EVAL_BATCH))]
     mine: dict = {}
     for i, b in items[rank::world]:
-        _, task, source, knob = keys[i]
+        _, task, source, knob, overrides = keys[i]
         x = sets[i][b * EVAL_BATCH:(b + 1) * EVAL_BATCH]
-        x_hat, sec = translate(run.method, x, source, evaluator.tasks[task].target, knob)
+        with evaluator.sampling(dict(overrides)):  # the sampling settings the key was planned with
+            x_hat, sec = translate(run.method, x, source, evaluator.tasks[task].target, knob)
         mine.setdefault(i, {})[b] = (x_hat, sec * len(x))
     tmp = folder / ".shards" / f".rank{rank}.pt.tmp"
     torch.save(mine, tmp)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -61,6 +62,26 @@ class Evaluator:
         self.train: dict = {}
         #: translations made elsewhere with the selected weights (`translate_sharded`), used once each
         self.translated: dict = {}
+        #: {task: the sampling settings validation chose} (`choose_sampling`; empty: the configured ones)
+        self.sampling_choice: dict[str, dict] = {}
+
+    @contextmanager
+    def sampling(self, overrides: dict):
+        """The method with these sampling settings for the duration (its hparams restored after)."""
+        hp = self.method.hparams
+        saved = {k: hp[k] for k in overrides}
+        hp.update(overrides)
+        self.method.apply_sampling()
+        try:
+            yield
+        finally:
+            hp.update(saved)
+            self.method.apply_sampling()
+
+    def key(self, split: str, task_name: str, source: str, knob, overrides: dict | None = None) -> tuple:
+        """The translation key of a point (`translate_sharded`): the sampling settings it is translated with last."""
+        overrides = self.sampling_choice.get(task_name, {}) if overrides is None else overrides
+        return (split, task_name, source, knob, tuple(overrides.items()))
 
     # ------------------------------------------------------------------ data
     def split_set(self, split: str, task_name: str, source: str):
@@ -85,11 +106,15 @@ class Evaluator:
         return self.references[target]
 
     # ------------------------------------------------------------------ records
-    def _record(self, method, split: str, task_name: str, source: str, knob, step=None) -> dict:
+    def _record(self, method, split: str, task_name: str, source: str, knob, step=None,
+                overrides: dict | None = None) -> dict:
         x_src, x_gt, gt_reason, subjects, scenes = self.split_set(split, task_name, source)
         target = self.tasks[task_name].target
-        done = self.translated.pop((split, task_name, source, knob), None)
-        x_hat, sec = done if done is not None else translate(method, x_src, source, target, knob)
+        key = self.key(split, task_name, source, knob, overrides)
+        with self.sampling(dict(key[4])):
+            done = self.translated.pop(key, None)
+            x_hat, sec = done if done is not None else translate(method, x_src, source, target, knob)
+            nfe = method.nfe(knob)
         if split == "test":
             save_samples(self.path.parent, task_name, scenes, sample_scenes(self.dataset, target), source, target,
                          knob, x_src, x_gt, x_hat)
@@ -100,10 +125,11 @@ class Evaluator:
         rec.update({k: v for k, v in scores.items() if k != "unavailable"})
         rec.update(method=spec.method, setting=self.setting, dataset=spec.dataset, preset=spec.preset,
                    task=task_name, seed=spec.seed, source=source, target=target, knob=method.knob_name,
-                   knob_value=knob, nfe=method.nfe(knob), sec_per_image=sec, n_params=method.n_params,
+                   knob_value=knob, nfe=nfe, sec_per_image=sec, n_params=method.n_params,
                    peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=self.dataset.split_hash,
-                   git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step)
+                   git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step,
+                   sampling=dict(key[4]) or None)
         return rec
 
     def reload(self) -> None:
@@ -138,11 +164,42 @@ class Evaluator:
 
     def plan(self, todo: list[tuple]) -> list[tuple]:
         """The translations an evaluation of the test points `todo` makes with the selected weights, as keys
-        (split, task, source, knob): the knob choice's validation points not yet recorded, then `todo` (values
-        beyond the grid's edge, `choose_knobs`, are translated here when validation asks for them)."""
+        (`key`: split, task, source, knob, sampling settings): the knob choice's validation points not yet recorded,
+        then `todo` (values beyond the grid's edge, `choose_knobs`, are translated here when validation asks for
+        them), with the sampling settings validation chose (`choose_sampling` first)."""
         have = {point_key(r) for r in self.records}
-        keys = [("val", *p) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
-        return keys + [("test", t, s, k) for t, s, k in todo]
+        keys = [self.key("val", *p) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
+        return keys + [self.key("test", t, s, k) for t, s, k in todo]
+
+    def _sampling_points(self) -> list[tuple]:
+        """(task, source, knob, candidate) of the sampling choice: every candidate at every table knob value."""
+        if self.spec.preset in V.NO_SAMPLING_CHOICE:
+            return []
+        candidates = V.sampling_candidates(dict(self.method.hparams), type(self.method).sampling_grid)
+        return [(t, s, k, c) for t, task in self.tasks.items() for c in candidates for s in task.sources
+                for k in self.method.knob_grid]
+
+    def sampling_plan(self) -> list[tuple]:
+        """The translations of the sampling choice not yet recorded, as keys (`key`)."""
+        have = {point_key(r) for r in self.records}
+        return [self.key("val", t, s, k, c) for t, s, k, c in self._sampling_points()
+                if ("val", V.sampling_label(c), t, s, k) not in have]
+
+    def choose_sampling(self) -> dict[str, dict]:
+        """Score every sampling candidate (`validation.sampling_candidates`) at every table knob value on the whole
+        validation split; {task: the chosen settings} (`validation.best_sampling`), kept in `sampling_choice` for the
+        knob choice and the test records. Nothing without a `sampling_grid`."""
+        have = {point_key(r): r for r in self.records}
+        by_task: dict[str, tuple[list, dict]] = {}
+        for t, s, k, c in self._sampling_points():
+            label = V.sampling_label(c)
+            rec = have.get(("val", label, t, s, k)) or self.add(
+                self._record(self.method, "val", t, s, k, step=label, overrides=c))
+            recs, labels = by_task.setdefault(t, ([], {}))
+            recs.append(rec)
+            labels[label] = c
+        self.sampling_choice = {t: labels[V.best_sampling(recs)] for t, (recs, labels) in by_task.items()}
+        return self.sampling_choice
 
     def choose_knobs(self, bar=None) -> dict:
         """Score every table knob value on the whole validation set; {task: the best value}. A best value at the edge

@@ -130,7 +130,9 @@ def _run_locked(spec: RunSpec, ctx: RunContext, folder: Path) -> list[dict]:
     method.eval()
     shards = translation_shards(spec, run.config)
     if shards > 1:  # this process scores; it never moves the model to a GPU (`translate_sharded`)
-        evaluator.translated = translate_sharded(run, evaluator.plan(todo), shards)
+        evaluator.translated = translate_sharded(run, evaluator.sampling_plan(), shards)
+        evaluator.choose_sampling()  # the sampling settings the rest is translated with
+        evaluator.translated.update(translate_sharded(run, evaluator.plan(todo), shards))
     else:
         method.to(evaluation_device(spec))
     evaluate_points(run, evaluator, todo, state)
@@ -220,6 +222,7 @@ def evaluate_points(run: PreparedRun, evaluator: Evaluator, todo: list, state: _
     """Choose the knob on validation, then score the missing test points (or re-score stale ones), each written
     as soon as it is made."""
     spec, ctx, folder = run.spec, run.ctx, run.folder
+    evaluator.choose_sampling()
     choice = evaluator.choose_knobs()
     records = state.records
     have = {point_key(r) for r in records}
