@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DESCRIPTION = ("`python -m benchmark {run,sweep,rescore,collect,figures,archive,regress,validity,utility,perf,"
+DESCRIPTION = ("`python -m benchmark {run,sweep,rescore,collect,figures,archive,regress,validity,ceiling,utility,perf,"
                "weights}`: a thin\nCLI over importable functions.")
 
 

@@ -69,6 +69,7 @@ class RunSpec:
         d = identity_fields(asdict(self))
         for k in ("data_root", "curve"):
             d.pop(k)
+        d["dataset"] = config_scope(d["dataset"])  # skull-sim-v2 is skull-sim's version 2: the version says it
         d["data"] = self.data_identity
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -180,12 +181,14 @@ def _typed(method: str, key: str, value, default, want: type | None = None):
     return value
 
 
-#: Datasets that use another's configs and FLOP budgets: another generator version of the same images (same sizes).
+#: Datasets that are another's under another generator version (same sizes): they use its configs and FLOP budgets,
+#: and their run ids hash its name with their own data identity (the version), so a `skull-sim-v2` run has the id
+#: that a `skull-sim` run had before v3 (the archive's).
 CONFIG_OF = {"skull-sim-v2": "skull-sim"}
 
 
 def config_scope(dataset: str) -> str:
-    """The dataset name under which `configs/*.yaml` and `budgets.yaml` list `dataset`'s settings."""
+    """The dataset name under which `configs/*.yaml` and `budgets.yaml` list `dataset`'s settings (and run ids)."""
     return CONFIG_OF.get(dataset, dataset)
 
 
