@@ -41,7 +41,13 @@ def cmd_run(args) -> int:
     from rich.progress import Progress
 
     console = Console(width=None if sys.stdout.isatty() else 160)
-    with Progress(console=console, disable=args.quiet) as progress:
+    if sys.stdout.isatty():
+        bars = Progress(console=console, disable=args.quiet)
+    else:  # a log file or a pipe, where rich draws nothing: plain lines (`benchmark.run.progress`)
+        from benchmark.run.progress import PlainProgress
+
+        bars = PlainProgress(disable=args.quiet)
+    with bars as progress:
         ctx = RunContext(args.results_dir, _run_scorer(args), progress=progress, quiet=args.quiet)
         if loaded is not None:  # a folder dataset was scanned to learn its domains: not again
             ctx.datasets[data_key(specs[0])] = loaded

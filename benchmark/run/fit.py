@@ -141,6 +141,10 @@ def fit(run: PreparedRun, curve=None) -> dict:
         from lightning.pytorch.callbacks import RichProgressBar
 
         callbacks.append(RichProgressBar())
+    elif not run.ctx.quiet:  # a log file or a pipe: plain lines (`benchmark.run.progress`)
+        from benchmark.run.progress import plain_training_progress
+
+        callbacks.append(plain_training_progress(f"{spec.method} seed {spec.seed}: training", per_iter))
     trainer = L.Trainer(accelerator=spec.accelerator, devices=devices, num_nodes=num_nodes, precision=spec.precision,
                         callbacks=callbacks, strategy=spec.strategy if devices * num_nodes > 1 else "auto",
                         use_distributed_sampler=False,
