@@ -55,14 +55,14 @@ class MedShift(TranslationMethod):
     knob_grid = (0.6, 0.45, 0.3)
     knob_bounds = (0.05, 0.95)  # tau = 0 starts from pure noise, tau = 1 is the identity
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
-    sampling_settings = ("guidance", "solver", "step_size")
+    sampling_settings = ("guidance", "solver", "step_size", "encode_guidance")
     #: chosen on validation: guidance 1 (no guidance branch) or the paper's 2, Euler or Heun, the suite's CPU step
     #: or the authors' 0.04
     sampling_grid = {"guidance": (2.0, 1.0), "solver": ("euler", "heun"), "step_size": (0.1, 0.04)}
     allowed = {**TranslationMethod.allowed, "step_size": "(0, 1]", "guidance": "[0, inf)", "sigma_min": "[0, 1)",
                "p_uncond": "[0, 1]", "time_scale": "(0, inf)", "solver": ("euler", "heun"),
-               "space": ("pixel", "latent"), "ae_channels": "[1, inf)", "ae_latent_channels": "[1, inf)",
-               "ae_steps": "[1, inf)",
+               "encode_guidance": "[0, inf)", "space": ("pixel", "latent"), "ae_channels": "[1, inf)",
+               "ae_latent_channels": "[1, inf)", "ae_steps": "[1, inf)",
                "path": ("condot", "bridge"), "bridge_sigma": "[0, inf)", "coupling": ("independent", "ot")}
     style = dict(color="tab:red", marker="o", label="MedShift (τ)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, step_size=0.25, batch_size=4,
@@ -76,7 +76,7 @@ class MedShift(TranslationMethod):
                  batch_size: int = 16, ema_decay: float = 0.999, time_scale: float = 1000.0, space: str = "pixel",
                  autoencoder: str | None = None, ae_channels: tuple[int, ...] = (32, 64, 64),
                  ae_latent_channels: int = 4, ae_steps: int = 1000, path: str = "condot", bridge_sigma: float = 0.1,
-                 coupling: str = "independent"):
+                 coupling: str = "independent", encode_guidance: float | None = None):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
         if solver not in SOLVER_EVALS:
@@ -168,19 +168,26 @@ class MedShift(TranslationMethod):
         if tau == 1.0:
             return images.clone()  # no part of the path is re-generated
         w = self.hparams.guidance if guidance is None else guidance
+        w_enc = self._encode_guidance(w)
         s, r = self.domain_index(source), self.domain_index(target)
         h, method = self.hparams.step_size, self.hparams.solver
         x_1 = images.float() if self.first_stage is None else self.first_stage.encode(images.float())
         # 1. encode: x(1) = source image -> x(tau) under the source label (backwards in time)
-        z = integrate(lambda x, t: self.guided_velocity(x, t, s, w), x_1, 1.0, tau, h, method)
+        z = integrate(lambda x, t: self.guided_velocity(x, t, s, w_enc), x_1, 1.0, tau, h, method)
         # 2. decode: x(tau) -> x(1) under the target label
         x_hat = integrate(lambda x, t: self.guided_velocity(x, t, r, w), z, tau, 1.0, h, method)
         if self.first_stage is not None:
             x_hat = self.first_stage.decode(x_hat)
         return x_hat.clamp(-1.0, 1.0)
 
+    def _encode_guidance(self, w: float) -> float:
+        """The encoding leg's guidance: `encode_guidance` where set (an ablation), else the decoding leg's, as in the
+        authors' GenerativeZoo code."""
+        e = self.hparams.get("encode_guidance")
+        return w if e is None else float(e)
+
     def nfe(self, knob_value=None, guidance: float | None = None) -> int:
         tau = float(self.knob(knob_value))
         w = self.hparams.guidance if guidance is None else guidance
-        branches = 1 if w in (0.0, 1.0) else 2
-        return 2 * n_steps(1.0, tau, self.hparams.step_size) * SOLVER_EVALS[self.hparams.solver] * branches
+        branches = sum(1 if g in (0.0, 1.0) else 2 for g in (self._encode_guidance(w), w))  # encode + decode legs
+        return n_steps(1.0, tau, self.hparams.step_size) * SOLVER_EVALS[self.hparams.solver] * branches

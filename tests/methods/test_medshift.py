@@ -167,6 +167,28 @@ def test_nfe_is_the_true_count_and_grows_with_steps_and_one_minus_tau(solver, gu
         assert counter.images == m.nfe(tau) * len(x)
     assert m.nfe(0.3) > m.nfe(0.6) > m.nfe(0.9) > m.nfe(1.0) == 0
     assert _model(solver=solver, guidance=guidance, step_size=0.05).nfe(0.6) > m.nfe(0.6)
+    unguided_encoding = _model(solver=solver, guidance=guidance, encode_guidance=1.0)
+    counter = _Counter(unguided_encoding.ema.shadow)
+    unguided_encoding.translate(x, "syn_low", "real_normal", 0.6)
+    assert counter.images == unguided_encoding.nfe(0.6) * len(x)
+    assert unguided_encoding.nfe(0.6) == (m.nfe(0.6) * 3 // 4 if guidance == 2.0 else m.nfe(0.6))  # 1 + 2 branches
+
+
+def test_guidance_in_the_encoding_leg_is_the_decoding_legs_unless_set():
+    """The authors' code guides both legs alike; `encode_guidance` (an ablation) guides the encoding leg apart."""
+    from methods.components.solvers import integrate
+
+    m = _model(guidance=2.0, step_size=0.25)
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    s, r = m.domain_index("syn_low"), m.domain_index("real_normal")
+
+    def by_hand(w_enc, w_dec):
+        z = integrate(lambda y, t: m.guided_velocity(y, t, s, w_enc), x, 1.0, 0.5, 0.25, "euler")
+        return integrate(lambda y, t: m.guided_velocity(y, t, r, w_dec), z, 0.5, 1.0, 0.25, "euler").clamp(-1, 1)
+
+    torch.testing.assert_close(m.translate(x, "syn_low", "real_normal", 0.5), by_hand(2.0, 2.0))
+    m.hparams.encode_guidance = 1.0
+    torch.testing.assert_close(m.translate(x, "syn_low", "real_normal", 0.5), by_hand(1.0, 2.0))
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun"])
