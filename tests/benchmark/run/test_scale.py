@@ -258,15 +258,24 @@ def test_evaluation_runs_on_the_accelerator_the_run_trained_on(monkeypatch):
     assert translation_shards(nodes, {"max_steps": 10}) == 4  # the first node's devices
 
 
-@pytest.mark.parametrize("method, overrides", [
-    ("unet-regression", ()),
-    ("sdedit", (("base_channels", 8), ("channel_mults", [1, 2]), ("num_inference_steps", 10))),  # noise per call
+@pytest.mark.parametrize("method, overrides, choose", [
+    ("unet-regression", (), False),
+    ("sdedit", (("base_channels", 8), ("channel_mults", [1, 2]), ("num_inference_steps", 10)), False),  # noise/call
+    ("sdedit", (("base_channels", 8), ("channel_mults", [1, 2]), ("num_inference_steps", 10)), True),  # + sampling
 ])
-def test_a_sharded_evaluation_records_what_one_process_records(tmp_path, micro, monkeypatch, method, overrides):
+def test_a_sharded_evaluation_records_what_one_process_records(tmp_path, micro, monkeypatch, method, overrides,
+                                                               choose):
     """The evaluation of a fit over several devices, translated in 3 spawned processes (the batches dealt unevenly)
-    and scored here, records what an in-process evaluation records, and this process translates nothing of it."""
+    and scored here, records what an in-process evaluation records, and this process translates nothing of it; with a
+    sampling choice too (its candidates translated in the processes, each with its settings)."""
+    import benchmark.protocol.validation as V
     import benchmark.run.evaluate as E
     import benchmark.run.stages as R
+    from methods.sdedit import SDEdit
+
+    if choose:
+        monkeypatch.setattr(V, "NO_SAMPLING_CHOICE", ())
+        monkeypatch.setattr(SDEdit, "sampling_grid", {"num_inference_steps": (10, 20)})
 
     calls, scoring = [], []
     real_translate, real_evaluate = E.translate, R.evaluate_points
@@ -292,6 +301,7 @@ def test_a_sharded_evaluation_records_what_one_process_records(tmp_path, micro, 
     assert out["here"].keys() == out["sharded"].keys()
     for k in out["here"]:
         assert out["sharded"][k] == pytest.approx(out["here"][k], abs=1e-5), k
+    assert choose == any(str(k[1]).startswith(V.SAMPLING_STEP) for k in out["here"])
 
 
 def test_speedups_change_no_record_and_tf32_is_set_only_during_the_run(tmp_path, micro, monkeypatch):
