@@ -40,6 +40,14 @@ def method_info(method: str) -> dict:
     return _METHOD_INFO[name]
 
 
+def dataset_name(dataset: str | None, generator_version) -> str | None:
+    """A record's dataset under today's names: `skull-sim` made by generator version 2 (before v3 became the default;
+    records that name no version predate it) is `skull-sim-v2`."""
+    if dataset == "skull-sim" and str(generator_version or "2") == "2":
+        return "skull-sim-v2"
+    return dataset
+
+
 def _read_method_info(files: list[Path]) -> dict[str, str]:
     """Fill `_METHOD_INFO` from the runs' config.json; return {record file: dataset name} for the runs whose dataset
     was renamed since they ran (skull-sim of generator version 2 is `skull-sim-v2` since v3 became the default)."""
@@ -56,8 +64,8 @@ def _read_method_info(files: list[Path]) -> dict[str, str]:
         if isinstance(info, dict) and name:
             _METHOD_INFO.setdefault(name, info)
         data = cfg.get("dataset_config") or {}
-        if data.get("dataset") == "skull-sim" and str(data.get("generator_version")) == "2":
-            renamed[str(f)] = "skull-sim-v2"
+        if data.get("dataset") and dataset_name(data["dataset"], data.get("generator_version")) != data["dataset"]:
+            renamed[str(f)] = dataset_name(data["dataset"], data.get("generator_version"))
     return renamed
 
 

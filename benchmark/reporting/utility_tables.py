@@ -9,7 +9,7 @@ import pandas as pd
 
 import benchmark.reporting.stats as S
 from benchmark.protocol.records import atomic_write
-from benchmark.reporting.load import GROUP_LABELS, GROUPS, method_group, test_records
+from benchmark.reporting.load import GROUP_LABELS, GROUPS, dataset_name, method_group, test_records
 from benchmark.reporting.stats import Sample
 from benchmark.reporting.tables import (
     TABLE_METRICS,
@@ -35,8 +35,7 @@ def load_utility(results_dir: Path) -> pd.DataFrame:
     files = sorted(Path(results_dir).glob("utility/*/*/*/seed*.json"))
     records = [json.loads(f.read_text()) for f in files]
     for r in records:  # written before skull-sim v3 (no generator version recorded): the v2 data, now skull-sim-v2
-        if r.get("dataset") == "skull-sim" and str(r.get("generator_version", "2")) == "2":
-            r["dataset"] = "skull-sim-v2"
+        r["dataset"] = dataset_name(r.get("dataset"), r.get("generator_version"))
     return pd.DataFrame(records)
 
 
