@@ -168,8 +168,18 @@ class Evaluator:
         then `todo` (values beyond the grid's edge, `choose_knobs`, are translated here when validation asks for
         them), with the sampling settings validation chose (`choose_sampling` first)."""
         have = {point_key(r) for r in self.records}
-        keys = [self.key("val", *p) for p in self._knob_choice_points() if ("val", "selected", *p) not in have]
+        keys = [self.key("val", *p) for p in self._knob_choice_points()
+                if ("val", "selected", *p) not in have and self._chosen_candidate_record(*p) is None]
         return keys + [self.key("test", t, s, k) for t, s, k in todo]
+
+    def _chosen_candidate_record(self, task_name: str, source: str, knob) -> dict | None:
+        """The sampling choice's validation record of this point, made with the same weights and settings as the
+        knob choice's would be (so the knob choice copies it instead of translating again); None without one."""
+        chosen = self.sampling_choice.get(task_name)
+        if not chosen:
+            return None
+        label = V.sampling_label(chosen)
+        return next((r for r in self.records if point_key(r) == ("val", label, task_name, source, knob)), None)
 
     def _sampling_points(self) -> list[tuple]:
         """(task, source, knob, candidate) of the sampling choice: every candidate at every table knob value."""
@@ -211,8 +221,11 @@ class Evaluator:
 
         def scored(task_name: str, source: str, knob) -> dict:
             done = have.get(("val", "selected", task_name, source, knob))
-            return done if done is not None else self.add(
-                self._record(self.method, "val", task_name, source, knob, step="selected"))
+            if done is None:
+                chosen = self._chosen_candidate_record(task_name, source, knob)
+                done = self.add(dict(chosen, step="selected")) if chosen is not None else self.add(
+                    self._record(self.method, "val", task_name, source, knob, step="selected"))
+            return done
 
         choice = {}
         for task_name, task in self.tasks.items():

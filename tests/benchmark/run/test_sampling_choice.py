@@ -46,8 +46,16 @@ def test_a_run_chooses_its_sampling_on_validation_and_tests_with_it(micro, tmp_p
     assert tests and all(r["sampling"] == chosen for r in tests)
     selected = [r for r in records if r.get("step") == "selected"]
     assert selected and all(r["sampling"] == chosen for r in selected)
-    # the test records were translated with the chosen settings: their cost is the chosen candidate's
+    # the knob choice copies the chosen candidate's validation records instead of translating them again (a fresh
+    # translation would have its own timing)
     label = V.sampling_label(chosen)
+    made = {(r["source"], r["knob_value"]): r for r in sampling if r["step"] == label}
+    copied = [r for r in selected if (r["source"], r["knob_value"]) in made]
+    assert len(copied) == len(made)
+    for r in copied:
+        twin = made[(r["source"], r["knob_value"])]
+        assert (r["sec_per_image"], r["ssim_gt"], r["frd"]) == (twin["sec_per_image"], twin["ssim_gt"], twin["frd"])
+    # the test records were translated with the chosen settings: their cost is the chosen candidate's
     nfe = {(r["source"], r["knob_value"]): r["nfe"] for r in sampling if r["step"] == label}
     assert all(r["nfe"] == nfe[(r["source"], r["knob_value"])] for r in tests if r["knob_value"] in MedShift.knob_grid)
     # learning-curve points are scored with the configured settings (the choice comes after the checkpoint)
