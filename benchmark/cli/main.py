@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from benchmark.cli import external_commands as extc
 from benchmark.cli import fit_commands as fitc
 from benchmark.cli import report_commands as repc
 from benchmark.cli.parsers import build_parser
@@ -16,8 +17,7 @@ from benchmark.cli.parsers import build_parser
 COMMANDS = {"run": fitc.cmd_run, "sweep": fitc.cmd_sweep, "rescore": fitc.cmd_rescore, "collect": repc.cmd_collect,
             "figures": repc.cmd_figures, "archive": repc.cmd_archive, "regress": repc.cmd_regress,
             "validity": repc.cmd_validity, "ceiling": repc.cmd_ceiling, "utility": repc.cmd_utility,
-            "perf": repc.cmd_perf,
-            "weights": repc.cmd_weights}
+            "perf": repc.cmd_perf, "weights": repc.cmd_weights, "export": extc.cmd_export, "score": extc.cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 DESCRIPTION = ("`python -m benchmark {run,sweep,rescore,collect,figures,archive,regress,validity,ceiling,utility,perf,"
-               "weights}`: a thin\nCLI over importable functions.")
+               "weights,export,score}`:\na thin CLI over importable functions.")
 
 
 def _parent(*adders) -> argparse.ArgumentParser:
@@ -130,6 +130,38 @@ def _perf(p) -> None:
                    help="--train: time MedShift's U-Net on random images of these sizes instead of each method")
 
 
+def _export(p) -> None:
+    _data(p)
+    p.add_argument("--task", nargs="+", default=["sim2real"], help="task name(s), or 'src1+src2->tgt'")
+    p.add_argument("--split", nargs="+", default=["test", "val", "train"], choices=["test", "val", "train"],
+                   help="test: what the tables score; val: the knob choice; train (with val): the downstream utility")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
+    p.add_argument("--out", type=Path, default=None, help="default: export/<dataset>-<preset> beside the results")
+    _results(p)
+    _data_root(p)
+    _dataset_config(p, "YAML for folder datasets")
+
+
+def _score(p) -> None:
+    p.add_argument("--name", required=True, help="the label of the method in the tables (not a built-in name)")
+    p.add_argument("--translations", type=Path, required=True,
+                   help="folder with <split>/<id>.png translations of an export (test required; val, train optional)")
+    _data(p)
+    p.add_argument("--task", default="sim2real", help="the task the export was made for")
+    p.add_argument("--knob", default=None, metavar="NAME=VALUE",
+                   help="this folder's knob value (several values: several folders, one score call each)")
+    p.add_argument("--meta", action="append", default=[], metavar="KEY=VALUE",
+                   help="recorded with the records, e.g. nfe=4, sec_per_image=0.02, n_params=1.3e9, train_sec=3600")
+    p.add_argument("--seed", type=int, default=0, help="the seed of the translator that made them (one run per seed)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated dataset")
+    _results(p)
+    _weights(p)
+    _clip(p, "local CLIP folder for CMMD (optional)")
+    _no_frd(p)
+    _data_root(p)
+    _dataset_config(p, "YAML for folder datasets")
+
+
 def _out(p) -> None:
     p.add_argument("--out", type=Path, default=None)
 
@@ -163,6 +195,9 @@ COMMANDS = {
                  lambda p: p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2]), _results, _data_root]),
     "perf": ("throughput of the scorer and of each method's translate", [_perf]),
     "weights": ("download Inception + AlexNet weights (needs internet)", [_weights]),
+    "export": ("write a task's source images (and the target's training images) for a translator outside the suite",
+               [_export]),
+    "score": ("score translations made outside the suite like a trained method's (group 'external')", [_score]),
 }
 
 

@@ -84,14 +84,16 @@ def cmd_ceiling(args) -> int:
 
 def cmd_utility(args) -> int:
     """Downstream utility of finished runs: translated training images train a segmenter tested on real images."""
+    from benchmark.orchestration.external import external_names
     from benchmark.orchestration.utility import run_utility
     from methods import METHODS
 
     use_cores()
-    methods = list(METHODS) if args.method == ["all"] else args.method
+    external = external_names(args.results_dir, args.dataset, args.preset)
+    methods = list(METHODS) + external if args.method == ["all"] else args.method
     for m in methods:
-        if m not in METHODS:
-            raise UnknownName(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
+        if m not in METHODS and m not in external:
+            raise UnknownName(f"unknown method {m!r}; available: {', '.join([*METHODS, *external])}, all")
     check_writable(args.results_dir)
     run_utility(args.results_dir, methods, args.dataset, args.preset, args.seeds, args.task, args.data_root)
     return 0

@@ -25,6 +25,9 @@ their labels (the upper bound; no translator). `collect` reports each method als
 closes between the lower and the upper bound (`utility.md`). Seed k of a method's utility uses the method's seed-k
 run and segmenter seed k.
 
+Translations made outside the suite (`python -m benchmark score`) take part where their folder has `train/` and
+`val/` translations: they are read instead of made (`external.ExternalTranslator`).
+
 Records (one per method, setting, seed and task; `split = "utility"`) are written to
 `results/utility/<dataset>-<preset>/<task>/<method>/seed<k>.json` (atomic; an existing record of the same translator
 run and utility version is kept). Nothing here reads the target's test images before the segmenter's checkpoint is
@@ -170,7 +173,8 @@ def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: in
         if task in spec.get("tasks", ()) and not spec.get("overrides") and spec.get("max_steps") is None \
                 and spec.get("budget") is None:
             folder = cfg_path.parent
-            if verify_done(folder) is None and (folder / "checkpoints" / "selected.ckpt").is_file():
+            translator = (folder / "checkpoints" / "selected.ckpt").is_file() or is_external(folder)
+            if verify_done(folder) is None and translator:
                 found.append(folder)
     if not found:
         raise RunError(f"utility: no finished {method} run of seed {seed} on {dataset}/{preset} {task} with weights "
@@ -180,6 +184,11 @@ def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: in
         raise RunError(f"utility: {len(found)} finished {method} runs of seed {seed} on {task}: "
                        f"{', '.join(p.name for p in found)}; keep one")
     return found[0]
+
+
+def is_external(folder: Path) -> bool:
+    """Whether a run folder holds translations made outside the suite (`python -m benchmark score`)."""
+    return bool(json.loads((Path(folder) / "config.json").read_text()).get("external"))
 
 
 def chosen_knob(folder: Path, task: str):
@@ -219,7 +228,9 @@ def _translated(method, dataset, task, split: str, knob) -> tuple[torch.Tensor, 
     for source in task.sources:
         rows = dataset.rows(source, split)
         x = dataset.load(rows)
-        if method is not None:
+        if getattr(method, "external", False):  # translations made elsewhere: read, not made
+            x = method.read(rows)
+        elif method is not None:
             x, per_image = translate(method, x, source, task.target, knob)
             sec += per_image * len(x)
         xs.append(x)
@@ -243,7 +254,13 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
         train_task = Task(ORACLE, (task.target,), task.target)
     else:
         folder = find_run(results_dir, method, dataset_name, preset, seed, task_name)
-        translator, cfg = load_translator(folder)
+        if is_external(folder):
+            from benchmark.orchestration.external import ExternalTranslator
+
+            translator = ExternalTranslator(folder, dataset, task, chosen_knob(folder, task_name))
+            cfg = json.loads((folder / "config.json").read_text())
+        else:
+            translator, cfg = load_translator(folder)
         knob, knob_name, run_id = chosen_knob(folder, task_name), translator.knob_name, cfg["run_id"]
         train_task = task
     torch.manual_seed(seed)  # a sampler that draws from torch's global generator translates reproducibly

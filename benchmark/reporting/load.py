@@ -214,12 +214,14 @@ def is_reference(method: str) -> bool:
     return bool(method_info(method).get("reference_row"))
 
 
-#: Table groups in display order: the unpaired methods the benchmark ranks, the paired upper bounds (ranked
-#: among themselves), the reference rows (unranked).
-GROUPS = ("unpaired", "paired", "reference")
+#: Table groups in display order: the unpaired methods the benchmark ranks, translations made outside the suite
+#: (`python -m benchmark score`: their compute is not the suite's budget, so they are ranked among themselves), the
+#: paired upper bounds (ranked among themselves), the reference rows (unranked).
+GROUPS = ("unpaired", "external", "paired", "reference")
 
 
-GROUP_LABELS = {"unpaired": "unpaired", "paired": "paired (upper bound)", "reference": "reference"}
+GROUP_LABELS = {"unpaired": "unpaired", "external": "external (own budget)", "paired": "paired (upper bound)",
+                "reference": "reference"}
 
 
 def method_group(method: str) -> str:

@@ -242,6 +242,10 @@ class Evaluator:
             choice[task_name] = best
         return choice
 
+    def val_record(self, task_name: str, source: str, knob) -> dict:
+        """A validation record of the knob choice (not yet written)."""
+        return self._record(self.method, "val", task_name, source, knob, step="selected")
+
     def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
         """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""
         rec = self._record(self.method, "test", task_name, source, knob)
