@@ -2,7 +2,8 @@
 
 The runner reads only what this class declares, calls `prepare_fit`, Lightning's fit hooks and `translate`,
 and never asks which method it holds. A subclass is registered in `methods.METHODS`, or declared by another package
-under the `xraybench.methods` entry-point group (`methods.load_plugins`). Methods never compute benchmark metrics and never reach into the
+under the `xraybench.methods` entry-point group (`methods.load_plugins`).
+Methods never compute benchmark metrics and never reach into the
 Trainer's datamodule. `methods/template.py` is a complete minimal method to copy.
 
 The whole contract of a subclass:

@@ -61,7 +61,9 @@ def paper_table(configured: pd.DataFrame, task: str) -> str:
                "Table 1 layout). Realism against real images of other subjects, fidelity against the aligned real "
                "image, structure against the source; rows not surely apart (the 95\\% interval of their paired "
                "difference includes 0) share a rank; paired rows "
-               "are upper bounds ranked among themselves; reference rows are not ranked.")
+               "are upper bounds ranked among themselves; reference rows are not ranked."
+               + (" External rows were translated outside the suite on their own budget and are ranked among "
+                  "themselves." if (part["method"].map(method_group) == "external").any() else ""))
     body = "\n".join(esc(line) if line != r"\midrule" else line for line in lines)
     return "\n".join([
         r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{caption}}}", rf"\label{{tab:{task}}}",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmark.protocol.records import atomic_write
+from benchmark.reporting.load import method_group
 from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, selections
 from benchmark.reporting.tables import SAMPLES, formatted, headline
 from benchmark.reporting.utility_tables import paired_gap
@@ -68,8 +69,9 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
                 f"seeds (Student t over seeds);{scope} {rank_note(ranked)}; rows not surely apart (the 95% interval of "
                 "their paired difference includes 0) share a rank; paired (upper bound) rows see aligned pairs in "
-                "training and are ranked among themselves only; ref. = reference row, not ranked. n/a = unavailable "
-                f"(see the records' `unavailable`).{utility}{cost_note(records)}{ceiling_note(ranked, out_dir)}\n")
+                f"training and are ranked among themselves only;{external_note(ranked)} ref. = reference row, not "
+                "ranked. n/a = unavailable (see the records' `unavailable`)."
+                f"{utility}{cost_note(records)}{ceiling_note(ranked, out_dir)}\n")
 
     atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
@@ -209,3 +211,11 @@ def leaders(table: pd.DataFrame) -> list[str]:
 
 def _row_name(r) -> str:
     return f"{r['method']}" + (f" {r['knob']}={r['knob_value']:g}" if r.get("knob") else "")
+
+
+def external_note(ranked: pd.DataFrame) -> str:
+    """The footer's words on translations made outside the suite, where a table has them."""
+    if not (ranked["method"].map(method_group) == "external").any():
+        return ""
+    return (" external rows are translations made outside the suite (`python -m benchmark score`), trained on their "
+            "own budget and ranked among themselves only;")

@@ -109,6 +109,8 @@ def test_collect_and_utility_include_the_external_method(external_run, micro):
     row = report.table[report.table["method"] == "my-histmatch"]
     assert len(row) >= 2 and set(row["knob_value"]) >= {1.0, 0.5}
     assert "external" in (results / "tables" / "summary.md").read_text()
+    assert "outside the suite" in (results / "tables" / "headline.md").read_text()
+    assert "outside the suite" in (results / "tables" / "table1-sim2real.tex").read_text()
     small = dict(ngf=4, iterations=4, batch_size=4, lr=1e-3)
     rec = utility_record(results, "my-histmatch", "skull-sim", "micro", 0, "sim2real",
                          data_root=external_run["fields"]["data_root"], settings=small)
@@ -158,3 +160,21 @@ def test_a_wrong_set_of_translations_is_refused_with_the_file_named(external_run
     with pytest.raises(RunError, match="NAME=VALUE"):
         parse_knob("0.5")
     assert not (tmp / "c" / "runs").exists() or not list((tmp / "c" / "runs").rglob("done"))
+
+
+def test_the_commands_export_and_refuse_in_one_line(micro, tmp_path):
+    import subprocess
+    import sys
+
+    from runs import ONE_THREAD, ROOT
+
+    base = [sys.executable, "-m", "benchmark"]
+    data = ["--preset", "micro", "--data-root", str(micro.root.parent.parent), "--results-dir", str(tmp_path / "r")]
+    out = subprocess.run(base + ["export", "--split", "test", "--out", str(tmp_path / "x"), *data], cwd=ROOT,
+                         env=ONE_THREAD, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert len(list((tmp_path / "x" / "sim2real" / "sources" / "test").glob("*.png"))) == len(
+        micro.rows("real_normal", "test"))
+    out = subprocess.run(base + ["score", "--name", "cyclegan", "--translations", str(tmp_path / "x"), *data],
+                         cwd=ROOT, env=ONE_THREAD, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "built-in" in out.stderr
