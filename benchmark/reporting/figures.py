@@ -33,6 +33,8 @@ def method_style(method: str, n_variant: int = 0) -> dict:
     own colour."""
     info = method_info(method)
     base = {"marker": "o", "label": method, **(info.get("style") or {})}
+    if info.get("group") == "external":  # translated outside the suite (`python -m benchmark score`)
+        base["label"] += " (external)"
     if info and method == base_method(method):
         return base
     return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
