@@ -64,6 +64,8 @@ class Evaluator:
         self.translated: dict = {}
         #: {task: the sampling settings validation chose} (`choose_sampling`; empty: the configured ones)
         self.sampling_choice: dict[str, dict] = {}
+        #: called after each validation point the choices score (a progress bar's advance)
+        self.advance = lambda: None
 
     @contextmanager
     def sampling(self, overrides: dict):
@@ -203,8 +205,10 @@ class Evaluator:
         by_task: dict[str, tuple[list, dict]] = {}
         for t, s, k, c in self._sampling_points():
             label = V.sampling_label(c)
-            rec = have.get(("val", label, t, s, k)) or self.add(
-                self._record(self.method, "val", t, s, k, step=label, overrides=c))
+            rec = have.get(("val", label, t, s, k))
+            if rec is None:
+                rec = self.add(self._record(self.method, "val", t, s, k, step=label, overrides=c))
+                self.advance()
             recs, labels = by_task.setdefault(t, ([], {}))
             recs.append(rec)
             labels[label] = c
@@ -225,6 +229,7 @@ class Evaluator:
                 chosen = self._chosen_candidate_record(task_name, source, knob)
                 done = self.add(dict(chosen, step="selected")) if chosen is not None else self.add(
                     self._record(self.method, "val", task_name, source, knob, step="selected"))
+                self.advance()
             return done
 
         choice = {}

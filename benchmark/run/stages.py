@@ -218,12 +218,34 @@ def _donor(run: PreparedRun) -> Path | None:
                       dataset.fingerprint, dataset.content_fingerprint)
 
 
+def _progress(ctx: RunContext, evaluator: Evaluator, label: str, total: int) -> None:
+    """A progress bar (plain lines off a terminal) over the validation points a choice still has to score; values
+    beyond the grid's edge that validation asks for add to its total as they come."""
+    if ctx.progress is None or total == 0:
+        evaluator.advance = lambda: None
+        return
+    bar = ctx.progress.add_task(label, total=total)
+    done = [0]
+
+    def advance() -> None:
+        done[0] += 1
+        if done[0] > total:
+            ctx.progress.update(bar, total=done[0])
+        ctx.progress.advance(bar)
+
+    evaluator.advance = advance
+
+
 def evaluate_points(run: PreparedRun, evaluator: Evaluator, todo: list, state: _RunState):
     """Choose the knob on validation, then score the missing test points (or re-score stale ones), each written
     as soon as it is made."""
     spec, ctx, folder = run.spec, run.ctx, run.folder
+    _progress(ctx, evaluator, f"{spec.method} seed {spec.seed}: sampling choice (validation)",
+              len(evaluator.sampling_plan()))
     evaluator.choose_sampling()
+    _progress(ctx, evaluator, f"{spec.method} seed {spec.seed}: knob choice (validation)", len(evaluator.plan([])))
     choice = evaluator.choose_knobs()
+    evaluator.advance = lambda: None
     records = state.records
     have = {point_key(r) for r in records}
     for task_name, knob in choice.items():  # a value beyond the grid that validation chose is tested as well

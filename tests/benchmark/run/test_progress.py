@@ -50,3 +50,6 @@ def test_a_run_whose_output_is_a_pipe_prints_its_progress(micro, tmp_path, metho
     assert f"{method} seed 0: training: 0/60 (0%), 0s elapsed" in lines
     assert any(line.startswith(f"{method} seed 0: training: 60/60 (100%)") for line in lines)
     assert any(line.startswith(f"{method} seed 0: evaluate: ") and "(100%)" in line for line in lines)
+    # the validation choices before the test points show their progress too (minutes for MedShift on `tiny`)
+    assert any(line.startswith(f"{method} seed 0: knob choice (validation): ") and "(100%)" in line
+               for line in lines)
