@@ -16,13 +16,18 @@ MAX_SEED = 2**32 - 1
 
 
 def method_names() -> list[str]:
-    """The keys of `methods.METHODS`, read from its source (importing it would load torch)."""
+    """The keys of `methods.METHODS`, read from its source (importing it would load torch), and the names installed
+    packages declare under the `xraybench.methods` entry-point group (`methods.load_plugins` checks them on import)."""
+    from importlib.metadata import entry_points
+
+    plugins = [ep.name for ep in entry_points(group="xraybench.methods")]
     tree = ast.parse(METHODS_INIT.read_text())
     for node in tree.body:
         target = node.target if isinstance(node, ast.AnnAssign) else (node.targets[0] if isinstance(node, ast.Assign)
                                                                        else None)
         if isinstance(target, ast.Name) and target.id == "METHODS" and isinstance(node.value, ast.Dict):
-            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+            names = [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
+            return names + [p for p in plugins if p not in names]
     raise RuntimeError(f"{METHODS_INIT}: no METHODS dict literal")  # a refactoring broke this module: see its test
 
 

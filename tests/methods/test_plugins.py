@@ -75,6 +75,9 @@ def test_an_installed_plugin_is_listed_runs_and_is_scored(installed, micro, tmp_
     assert "identity = xb_demo_plugin:MomentMatch" in said and "already registered" in said
     assert methods.METHODS["identity"].__module__ == "methods.identity"  # a plugin never replaces a method
     assert methods.load_plugins() == []  # once each
+    from benchmark.cli.precheck import method_names
+
+    assert "moment-match" in method_names()  # `run --method moment-match` passes the check made before torch loads
     domains = ("syn_low", "syn_high", "real_low", "real_normal", "real_high")
     assert "moment-match" in [s.method for s in plan(["all"], [0], ["sim2real"], domains, preset="micro")]
     records = run_one(micro_spec(micro, "moment-match", max_steps=10, overrides=()), micro_ctx(tmp_path / "r"))
