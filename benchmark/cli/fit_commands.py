@@ -10,6 +10,7 @@ from benchmark.errors import NotFound, RunError, UnknownName, user_input
 
 
 def cmd_run(args) -> int:
+    from benchmark.protocol.budget import budget_values
     from benchmark.protocol.config import parse_set, plan, resolve_config
     from benchmark.run.context import RunContext, data_key
     from datasets import dataset_domains
@@ -22,13 +23,14 @@ def cmd_run(args) -> int:
     with user_input():  # an unknown dataset, preset or task, a bad dataset config: one line naming it
         domains, loaded = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed,
                                           data_root=args.data_root, config=args.dataset_config)
-        specs = plan(args.method, args.seeds, args.task, domains, dataset=args.dataset, preset=args.preset,
-                     data_seed=args.data_seed, max_steps=args.max_steps, budget=args.budget,
-                     overrides=parse_set(args.set),
-                     curve=args.curve, accelerator=args.accelerator, precision=args.precision,
-                     dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
-                     strategy=_strategy(args), speedups=tuple(args.speedup),
-                     accumulate=args.accumulate, num_nodes=args.num_nodes)
+        specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
+                 for spec in plan(args.method, args.seeds, args.task, domains, dataset=args.dataset,
+                                  preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
+                                  budget=budget, overrides=parse_set(args.set), curve=args.curve,
+                                  accelerator=args.accelerator, precision=args.precision,
+                                  dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
+                                  strategy=_strategy(args), speedups=tuple(args.speedup),
+                                  accumulate=args.accumulate, num_nodes=args.num_nodes)]
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
                      method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
     if args.dry_run:
@@ -159,6 +161,7 @@ def cmd_sweep(args) -> int:
     """Expand the request into fits and run the missing ones here or through submitit
     (`benchmark.orchestration.sweep`)."""
     import benchmark.orchestration.sweep as S
+    from benchmark.protocol.budget import budget_values
     from benchmark.protocol.config import parse_set
     from benchmark.run.context import RunContext, load_data
     from benchmark.scoring.scorer import Scorer
@@ -171,12 +174,14 @@ def cmd_sweep(args) -> int:
     with user_input():  # as in `run`
         domains, _ = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed, data_root=args.data_root,
                                      config=args.dataset_config)
-        specs = S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
-                         dataset=args.dataset, preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
-                         budget=args.budget, curve=args.curve, accelerator=args.accelerator, precision=args.precision,
-                         dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
-                         strategy=_strategy(args), speedups=tuple(args.speedup), accumulate=args.accumulate,
-                         num_nodes=args.num_nodes)
+        specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
+                 for spec in S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
+                                      dataset=args.dataset, preset=args.preset, data_seed=args.data_seed,
+                                      max_steps=args.max_steps, budget=budget, curve=args.curve,
+                                      accelerator=args.accelerator, precision=args.precision,
+                                      dataset_config=args.dataset_config, data_root=args.data_root,
+                                      devices=args.devices, strategy=_strategy(args), speedups=tuple(args.speedup),
+                                      accumulate=args.accumulate, num_nodes=args.num_nodes)]
     states = {s: S.status(s, args.results_dir) for s in specs}
     for spec, state in states.items():
         print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")

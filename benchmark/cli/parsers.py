@@ -59,6 +59,9 @@ def _fit(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="training iterations (bypasses the FLOP budget)")
     p.add_argument("--budget", type=float, default=None,
                    help="training FLOPs per learned method (default: benchmark/configs/budgets.yaml for the preset)")
+    p.add_argument("--budgets", nargs="+", default=None, metavar="B",
+                   help="one fit per budget: multiples of the preset's (1x 3x 9x) or FLOPs; 1x is the headline fit "
+                        "(collect: results/tables/compute.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method config override")
     p.add_argument("--curve", action="store_true", help="also sweep the dense knob grid (for figures)")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])

@@ -46,6 +46,8 @@ def check_fit_args(args) -> None:
         raise RunError(f"--max-steps {args.max_steps}: a training budget is at least 1 step")
     if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise RunError(f"--budget {args.budget}: a FLOP budget is a positive, finite number (e.g. 2.1e13)")
+    if args.budgets and (args.budget is not None or args.max_steps is not None):
+        raise RunError("--budgets gives each fit its budget: drop --budget / --max-steps")
     for flag in ("devices", "num_nodes", "accumulate"):
         if getattr(args, flag) < 1:
             raise RunError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: at least 1")

@@ -14,6 +14,7 @@ and its plan says so (`flops_per_iteration: 0`).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,38 @@ def preset_budget(dataset: str, preset: str, path: Path = BUDGETS_PATH) -> float
     dataset = config_scope(dataset)
     value = budgets.get(f"{dataset}/{preset}", budgets.get(dataset))
     return None if value is None else float(value)
+
+
+def budget_values(items: list[str] | None, dataset: str, preset: str,
+                  budget: float | None = None) -> list[float | None]:
+    """`--budgets` (multiples of the preset's budget, "3x", or FLOPs, "6.3e13") as the `budget` of each fit: None for
+    the preset's own budget (so the 1x fit is the headline fit, one run folder for both); without `--budgets`, the
+    one `--budget` given (or None).
+
+    Raises:
+        RunError: a value that is neither, a multiple without a declared preset budget, a budget not above 0.
+    """
+    from benchmark.errors import RunError
+
+    if not items:
+        return [budget]
+    default = preset_budget(dataset, preset)
+    out: list[float | None] = []
+    for item in items:
+        text = str(item).strip().lower()
+        try:
+            value = float(text[:-1]) * default if text.endswith("x") and default else float(text)
+        except ValueError:
+            value = float("nan")
+        if text.endswith("x") and not default:
+            raise RunError(f"--budgets {item}: {dataset}/{preset} declares no budget to multiply "
+                           f"({BUDGETS_PATH.name}); give FLOPs, e.g. 6.3e13")
+        if not (value > 0 and math.isfinite(value)):
+            raise RunError(f"--budgets {item}: a multiple of the preset's budget (3x) or FLOPs (6.3e13), above 0")
+        value = None if default is not None and math.isclose(value, default, rel_tol=1e-9) else value
+        if value not in out:
+            out.append(value)
+    return out
 
 
 def flops_per_iteration(method, datamodule) -> int:

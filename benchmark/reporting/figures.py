@@ -401,4 +401,22 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
                                                              failed_realism(task_df, tables_dir)))):
             if fig is not None:
                 paths += _save(fig, out_dir, name)
+    return paths + _compute_figures(df, tables_dir, out_dir)
+
+
+def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path) -> list[Path]:
+    """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`)."""
+    if not df["setting"].astype(str).str.contains("budget=").any():
+        return []
+    from benchmark.reporting.compute import compute_figure
+    from benchmark.scoring.validity import valid_realism_metrics
+
+    valid = {(d, p): valid_realism_metrics(tables_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
+             .itertuples(index=False)}
+    table = summary(df, {k: v for k, v in valid.items() if v is not None})
+    paths = []
+    for task in table["task"].unique():
+        fig = compute_figure(table, task)
+        if fig is not None:
+            paths += _save(fig, out_dir, f"compute-{task}")
     return paths

@@ -1,0 +1,207 @@
+"""Rank against training compute: the same methods, seeds and data at several FLOP budgets (`run --budgets 1x 3x 9x`,
+each budget a fit of its own whose schedule ends at that budget), read from the summary table.
+
+A method at a budget is its row at the knob value validation chose (the row most seeds x sources chose), so every
+point is a headline point. At each budget the methods are ranked as in the headline (`tables.add_ranks`: unpaired
+among themselves, paired among themselves, from the interval of each pair's difference). A method's verdict compares
+its two largest budgets on the ranking's realism metric, fidelity (`ssim_gt`) and the structure gap: *converged*
+where no change between them lies beyond its 95 % interval (`stats.difference`: independent fits, the same test
+subjects), else *still changing* with the metrics that moved. The ranking *stops changing* at the smallest budget
+from which the rank of every method present at all budgets is the same at every larger budget.
+Translations made outside the suite have no budget here; reference rows (no training) are drawn as lines.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import benchmark.reporting.stats as S
+from benchmark.reporting.load import base_method, method_group
+from benchmark.reporting.tables import SAMPLES, STRUCTURE_GAP, add_ranks, format_cell, spec_of
+
+_BUDGET = re.compile(r"^budget=([0-9.eE+-]+)$")
+RANK_COLUMNS = ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank")
+
+
+def _preset_budget(dataset: str, preset: str) -> float | None:
+    from benchmark.protocol.budget import preset_budget
+
+    return preset_budget(dataset, preset)
+
+
+def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The summary's rows of each learned method at each budget (its configured runs and its `--budget` variants
+    and nothing else), at the validation-chosen knob value, with `base` (the method), `budget` (FLOPs) and `multiple`
+    (of the preset's budget); ranked among the methods at the same budget."""
+    if table.empty:
+        return table.assign(base=[], budget=[], multiple=[])
+    setting = table["method"].str.extract(r" \((.*)\)$")[0].fillna("")
+    base = table["method"].map(base_method)
+    group = base.map(method_group)
+    rows = table.assign(base=base, _setting=setting)[group.isin(("unpaired", "paired"))]
+    rows = rows[(rows["_setting"] == "") | rows["_setting"].str.match(_BUDGET)]
+    if rows.empty:
+        return rows.assign(budget=[], multiple=[])
+    default = {(d, p): _preset_budget(d, p) for d, p in rows[["dataset", "preset"]].drop_duplicates()
+               .itertuples(index=False)}
+    rows = rows.assign(
+        budget=[float(_BUDGET.match(s).group(1)) if s else default[(d, p)] or np.nan
+                for s, d, p in zip(rows["_setting"], rows["dataset"], rows["preset"], strict=True)])
+    rows = rows.assign(multiple=[b / default[(d, p)] if default[(d, p)] else np.nan
+                                 for b, d, p in zip(rows["budget"], rows["dataset"], rows["preset"], strict=True)])
+    chosen = rows["val_choice"].fillna(-1) if "val_choice" in rows else pd.Series(-1, index=rows.index)
+    rows = rows.assign(_chosen=chosen).sort_values("_chosen", ascending=False, kind="stable")
+    rows = rows.drop_duplicates(["dataset", "preset", "task", "base", "budget"]).drop(columns=["_chosen", "_setting"])
+    out = []
+    for _, part in rows.groupby(["dataset", "preset", "task", "budget"], sort=False):
+        ranked = add_ranks(part.assign(method=part["base"]).reset_index(drop=True))
+        ranked.attrs = {}
+        out.append(ranked.assign(method=part["method"].to_numpy()))
+    ranked = pd.concat(out, ignore_index=True)
+    ranked.attrs["valid_realism"] = table.attrs.get("valid_realism", {})
+    return ranked.sort_values(["task", "base", "budget"], kind="stable").reset_index(drop=True)
+
+
+def has_budget_axis(rows: pd.DataFrame) -> bool:
+    """Whether some method has rows at two or more budgets (else there is no compute table to write)."""
+    return bool(len(rows)) and rows.groupby(["task", "base"])["budget"].nunique().max() > 1
+
+
+def _metrics(part: pd.DataFrame) -> list[str]:
+    """The metrics a verdict and the figure read: the ranking's realism metric, fidelity and the structure gap."""
+    realism = next((m for m in part.get("realism_by", pd.Series(dtype=object)).dropna().unique()), None)
+    return [m for m in (realism, "ssim_gt", STRUCTURE_GAP) if m and m in part and part[m].notna().any()]
+
+
+def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method) with two budgets or more: the change of each metric between its two largest budgets (the
+    larger minus the smaller, with its 95 % interval) and the verdict."""
+    out = []
+    for (task, base), g in rows.groupby(["task", "base"], sort=False):
+        budgets = sorted(g["budget"].unique())
+        if len(budgets) < 2:
+            continue
+        lo_row, hi_row = (g[g["budget"] == b].iloc[0] for b in budgets[-2:])
+        moved, changes = [], []
+        for m in _metrics(g):
+            a, b = hi_row[SAMPLES].get(m), lo_row[SAMPLES].get(m)
+            if a is None or b is None:
+                continue
+            d = S.difference(a, b)
+            better = d.estimate < 0 if not spec_of(m).higher_is_better else d.estimate > 0
+            changes.append(f"{m} {d.estimate:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]")
+            if np.isfinite(d.lo) and (d.lo > 0 or d.hi < 0):
+                moved.append(f"{m} {'better' if better else 'worse'}")
+        verdict = ("converged" if not moved else "still changing (" + ", ".join(moved) + ")") if changes else \
+            "no interval (one seed without bootstrap replicates)"
+        out.append(dict(task=task, method=base, budgets=f"{budgets[-2]:.2g} → {budgets[-1]:.2g}",
+                        change="; ".join(changes), verdict=verdict))
+    return pd.DataFrame(out)
+
+
+def ranking_settles(rows: pd.DataFrame, task: str, column: str = "avg_rank") -> str:
+    """Where the ranking of the unpaired methods present at every budget of `task` stops changing."""
+    part = rows[(rows["task"] == task) & (rows["base"].map(method_group) == "unpaired")]
+    budgets = sorted(part["budget"].unique())
+    everywhere = [m for m, g in part.groupby("base") if g["budget"].nunique() == len(budgets)]
+    if len(budgets) < 2 or len(everywhere) < 2:
+        return "fewer than two budgets or methods in common: no ranking to compare"
+    order = {b: tuple(part[(part["budget"] == b) & part["base"].isin(everywhere)].sort_values("base")[column])
+             for b in budgets}
+    settle = budgets[-1]
+    for b in reversed(budgets):
+        if order[b] != order[budgets[-1]]:
+            break
+        settle = b
+    names = ", ".join(sorted(everywhere))
+    if settle == budgets[0]:
+        return f"the ranking ({column}) of {names} is the same at every budget ({budgets[0]:.2g} to {budgets[-1]:.2g})"
+    if settle == budgets[-1]:
+        return (f"the ranking ({column}) of {names} still changes at the largest budget ({budgets[-1]:.2g} FLOPs): "
+                "it has not settled")
+    return f"the ranking ({column}) of {names} stops changing from {settle:.2g} FLOPs on"
+
+
+def compute_markdown(rows: pd.DataFrame) -> str:
+    """results/tables/compute.md: every method at every budget with intervals and its rank at that budget, the
+    verdicts and where each task's ranking settles."""
+    parts = ["# Rank against training compute\n",
+             "Each row: a method at one training budget (a fit of its own), at the knob value validation chose; mean "
+             "± half-width of the 95 % interval over test subjects and seeds; ranks among the methods at the same "
+             "budget (rows not surely apart share a rank; paired upper bounds ranked among themselves). "
+             "`benchmark/reporting/compute.py` says how verdicts are made.\n"]
+    for task, part in rows.groupby("task", sort=False):
+        metrics = _metrics(part)
+        table = pd.DataFrame({
+            "method": part["base"], "group": part["base"].map(method_group),
+            "budget (FLOPs)": [f"{b:.2g}" for b in part["budget"]],
+            "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
+            "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
+                part["knob"], part["knob_value"], strict=True)],
+            **{spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓"): [
+                format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)] for m in metrics},
+            **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
+        parts.append(f"## {task}\n\n" + table.to_markdown(index=False) + "\n")
+        v = verdicts(part)
+        if len(v):
+            parts.append(v.drop(columns="task").to_markdown(index=False) + "\n")
+        parts.append(f"Ranking: {ranking_settles(rows, task)}.\n")
+    return "\n".join(parts)
+
+
+def write_compute(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """compute.md where some method has two budgets or more (else none, and a stale one is removed)."""
+    from benchmark.protocol.records import atomic_write
+
+    path = Path(out_dir) / "compute.md"
+    rows = budget_rows(table)
+    if not has_budget_axis(rows):
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write(path, compute_markdown(rows))
+    return [path]
+
+
+def compute_figure(table: pd.DataFrame, task: str):
+    """compute-<task>: each metric against training FLOPs (log axis), one line per learned method with its
+    intervals; the references (no training) as horizontal lines. None without a budget axis."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.reporting.figures import method_style
+
+    rows = budget_rows(table)
+    rows = rows[rows["task"] == task]
+    if not has_budget_axis(rows):
+        return None
+    metrics = _metrics(rows)
+    refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for base, g in rows.groupby("base", sort=False):
+            style = method_style(base)
+            paired = method_group(base) == "paired"
+            ax.errorbar(g["budget"], g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
+                        color=style.get("color"), marker=style.get("marker", "o"), capsize=3,
+                        linestyle="--" if paired else "-",
+                        label=style["label"] + (" (upper bound)" if paired and "paired" not in style["label"] else ""))
+        for _, r in refs.drop_duplicates("method").iterrows():
+            if np.isfinite(r.get(m, np.nan)):
+                style = method_style(r["method"])
+                ax.axhline(r[m], color=style.get("color") or "0.4", linestyle=":", linewidth=1,
+                           label=f"{style['label']} (no training)")
+        ax.set_xscale("log")
+        ticks = sorted(rows.drop_duplicates("budget")[["budget", "multiple"]].itertuples(index=False))
+        ax.set_xticks([b for b, _ in ticks], [f"{b:.2g}\n({k:g}×)" if np.isfinite(k) else f"{b:.2g}"
+                                              for b, k in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("training FLOPs (× the preset's budget)")
+        ax.set_ylabel(spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓"))
+        ax.set_title(f"{rows['dataset'].iloc[0]}/{rows['preset'].iloc[0]} {task}")
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 0.80, 1))
+    return fig

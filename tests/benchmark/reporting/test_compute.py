@@ -1,0 +1,84 @@
+"""Rank against training compute (`benchmark.reporting.compute`) on records made here with known values: a method
+that stops changing between its two largest budgets is converged, one whose fidelity still rises is not, and a
+ranking that flips between the first two budgets and then holds settles at the second."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.reporting.compute import budget_rows, compute_figure, ranking_settles, verdicts, write_compute
+from benchmark.reporting.tables import summary
+
+BASE = 2.1e13  # skull-sim/tiny in budgets.yaml
+SPREAD = (-0.004, 0.0, 0.004)  # per-seed offsets: a small, known training noise
+
+
+def records(values: dict) -> pd.DataFrame:
+    """{(method, multiple): (nps_dist, ssim_gt)} -> test records of 3 seeds x 2 sources (medshift at two tau values,
+    validation choosing 0.3)."""
+    rows = []
+    for (method, multiple), (nps, gt) in values.items():
+        setting = "" if multiple == 1 else f"budget={BASE * multiple:g}"
+        name = method if not setting else f"{method} ({setting})"
+        knobs = [(0.3, True, 0.0), (0.6, False, 0.05)] if method == "medshift" else [("", True, 0.0)]
+        for seed, d in enumerate(SPREAD):
+            for source in ("syn_low", "syn_high"):
+                for knob, chosen, worse in knobs:
+                    rows.append(dict(dataset="skull-sim", preset="tiny", task="sim2real", method=name,
+                                     setting=setting, seed=seed, source=source, split="test", step=None,
+                                     knob="tau" if method == "medshift" else "", knob_value=knob,
+                                     val_choice=chosen, nps_dist=nps + d + worse, ssim_gt=gt + d - worse,
+                                     ssim_src=0.7 + d, protocol=3))
+    return pd.DataFrame(rows)
+
+
+VALUES = {("identity", 1): (0.9, 0.6),
+          ("cyclegan", 1): (0.20, 0.85), ("cyclegan", 3): (0.15, 0.88), ("cyclegan", 9): (0.15, 0.88),
+          ("medshift", 1): (0.30, 0.70), ("medshift", 3): (0.10, 0.90), ("medshift", 9): (0.05, 0.95),
+          ("unet-regression", 1): (0.12, 0.93), ("unet-regression", 3): (0.12, 0.935)}
+
+
+@pytest.fixture(scope="module")
+def table():
+    return summary(records(VALUES))
+
+
+def test_each_method_at_each_budget_at_its_validation_choice(table):
+    rows = budget_rows(table)
+    assert set(zip(rows["base"], rows["multiple"], strict=True)) == {
+        (m, float(k)) for m, k in VALUES if m != "identity"}
+    assert (rows.loc[rows["base"] == "medshift", "knob_value"] == 0.3).all()
+    at1 = rows[(rows["base"] == "medshift") & (rows["multiple"] == 1)].iloc[0]
+    assert at1["budget"] == BASE and at1["method"] == "medshift"  # the 1x fit is the headline fit
+    # ranks among the methods at the same budget: at 1x CycleGAN leads on realism, from 3x MedShift
+    r = rows.set_index(["base", "multiple"])["realism_rank"]
+    assert (r[("cyclegan", 1.0)], r[("medshift", 1.0)]) == (1, 2)
+    assert (r[("cyclegan", 3.0)], r[("medshift", 3.0)]) == (2, 1)
+    assert rows.loc[rows["base"] == "unet-regression", "realism_rank"].eq(1).all()  # paired: among themselves
+
+
+def test_verdicts_from_the_two_largest_budgets(table):
+    v = verdicts(budget_rows(table)).set_index("method")["verdict"]
+    assert v["cyclegan"] == "converged"  # 3x and 9x equal
+    assert v["medshift"].startswith("still changing") and "ssim_gt better" in v["medshift"]
+    assert v["unet-regression"] == "converged"  # +0.005 with seed noise of 0.004: not beyond its interval
+
+
+def test_the_ranking_settles_where_it_stops_changing(table):
+    rows = budget_rows(table)
+    assert "stops changing from 6.3e+13" in ranking_settles(rows, "sim2real")
+    flat = budget_rows(summary(records({k: v for k, v in VALUES.items() if k[1] != 1 or k[0] == "identity"})))
+    assert "the same at every budget" in ranking_settles(flat, "sim2real")
+
+
+def test_compute_table_and_figure_are_written_only_with_a_budget_axis(table, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = write_compute(table, tmp_path)
+    text = paths[0].read_text()
+    assert "| medshift" in text and "still changing" in text and "stops changing" in text
+    assert compute_figure(table, "sim2real") is not None
+    one = summary(records({k: v for k, v in VALUES.items() if k[1] == 1}))
+    assert write_compute(one, tmp_path) == [] and not (tmp_path / "compute.md").exists()
+    assert compute_figure(one, "sim2real") is None
+    assert np.isfinite(budget_rows(table)["ssim_gt_lo"]).all()
