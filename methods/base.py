@@ -24,7 +24,8 @@ The whole contract of a subclass:
   (`selection_criterion`);
   `smoke_settings` (the smallest config that exercises its code paths, used by the contract test); `allowed`
   (ranges and choices of settings, checked with the config before any work);
-* `training_domains(domains, sources, target)` (classmethod): what it trains on;
+* `training_domains(domains, sources, target, config)` (classmethod): what it trains on (`config`: the resolved
+  settings, for a method where one of them decides);
 * `train_batch_size` and `trainer_settings(max_steps)`: its batch size and training length (defaults
   read the `batch_size` / `max_steps` settings and fail loudly without them);
 * `prepare_fit(data: FitData)`: anything it must derive from the training data before fitting
@@ -138,8 +139,10 @@ class TranslationMethod(L.LightningModule):
 
     # ------------------------------------------------------------------ declared by every method
     @classmethod
-    def training_domains(cls, domains: tuple[str, ...], sources: tuple[str, ...], target: str) -> tuple[str, ...]:
-        """Domains whose training images the method sees (default: the task's)."""
+    def training_domains(cls, domains: tuple[str, ...], sources: tuple[str, ...], target: str,
+                         config: dict | None = None) -> tuple[str, ...]:
+        """Domains whose training images the method sees (default: the task's); `config`, the resolved config, for a
+        method whose settings decide it."""
         return tuple(sources) + (target,)
 
     @property

@@ -63,7 +63,8 @@ class MedShift(TranslationMethod):
                "p_uncond": "[0, 1]", "time_scale": "(0, inf)", "solver": ("euler", "heun"),
                "encode_guidance": "[0, inf)", "space": ("pixel", "latent"), "ae_channels": "[1, inf)",
                "ae_latent_channels": "[1, inf)", "ae_steps": "[1, inf)",
-               "path": ("condot", "bridge"), "bridge_sigma": "[0, inf)", "coupling": ("independent", "ot")}
+               "path": ("condot", "bridge"), "bridge_sigma": "[0, inf)", "coupling": ("independent", "ot"),
+               "train_on": ("all", "task")}
     style = dict(color="tab:red", marker="o", label="MedShift (τ)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, step_size=0.25, batch_size=4,
                           warmup_steps=1)
@@ -76,7 +77,7 @@ class MedShift(TranslationMethod):
                  batch_size: int = 16, ema_decay: float = 0.999, time_scale: float = 1000.0, space: str = "pixel",
                  autoencoder: str | None = None, ae_channels: tuple[int, ...] = (32, 64, 64),
                  ae_latent_channels: int = 4, ae_steps: int = 1000, path: str = "condot", bridge_sigma: float = 0.1,
-                 coupling: str = "independent", encode_guidance: float | None = None):
+                 coupling: str = "independent", encode_guidance: float | None = None, train_on: str = "all"):
         super().__init__(domains, sources, target, image_size)
         self.save_hyperparameters()
         if solver not in SOLVER_EVALS:
@@ -101,8 +102,12 @@ class MedShift(TranslationMethod):
         self.coupling_reg = 2 * bridge_sigma**2 if path == "bridge" else 0.0
 
     @classmethod
-    def training_domains(cls, domains, sources, target):
-        return tuple(domains)  # one model for every pair
+    def training_domains(cls, domains, sources, target, config=None):
+        """Every domain: one model for every pair, as the paper trains it; `train_on="task"` (an ablation: what one
+        model for all pairs costs) the task's sources and target only."""
+        if (config or {}).get("train_on", "all") == "task":
+            return tuple(sources) + (target,)
+        return tuple(domains)
 
     # ------------------------------------------------------------------ training
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, labels: torch.Tensor, use_ema: bool = False) -> torch.Tensor:

@@ -36,7 +36,7 @@ class TargetDiffusion(TranslationMethod):
         return None
 
     @classmethod
-    def training_domains(cls, domains, sources, target):
+    def training_domains(cls, domains, sources, target, config=None):
         return (target,)  # the DDPM never sees the source domain
 
     def training_step(self, batch, batch_idx):

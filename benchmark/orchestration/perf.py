@@ -107,7 +107,7 @@ def train_main(args) -> int:
             continue
         method = cls(domains=dataset.domains, sources=task.sources, target=task.target, image_size=dataset.size,
                      **config)
-        domains = cls.training_domains(dataset.domains, task.sources, task.target)
+        domains = cls.training_domains(dataset.domains, task.sources, task.target, config)
         dm = TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, pairing=cls.pairing,
                                    target=task.target, drop_last=cls.drop_last)
         times = {p: [] for p in args.precisions}

@@ -305,7 +305,7 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     task = get_task(spec["tasks"][0], tuple(domains))
     sampling = set(cls.sampling_settings)
     d = {k: v for k, v in identity_fields(spec).items() if k not in ("data_root", "curve", "overrides", "tasks")}
-    d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target))
+    d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target, method_config))
     d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -371,13 +371,14 @@ def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[
         cls = get_method(name)
         # a --set key applies to the selected methods that have the setting (`--method all --set lr=...`)
         mine = tuple((k, v) for k, v in overrides if k in has[name])
+        config = resolve_config(RunSpec(method=name, overrides=mine, **common))
         groups: dict[tuple, list[str]] = {}
         for t in dict.fromkeys(tasks):  # a task named twice is one task (one run folder, not two)
             task = get_task(t, domains)
             if not task.sources or task.target in task.sources:
                 raise RunError(f"task {t!r} translates {'+'.join(task.sources) or 'nothing'} to {task.target}: a "
                                "task needs at least one source domain other than its target")
-            groups.setdefault(cls.training_domains(domains, task.sources, task.target), []).append(t)
+            groups.setdefault(cls.training_domains(domains, task.sources, task.target, config), []).append(t)
         for seed in seeds:
             specs += [RunSpec(method=name, seed=seed, tasks=tuple(g), overrides=mine, **common)
                       for g in groups.values()]

@@ -40,16 +40,17 @@ def check_split_sizes(dataset, spec: RunSpec) -> None:
     """Every split the run reads holds images of the domains it reads there, checked before any training (a dataset
     of too few subjects used to fail only when validation started): the training domains' train split, each
     source's val and test scenes, the target's ref split (realism's reference)."""
+    from benchmark.protocol.config import resolve_config
     from datasets import get_task
     from methods import get_method
 
-    cls = get_method(spec.method)
+    cls, config = get_method(spec.method), resolve_config(spec)
     subjects = dataset.manifest.groupby("split")["subject"].nunique().to_dict()
     sizes = ", ".join(f"{s} {subjects.get(s, 0)}" for s in ("train", "val", "test", "ref"))
     for name in spec.tasks:
         task = get_task(name, dataset.domains)
-        need = [(d, "train", dataset.rows(d, "train")) for d in cls.training_domains(dataset.domains, task.sources,
-                                                                                      task.target)]
+        need = [(d, "train", dataset.rows(d, "train"))
+                for d in cls.training_domains(dataset.domains, task.sources, task.target, config)]
         need += [(src, split, V.task_rows(dataset, src, task.sources, split)) for split in ("val", "test")
                  for src in task.sources]
         need += [(task.target, "ref", dataset.rows(task.target, "ref"))]

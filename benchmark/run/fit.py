@@ -44,18 +44,18 @@ def datamodule(spec: RunSpec, method, dataset, iterations: int | None = None, st
     batches from `start` on (`datasets.datamodule.BatchStream`), each as `accumulate` micro-batches."""
     from datasets.datamodule import TranslationDataModule
 
-    task, domains = training_domains(spec, type(method), dataset)
+    task, domains = training_domains(spec, method, dataset)
     return TranslationDataModule(dataset, domains, batch_size=method.train_batch_size, seed=spec.seed,
                                  pairing=type(method).pairing, target=task.target, drop_last=type(method).drop_last,
                                  iterations=iterations, start=start, accumulate=accumulate)
 
 
-def training_domains(spec: RunSpec, cls, dataset) -> tuple:
-    """(the spec's first task, the domains method class `cls` trains on for it): tasks of one spec share them."""
+def training_domains(spec: RunSpec, method, dataset) -> tuple:
+    """(the spec's first task, the domains `method` trains on for it): tasks of one spec share them."""
     from datasets import get_task
 
     task = get_task(spec.tasks[0], dataset.domains)
-    return task, cls.training_domains(dataset.domains, task.sources, task.target)
+    return task, type(method).training_domains(dataset.domains, task.sources, task.target, dict(method.hparams))
 
 
 def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
@@ -63,7 +63,7 @@ def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
     what it derives is cached under `cache_dir`)."""
     from methods import FitData
 
-    _, domains = training_domains(spec, type(method), dataset)
+    _, domains = training_domains(spec, method, dataset)
     with user_input():  # e.g. a pretrained autoencoder folder named by `--set` that is not there
         method.prepare_fit(FitData(train_images=lambda: dataset.load(dataset.rows(domains, "train")),
                                    cache_dir=cache_dir,

@@ -337,3 +337,24 @@ def test_latent_mode_with_a_users_pretrained_rgb_autoencoder(tmp_path):
     assert y.shape == (2, 1, 16, 16)
     with pytest.raises(FileNotFoundError, match="config.json"):
         MedShift(DOMAINS, DOMAINS[:2], "real_normal", 16, space="latent", autoencoder=str(tmp_path / "missing"))
+
+
+def test_train_on_task_makes_one_fit_per_task_on_its_domains(micro):
+    """`--set train_on=task` (issue 31's ablation: what one model for every pair costs): the fit sees the task's
+    domains only, so two tasks with other domains are two fits; by default one fit serves both."""
+    from dataclasses import asdict
+
+    from benchmark.protocol.config import fit_key, plan, resolve_config
+    from benchmark.run.fit import training_domains
+
+    one = plan(["medshift"], [0], ["sim2real", "dose"], micro.domains, preset="micro")
+    assert len(one) == 1 and one[0].tasks == ("sim2real", "dose")
+    two = plan(["medshift"], [0], ["sim2real", "dose"], micro.domains, preset="micro",
+               overrides=(("train_on", "task"),))
+    assert [s.tasks for s in two] == [("sim2real",), ("dose",)]
+    keys = {fit_key(asdict(s), resolve_config(s), micro.domains) for s in one + two}
+    assert len(keys) == 3
+    m = MedShift(micro.domains, ("syn_low", "syn_high"), "real_normal", micro.size, base_channels=8,
+                 channel_mults=(1, 2), train_on="task")
+    assert training_domains(two[0], m, micro)[1] == ("syn_low", "syn_high", "real_normal")
+    assert MedShift.training_domains(micro.domains, ("syn_low",), "real_normal") == micro.domains
