@@ -104,9 +104,9 @@ def sampling_label(candidate: dict) -> str:
 
 
 def best_sampling(records: list[dict]) -> str:
-    """The sampling candidate (its label, the records' `step`) whose best knob value is best on validation: the
-    knob rule (`best_knob`) over every (candidate, knob value) pair at once, so a candidate is chosen where the method
-    will be headlined; ties go to the earlier candidate (the config's own values come first)."""
+    """The sampling candidate (its label, the records' `step`) that is best on validation: the knob rule
+    (`best_knob`) over every (candidate, knob value) pair of `records` at once (the runner scores the candidates at
+    the default knob value only); ties go to the earlier candidate (the config's own values come first)."""
     tagged = [dict(r, knob_value=(r["step"], r["knob_value"])) for r in records]
     return best_knob(tagged)[0]
 

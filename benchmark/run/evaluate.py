@@ -184,12 +184,15 @@ class Evaluator:
         return next((r for r in self.records if point_key(r) == ("val", label, task_name, source, knob)), None)
 
     def _sampling_points(self) -> list[tuple]:
-        """(task, source, knob, candidate) of the sampling choice: every candidate at every table knob value."""
+        """(task, source, knob, candidate) of the sampling choice: every candidate at the default knob value (the
+        first of the table grid, where the learning curve chose the checkpoint) on the whole validation split. At
+        every table knob value MedShift's eight candidates cost about 1.8 times its training budget on `tiny`; at
+        the default value, about 0.4 times."""
         if self.spec.preset in V.NO_SAMPLING_CHOICE:
             return []
         candidates = V.sampling_candidates(dict(self.method.hparams), type(self.method).sampling_grid)
-        return [(t, s, k, c) for t, task in self.tasks.items() for c in candidates for s in task.sources
-                for k in self.method.knob_grid]
+        knob = self.method.knob_grid[0]
+        return [(t, s, knob, c) for t, task in self.tasks.items() for c in candidates for s in task.sources]
 
     def sampling_plan(self) -> list[tuple]:
         """The translations of the sampling choice not yet recorded, as keys (`key`)."""
@@ -198,7 +201,7 @@ class Evaluator:
                 if ("val", V.sampling_label(c), t, s, k) not in have]
 
     def choose_sampling(self) -> dict[str, dict]:
-        """Score every sampling candidate (`validation.sampling_candidates`) at every table knob value on the whole
+        """Score every sampling candidate (`validation.sampling_candidates`) at the default knob value on the whole
         validation split; {task: the chosen settings} (`validation.best_sampling`), kept in `sampling_choice` for the
         knob choice and the test records. Nothing without a `sampling_grid`."""
         have = {point_key(r): r for r in self.records}
