@@ -1,0 +1,140 @@
+"""Few-step students (`methods.components.flowmap`) on per-pixel Gaussian domains, where MedShift's velocity and its
+flow between any two times are known in closed form (as in `test_medshift.py`): the MeanFlow identity holds for the
+exact average velocity in both directions and across labels, and a student trained on it with the teacher's
+velocity jumps in one evaluation to within a stated tolerance of the exact ODE solution."""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from methods.components.flowmap import FlowMapNet, flowmap_loss, jump, training_states, velocity_loss
+from methods.components.solvers import integrate
+
+SIGMA_MIN = 1e-4
+MU, SD = torch.tensor([0.4, -0.2], dtype=torch.float64), torch.tensor([0.3, 0.5], dtype=torch.float64)
+
+
+def s2(t, sd):
+    return (1 - (1 - SIGMA_MIN) * t) ** 2 + (t * sd) ** 2
+
+
+def teacher(x, t, labels, w):
+    """The exact CondOT velocity of class N(mu_c, sd_c^2) data, per pixel (guidance 1)."""
+    m, d, tt = (v.view(-1, *([1] * (x.dim() - 1))).to(x.dtype) for v in (MU[labels], SD[labels], t))
+    a = 1 - (1 - SIGMA_MIN) * tt
+    return m + (-(1 - SIGMA_MIN) * a + tt * d**2) / s2(tt, d) * (x - tt * m)
+
+
+def exact_map(x, s, t, labels):
+    """The ODE's flow from s to t under `labels`: it keeps each pixel's standard score."""
+    m, d, ss, tt = (v.view(-1, *([1] * (x.dim() - 1))).to(x.dtype) for v in (MU[labels], SD[labels], s, t))
+    return tt * m + torch.sqrt(s2(tt, d) / s2(ss, d)) * (x - ss * m)
+
+
+def exact_u(x, s, t, labels, w):
+    gap = (t - s).view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return (exact_map(x, s, t, labels) - x) / gap
+
+
+def _states(n=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data_class = torch.randint(0, 2, (n,), generator=g)
+    x_1 = (MU[data_class] + SD[data_class] * torch.randn(n, generator=g, dtype=torch.float64)).view(n, 1)
+    return training_states(x_1, 2, SIGMA_MIN, generator=g)
+
+
+def test_the_exact_average_velocity_satisfies_the_identity_both_ways_and_across_labels():
+    x, s, t, labels = _states()
+    assert (s > t).any() and (s < t).any()  # encode-leg (backwards) and decode-leg (forwards) jumps both
+    ones = torch.ones(len(s))
+    assert float(flowmap_loss(exact_u, teacher, x, s, t, labels, ones)) < 1e-12
+    # the average velocity of the *other* label (a student that ignores the label it is asked about) is no solution
+    assert float(flowmap_loss(lambda x_, s_, t_, c, w: exact_u(x_, s_, t_, 1 - c, w), teacher, x, s, t, labels,
+                              ones)) > 1e-3
+    # the velocity itself (an Euler jump) is no solution either, and guidance distillation's loss is zero for it
+    assert float(flowmap_loss(lambda x_, s_, t_, c, w: teacher(x_, s_, c, w), teacher, x, s, t, labels, ones)) > 1e-3
+    assert float(velocity_loss(lambda x_, s_, t_, c, w: teacher(x_, s_, c, w), teacher, x, s, labels, ones)) == 0
+
+
+def test_jumps_of_a_velocity_student_are_euler_steps_of_the_teacher():
+    x = torch.linspace(-1, 1, 7, dtype=torch.float64).view(7, 1)
+
+    def student(x_, s_, t_, c, w):
+        return teacher(x_, s_, c, w)
+
+    for s, t, k in ((1.0, 0.3, 3), (0.3, 1.0, 4)):
+        want = integrate(lambda y, tt: teacher(y, torch.full((7,), tt, dtype=torch.float64),
+                                               torch.zeros(7, dtype=torch.long), None), x, s, t, abs(t - s) / k)
+        torch.testing.assert_close(jump(student, x, s, t, 0, 1.0, jumps=k), want)
+
+
+class _Affine(nn.Module):
+    """u(x, s, t, c) = a(s, t, c) x + b(s, t, c), per pixel: a form that can hold the exact average velocity of these
+    domains (affine in x) but whose coefficients, an MLP of (s, t, c), are learned from the teacher's velocity alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(), nn.Linear(64, 2))
+
+    def forward(self, x, s, t, labels, w):
+        one_hot = nn.functional.one_hot(labels, 2).to(x.dtype)
+        a, b = self.net(torch.cat([s[:, None], t[:, None], one_hot], 1).to(x.dtype)).chunk(2, dim=1)
+        return a * x + b
+
+
+@pytest.mark.slow  # minutes on 2 cores (a Jacobian-vector product per iteration): `make test-slow`
+def test_a_trained_flow_map_jumps_in_one_step_to_the_exact_solution():
+    """Trained with the teacher's velocity only (never the closed form), half the batch on zero-length jumps.
+    Tolerance: RMS error of one jump within 5 % of the spread (SD) of the exact result, over states of either class
+    under either label, in both directions."""
+    torch.manual_seed(0)
+    student = _Affine().double()
+    iterations = 4000
+    opt = torch.optim.Adam(student.parameters(), 2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, iterations)
+    for it in range(iterations):
+        x, s, t, labels = _states(256, seed=it + 1)
+        t = torch.where(torch.rand(len(s), dtype=torch.float64) < 0.5, s, t)
+        loss = flowmap_loss(student, teacher, x, s, t, labels, torch.ones(len(s)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    g = torch.Generator().manual_seed(123)
+    for s, t in ((1.0, 0.3), (0.3, 1.0), (1.0, 0.6), (0.6, 1.0)):
+        for data_class in (0, 1):
+            for label in (0, 1):
+                n = 400
+                x_1 = MU[data_class] + SD[data_class] * torch.randn(n, 1, generator=g, dtype=torch.float64)
+                z = torch.randn(n, 1, generator=g, dtype=torch.float64)
+                x = (1 - (1 - SIGMA_MIN) * s) * z + s * x_1  # a state of the data's class at time s
+                want = exact_map(x, torch.full((n,), s), torch.full((n,), t), torch.full((n,), label))
+                got = jump(student, x, s, t, label, 1.0, jumps=1)
+                rms = float((got - want).pow(2).mean().sqrt())
+                assert rms < 0.05 * float(want.std()), (s, t, data_class, label, rms, float(want.std()))
+
+
+def test_the_flow_map_network_takes_both_times_the_label_and_the_guidance_weight():
+    net = FlowMapNet(16, 1, 8, (1, 2), n_labels=3)
+    x = torch.randn(2, 1, 16, 16)
+    s, t, c, w = torch.tensor([1.0, 0.4]), torch.tensor([0.3, 1.0]), torch.tensor([0, 2]), torch.tensor([1.0, 2.0])
+    out = net(x, s, t, c, w)
+    assert out.shape == x.shape
+    for other in (net(x, s, t.flip(0), c, w), net(x, s, t, c.flip(0), w), net(x, s, t, c, w.flip(0))):
+        assert not torch.allclose(out, other)
+    loss = flowmap_loss(net, lambda x_, t_, c_, w_: torch.zeros_like(x_), x, s, t, c, w)
+    loss.backward()  # the Jacobian-vector product runs through the U-Net and gradients reach every embedding
+    assert all(p.grad is not None for p in (net.label.weight, net.end.mlp[0].weight, net.weight.mlp[0].weight))
+    assert math.isfinite(float(loss))
+
+
+@pytest.mark.parametrize("times", ["zero", "both"])
+def test_training_states_draw_labels_apart_from_the_data(times):
+    x, s, t, labels = _states(2000)
+    if times == "zero":
+        g = torch.Generator().manual_seed(0)
+        _, s, t, _ = training_states(torch.zeros(10, 1), 2, SIGMA_MIN, generator=g, times="zero")
+        assert torch.equal(s, t)
+        return
+    assert 0.4 < float(labels.double().mean()) < 0.6 and float((s - t).abs().mean()) > 0.25
