@@ -70,7 +70,7 @@ def has_budget_axis(rows: pd.DataFrame) -> bool:
     return bool(len(rows)) and rows.groupby(["task", "base"])["budget"].nunique().max() > 1
 
 
-def _metrics(part: pd.DataFrame) -> list[str]:
+def metrics_of(part: pd.DataFrame) -> list[str]:
     """The metrics a verdict and the figure read: the ranking's realism metric, fidelity and the structure gap."""
     realism = next((m for m in part.get("realism_by", pd.Series(dtype=object)).dropna().unique()), None)
     return [m for m in (realism, "ssim_gt", STRUCTURE_GAP) if m and m in part and part[m].notna().any()]
@@ -86,7 +86,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
             continue
         lo_row, hi_row = (g[g["budget"] == b].iloc[0] for b in budgets[-2:])
         moved, changes = [], []
-        for m in _metrics(g):
+        for m in metrics_of(g):
             a, b = hi_row[SAMPLES].get(m), lo_row[SAMPLES].get(m)
             if a is None or b is None:
                 continue
@@ -134,7 +134,7 @@ def compute_markdown(rows: pd.DataFrame) -> str:
              "budget (rows not surely apart share a rank; paired upper bounds ranked among themselves). "
              "`benchmark/reporting/compute.py` says how verdicts are made.\n"]
     for task, part in rows.groupby("task", sort=False):
-        metrics = _metrics(part)
+        metrics = metrics_of(part)
         table = pd.DataFrame({
             "method": part["base"], "group": part["base"].map(method_group),
             "budget (FLOPs)": [f"{b:.2g}" for b in part["budget"]],
@@ -170,13 +170,13 @@ def compute_figure(table: pd.DataFrame, task: str):
     intervals; the references (no training) as horizontal lines. None without a budget axis."""
     import matplotlib.pyplot as plt
 
-    from benchmark.reporting.figures import method_style
+    from benchmark.reporting.styles import method_style
 
     rows = budget_rows(table)
     rows = rows[rows["task"] == task]
     if not has_budget_axis(rows):
         return None
-    metrics = _metrics(rows)
+    metrics = metrics_of(rows)
     refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
     for ax, m in zip(axes[0], metrics, strict=True):

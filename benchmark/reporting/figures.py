@@ -15,6 +15,7 @@ from benchmark.reporting.load import (
     split_variants,
     test_records,
 )
+from benchmark.reporting.styles import VARIANT_COLORS, method_style  # noqa: F401  (figures' public names)
 from benchmark.reporting.tables import REALISM_RANK_ORDER, TEXTURE_RANK_ORDER, realism_metric, summary
 from benchmark.reporting.utility_tables import (
     ORACLE,
@@ -24,20 +25,6 @@ from benchmark.reporting.utility_tables import (
     utility_summary,
 )
 from benchmark.scoring.declarations import METRICS
-
-VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
-
-
-def method_style(method: str, n_variant: int = 0) -> dict:
-    """A method's look (its declared `style`); a variant "medshift (guidance=3.0)" keeps its method's marker in its
-    own colour."""
-    info = method_info(method)
-    base = {"marker": "o", "label": method, **(info.get("style") or {})}
-    if info.get("group") == "external":  # translated outside the suite (`python -m benchmark score`)
-        base["label"] += " (external)"
-    if info and method == base_method(method):
-        return base
-    return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
 
 
 def common_seeds(df: pd.DataFrame) -> pd.DataFrame:

@@ -106,6 +106,10 @@ def _same(a: dict, b: dict) -> None:
 #: races the job, however busy the machine is.
 SIGNAL_AT_STEP_30 = """
 import os, signal
+# a suite started in the background by a non-interactive shell inherits SIGINT ignored, and a job then never sees
+# the Ctrl-C this test sends; a person's Ctrl-C reaches a foreground run with Python's default handler
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 import methods.medshift as m
 step = m.MedShift.training_step
 def signalled(self, batch, batch_idx):

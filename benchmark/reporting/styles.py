@@ -1,0 +1,19 @@
+"""How a method looks in figures: its declared `style` (colour, marker, label), read from its runs (`load.method_info`)
+without torch."""
+from __future__ import annotations
+
+from benchmark.reporting.load import base_method, method_info
+
+VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def method_style(method: str, n_variant: int = 0) -> dict:
+    """A method's look (its declared `style`); a variant "medshift (guidance=3.0)" keeps its method's marker in its
+    own colour."""
+    info = method_info(method)
+    base = {"marker": "o", "label": method, **(info.get("style") or {})}
+    if info.get("group") == "external":  # translated outside the suite (`python -m benchmark score`)
+        base["label"] += " (external)"
+    if info and method == base_method(method):
+        return base
+    return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
