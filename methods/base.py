@@ -100,6 +100,11 @@ class TranslationMethod(L.LightningModule):
     reference_row: ClassVar[bool] = False
     #: Whether training batches drop the incomplete last batch (False for one-pass statistics: every image counts).
     drop_last: ClassVar[bool] = True
+    #: Whether `translate(x, d, d, knob)` is a round trip worth reporting: an encoder-decoder between domain labels
+    #: (MedShift: encode to the knob's time under label d, decode under the same label), whose reconstruction error is
+    #: what the encoder's inversion costs apart from translation. The test records at the knob value validation chose
+    #: then carry `roundtrip_ssim` and `roundtrip_psnr` on the target's real test images (`Evaluator.round_trip`).
+    round_trip: ClassVar[bool] = False
     #: How figures draw it: {"color", "marker", "label"} (matplotlib names).
     style: ClassVar[dict] = {"marker": "o"}
     #: The smallest settings that still exercise every code path (the contract test fits with these).

@@ -55,6 +55,7 @@ class MedShift(TranslationMethod):
     knob_grid = (0.6, 0.45, 0.3)
     knob_bounds = (0.05, 0.95)  # tau = 0 starts from pure noise, tau = 1 is the identity
     knob_curve = (0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.3, 0.2, 0.1)
+    round_trip = True
     sampling_settings = ("guidance", "solver", "step_size", "encode_guidance")
     #: chosen on validation: guidance 1 (no guidance branch) or the paper's 2, Euler or Heun, the suite's CPU step
     #: or the authors' 0.04

@@ -60,6 +60,8 @@ class Evaluator:
         self.sets, self.references = {}, {}
         self.sha, self.setting = git_sha(), setting(spec)
         self.train: dict = {}
+        #: {translation key without a source: round-trip scores} (`round_trip`)
+        self.round_trips: dict = {}
         #: translations made elsewhere with the selected weights (`translate_sharded`), used once each
         self.translated: dict = {}
         #: {task: the sampling settings validation chose} (`choose_sampling`; empty: the configured ones)
@@ -263,7 +265,32 @@ class Evaluator:
                    train_flops=info.get("train_flops"), images_seen=info.get("images_seen"),
                    selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
                    resumed_from_steps=resumed, val_choice=val_choice)
+        if val_choice:
+            rec.update(self.round_trip(task_name, source, knob))
         return rec
+
+    def round_trip(self, task_name: str, source: str, knob) -> dict:
+        """{"roundtrip_ssim", "roundtrip_psnr"}: the mean SSIM and PSNR between the target domain's test images and
+        their round trip `translate(x, target, target, knob)` with the point's sampling settings, for a method whose
+        class declares `round_trip` (empty for the others; None where the target has no test images). Needs no
+        pairs; made once per (task, knob, sampling settings), shared by the task's sources."""
+        if not getattr(self.method, "round_trip", False):
+            return {}
+        target = self.tasks[task_name].target
+        key = self.key("test", task_name, "", knob)
+        if key not in self.round_trips:
+            try:
+                x_real = self.dataset.images(target, "test")[0]
+            except ValueError:
+                return dict(roundtrip_ssim=None, roundtrip_psnr=None)
+            from benchmark.scoring.metrics import psnr, ssim, to_unit
+
+            with self.sampling(dict(key[4])):
+                x_rt, _ = translate(self.method, x_real, target, target, knob)
+            a, b = to_unit(x_rt), to_unit(x_real)
+            self.round_trips[key] = dict(roundtrip_ssim=float(ssim(a, b).mean()),
+                                         roundtrip_psnr=float(psnr(a, b).mean()))
+        return self.round_trips[key]
 
 
 def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]:

@@ -173,3 +173,36 @@ def test_sampling_settings_are_config_keys():
 
     for name, cls in METHODS.items():
         assert set(cls.sampling_settings) <= set(method_defaults(cls)), name
+
+
+def test_the_round_trip_is_recorded_at_the_chosen_knob(ctx, micro):
+    """MedShift's test records at the validation-chosen tau carry the round trip of the target's real test images
+    (encode and decode under the target's label, with the chosen sampling settings), equal to skimage's SSIM and PSNR
+    of the run's own weights' round trip; the other records and a method without a round trip carry none."""
+    import numpy as np
+    import torch
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from benchmark.orchestration.utility import load_translator
+    from benchmark.run.evaluate import translate
+
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2])))
+    recs = of_split(run_one(spec, ctx))
+    chosen = [r for r in recs if r["val_choice"]]
+    assert chosen and all("roundtrip_ssim" not in r for r in recs if not r["val_choice"])
+    method, _ = load_translator(spec.folder(ctx.results_dir))
+    x = micro.images(chosen[0]["target"], "test")[0]
+    method.hparams.update(chosen[0]["sampling"] or {})
+    method.apply_sampling()
+    x_rt, _ = translate(method, x, chosen[0]["target"], chosen[0]["target"], chosen[0]["knob_value"])
+    a, b = (((t.double() + 1) / 2).clamp(0, 1).numpy()[:, 0] for t in (x_rt, x))
+    want_ssim = np.mean([structural_similarity(p, q, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                               data_range=1.0) for p, q in zip(a, b, strict=True)])
+    want_psnr = np.mean([peak_signal_noise_ratio(q, p, data_range=1.0) for p, q in zip(a, b, strict=True)])
+    for r in chosen:
+        assert r["roundtrip_ssim"] == pytest.approx(want_ssim, abs=1e-6)
+        assert r["roundtrip_psnr"] == pytest.approx(want_psnr, abs=1e-4)
+    assert 0 < want_ssim < 1 and torch.isfinite(x_rt).all()  # two iterations: far from the identity
+    ident = of_split(run_one(RunSpec("identity", preset="micro", data_root=str(micro.root.parent.parent)), ctx))
+    assert all("roundtrip_ssim" not in r for r in ident)
