@@ -392,10 +392,14 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
 
 
 def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path) -> list[Path]:
-    """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`)."""
-    if not df["setting"].astype(str).str.contains("budget=").any():
-        return []
+    """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`) and
+    medshift-ablation-<task> where MedShift has variants (`benchmark.reporting.ablation`): figures of the summary."""
+    from benchmark.reporting.ablation import ablation_figure, has_ablation
     from benchmark.reporting.compute import compute_figure
+
+    budgets = df["setting"].astype(str).str.contains("budget=").any()
+    if not budgets and not has_ablation(df.drop_duplicates("method")):
+        return []
     from benchmark.scoring.validity import valid_realism_metrics
 
     valid = {(d, p): valid_realism_metrics(tables_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
@@ -403,7 +407,8 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path) -> list[
     table = summary(df, {k: v for k, v in valid.items() if v is not None})
     paths = []
     for task in table["task"].unique():
-        fig = compute_figure(table, task)
-        if fig is not None:
-            paths += _save(fig, out_dir, f"compute-{task}")
+        for name, make in (("compute", compute_figure), ("medshift-ablation", ablation_figure)):
+            fig = make(table, task)
+            if fig is not None:
+                paths += _save(fig, out_dir, f"{name}-{task}")
     return paths

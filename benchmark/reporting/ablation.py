@@ -1,0 +1,172 @@
+"""MedShift's ablation (`medshift-ablation.md`, the `medshift-ablation-<task>` figure): each `--set`/`--vary` variant of
+MedShift (a fit of its own, e.g. `space=latent`, `base_channels=32`, `train_on=task`, or a sampling variant re-using
+the default fit, e.g. `solver=heun`, `encode_guidance=1`) at the knob value its validation chose, beside the default
+configuration and CycleGAN, with each variant's difference to the default and the encoder's round trip.
+
+A pure function of the summary table (`tables.summary`, with its `stats.Sample`s) and the records (round trip);
+budget variants (`budget=`) belong to `compute.md` and are left out.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import benchmark.reporting.stats as S
+from benchmark.reporting.load import base_method, test_records
+from benchmark.reporting.tables import SAMPLES, STRUCTURE_GAP, realism_metric, spec_of
+from benchmark.scoring.metrics import mean_ci_over_seeds
+
+ABLATED = "medshift"
+#: the unpaired method the ablation is read against (the one MedShift loses to on tiny)
+BESIDE = "cyclegan"
+#: columns with intervals, and those also differenced against the default configuration
+SHOWN = ("nps_flat", "ssim_gt", "ssim_src", STRUCTURE_GAP)
+DIFFERENCED = ("ssim_gt", STRUCTURE_GAP)
+FOOTER = (
+    "Each configuration at the knob value its validation chose (the row most of its seeds chose; `tau (share)` says "
+    "how many), mean over seeds ± half-width of the 95% interval over test subjects and seeds. Δ = the configuration "
+    "minus the default with the 95% interval of that difference (replicate by replicate on the shared test subjects; "
+    "seeds independent); bold where it excludes 0. Round trip: the target's real test images encoded to tau under "
+    "their own label and decoded under it (SSIM / PSNR to themselves; 1 / ∞ is a perfect inversion), mean over "
+    "seeds. A configuration with one seed has an interval over test subjects only. `setting` is the `--set`/`--vary` "
+    "that makes the variant; a fit variant trains again, a sampling variant re-uses the default fit's weights.")
+
+
+def is_ablation(method: str) -> bool:
+    return base_method(method) == ABLATED and method != ABLATED and "budget=" not in method
+
+
+def has_ablation(table: pd.DataFrame) -> bool:
+    return bool(len(table)) and table["method"].map(is_ablation).any()
+
+
+def chosen_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, method) the row of the knob value most of its seeds' validation chose (the first on a tie)."""
+    part = table.assign(_c=table["val_choice"].fillna(0.0) if "val_choice" in table else 0.0)
+    idx = part.groupby(["task", "method"], sort=False)["_c"].idxmax()
+    return table.loc[idx.to_numpy()]
+
+
+def round_trip(records: pd.DataFrame | None) -> dict:
+    """{(task, method): {"ssim": (mean, half), "psnr": (mean, half)}} over seeds, from the test records at the chosen
+    knob that carry a round trip (`Evaluator.round_trip`)."""
+    if records is None or "roundtrip_ssim" not in records:
+        return {}
+    recs = test_records(records)
+    recs = recs[recs["val_choice"].fillna(False).astype(bool) & recs["roundtrip_ssim"].notna()]
+    out = {}
+    for (task, method), g in recs.groupby(["task", "method"], sort=False):
+        per_seed = g.groupby("seed")[["roundtrip_ssim", "roundtrip_psnr"]].mean()
+        out[task, method] = {k: mean_ci_over_seeds(per_seed[f"roundtrip_{k}"].to_numpy(float)) for k in
+                             ("ssim", "psnr")}
+    return out
+
+
+def _cell(mean: float, half: float, digits: int = 3) -> str:
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if np.isfinite(half) and half > 0 else "")
+
+
+def _delta(row: pd.Series, default: pd.Series, metric: str) -> str:
+    a, b = row[SAMPLES].get(metric), default[SAMPLES].get(metric)
+    if a is None or b is None or not np.isfinite(a.mean) or not np.isfinite(b.mean):
+        return "n/a"
+    iv = S.difference(a, b)
+    if not np.isfinite(iv.lo):
+        return f"{iv.estimate:+.3f}"
+    text = f"{iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]"
+    return f"**{text}**" if iv.lo > 0 or iv.hi < 0 else text
+
+
+def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per configuration of MedShift (default first, then its variants) and the `BESIDE` method, per task
+    that has a variant; empty without one."""
+    rows = []
+    rt = round_trip(records)
+    for task, part in table.groupby("task", sort=False):
+        if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
+            continue
+        chosen = chosen_rows(part)
+        default = chosen[chosen["method"] == ABLATED].iloc[0]
+        variants = chosen[chosen["method"].map(is_ablation)].sort_values("method")
+        beside = chosen[chosen["method"] == BESIDE]
+        realism = realism_metric(chosen[chosen["method"].isin([ABLATED, BESIDE]) | chosen["method"].map(is_ablation)])
+        shown = ([realism] if realism else []) + [m for m in SHOWN if m in chosen]
+        for _, r in pd.concat([default.to_frame().T, variants, beside]).iterrows():
+            method = r["method"]
+            row = {"task": task, "configuration": "default" if method == ABLATED else
+                   method[len(ABLATED) + 2:-1] if is_ablation(method) else method}
+            share = r.get("val_choice")
+            knob = "–" if not r["knob"] else f"{r['knob']}={r['knob_value']}"
+            row["knob (share)"] = knob + (f" ({share:.0%})" if r["knob"] and pd.notna(share) else "")
+            row["seeds"] = f"{r['n_seeds']:g}"
+            for m in shown:
+                row[spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓")] = _cell(r[m], r.get(f"{m}_ci"))
+            for m in ([realism] if realism else []) + list(DIFFERENCED):
+                if m in chosen:
+                    row[f"Δ {spec_of(m).label}"] = "–" if method == ABLATED else _delta(r, default, m)
+            trip = rt.get((task, method))
+            row["round trip SSIM"] = _cell(*trip["ssim"]) if trip else "–"
+            row["round trip PSNR"] = _cell(*trip["psnr"], digits=1) if trip else "–"
+            row["nfe"] = f"{r['nfe']:g}" if pd.notna(r.get("nfe")) else "n/a"
+            row["params"] = f"{r['n_params'] / 1e6:.2f}M" if pd.notna(r.get("n_params")) else "n/a"
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_ablation(table: pd.DataFrame, records: pd.DataFrame | None, out_dir: Path) -> list[Path]:
+    """medshift-ablation.md where MedShift has variants (else none, and a stale one is removed)."""
+    from benchmark.protocol.records import atomic_write
+
+    path = Path(out_dir) / "medshift-ablation.md"
+    part = ablation_table(table, records)
+    if part.empty:
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write(path, part.to_markdown(index=False) + "\n\n" + FOOTER + "\n")
+    return [path]
+
+
+def ablation_figure(table: pd.DataFrame, task: str):
+    """medshift-ablation-<task>: realism (x) against fidelity (SSIM (gt), y), one point per configuration at its
+    chosen knob with its intervals on both axes; the default and CycleGAN drawn apart. None without variants."""
+    import matplotlib.pyplot as plt
+
+    from benchmark.reporting.styles import VARIANT_COLORS, method_style
+
+    part = table[table["task"] == task]
+    if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
+        return None
+    chosen = chosen_rows(part)
+    chosen = chosen[chosen["method"].isin([ABLATED, BESIDE]) | chosen["method"].map(is_ablation)]
+    x = realism_metric(chosen) or "nps_dist"
+    fig, ax = plt.subplots(figsize=(8.6, 4.4))
+    n = 0
+    for _, r in chosen.iterrows():
+        method = r["method"]
+        if is_ablation(method):
+            color, marker = VARIANT_COLORS[n % len(VARIANT_COLORS)], "osD^vP*X"[n % 8]
+            label = method[len(ABLATED) + 2:-1]
+            n += 1
+        else:
+            style = method_style(method)
+            color, marker = style.get("color", "black"), style.get("marker", "o")
+            label = "MedShift default" if method == ABLATED else style["label"]
+        err = [[r[f"{m}"] - r[f"{m}_lo"] for m in (x, "ssim_gt")], [r[f"{m}_hi"] - r[f"{m}"] for m in (x, "ssim_gt")]]
+        err = np.nan_to_num(np.asarray(err, float))
+        ax.errorbar(r[x], r["ssim_gt"], xerr=err[:, :1], yerr=err[:, 1:], color=color, marker=marker, capsize=3,
+                    markersize=8 if method in (ABLATED, BESIDE) else 6, linestyle="none",
+                    zorder=3 if method in (ABLATED, BESIDE) else 2,
+                    label=f"{label} ({r['knob']}={r['knob_value']}, {r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})"
+                    if r["knob"] else f"{label} ({r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})")
+    ax.set_xlabel(spec_of(x).label + " ↓  (realism)")
+    ax.set_ylabel(spec_of("ssim_gt").label + " ↑  (fidelity)")
+    ax.set_title(f"MedShift ablation, {chosen['dataset'].iloc[0]}/{chosen['preset'].iloc[0]} {task}: each at its "
+                 "validation-chosen knob", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    fig.tight_layout()
+    return fig

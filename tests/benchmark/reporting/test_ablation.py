@@ -1,0 +1,81 @@
+"""MedShift's ablation table and figure (`benchmark.reporting.ablation`) on records made here with known values: each
+configuration at the knob value its validation chose, its difference to the default with the interval of that
+difference (checked against the closed-form Welch interval), the round trip from the records, budget variants left
+to compute.md."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmark.reporting.ablation import ablation_figure, ablation_table, write_ablation
+from benchmark.reporting.tables import summary
+
+SPREAD = (-0.004, 0.0, 0.004)  # per-seed offsets: a small, known training noise
+
+
+def records(configs: dict) -> pd.DataFrame:
+    """{(method, setting): (ssim_gt at the chosen tau, chosen tau, seeds, round trip SSIM)} -> test records of the
+    seeds x 2 sources; MedShift rows at tau 0.3 and 0.6 (the other value 0.05 worse), the others without a knob."""
+    rows = []
+    for (method, setting), (gt, chosen_tau, n_seeds, trip) in configs.items():
+        name = f"{method} ({setting})" if setting else method
+        knobs = [(t, t == chosen_tau) for t in (0.3, 0.6)] if method == "medshift" else [("", True)]
+        for seed, d in enumerate(SPREAD[:n_seeds]):
+            for source in ("syn_low", "syn_high"):
+                for knob, chosen in knobs:
+                    worse = 0.0 if chosen else 0.05
+                    rows.append(dict(dataset="skull-sim", preset="tiny", task="sim2real", method=name,
+                                     setting=setting, seed=seed, source=source, split="test", step=None,
+                                     knob="tau" if method == "medshift" else "", knob_value=knob, val_choice=chosen,
+                                     nps_dist=0.2 + d + worse, ssim_gt=gt + d - worse, ssim_src=0.7 + d, protocol=3,
+                                     nfe=28 if method == "medshift" else 1, n_params=1.04e6,
+                                     roundtrip_ssim=trip + d if chosen and trip else None,
+                                     roundtrip_psnr=30.0 + 100 * d if chosen and trip else None))
+    return pd.DataFrame(rows)
+
+
+CONFIGS = {("identity", ""): (0.63, None, 3, None),
+           ("cyclegan", ""): (0.90, None, 3, None),
+           ("medshift", ""): (0.80, 0.3, 3, 0.95),
+           ("medshift", "solver=heun"): (0.85, 0.3, 3, 0.99),
+           ("medshift", "train_on=task"): (0.80, 0.3, 3, 0.95),
+           ("medshift", "space=latent"): (0.70, 0.6, 1, 0.90),
+           ("medshift", "budget=6.3e+13"): (0.95, 0.3, 3, 0.97)}
+
+
+@pytest.fixture(scope="module")
+def both():
+    recs = records(CONFIGS)
+    return summary(recs), recs
+
+
+def test_each_configuration_at_its_choice_with_its_difference_to_the_default(both):
+    table, recs = both
+    t = ablation_table(table, recs).set_index("configuration")
+    assert list(t.index) == ["default", "solver=heun", "space=latent", "train_on=task", "cyclegan"]  # no budget
+    assert t.loc["space=latent", "knob (share)"] == "tau=0.6 (100%)" and t.loc["space=latent", "seeds"] == "1"
+    assert t.loc["default", "knob (share)"] == "tau=0.3 (100%)" and t.loc["cyclegan", "knob (share)"] == "–"
+    # the difference's interval: Welch over two sets of 3 seeds with the same spread (no test-set replicates here)
+    var = np.var(SPREAD, ddof=1) / 3
+    dof = (2 * var) ** 2 / (2 * var ** 2 / 2)
+    half = stats.t.ppf(0.975, dof) * np.sqrt(2 * var)
+    col = [c for c in t.columns if c.startswith("Δ SSIM (gt)")][0]
+    assert t.loc["solver=heun", col] == f"**+0.050 [{0.05 - half:+.3f}, {0.05 + half:+.3f}]**"  # surely apart
+    assert t.loc["train_on=task", col] == f"+0.000 [{-half:+.3f}, {half:+.3f}]"  # not apart: not bold
+    assert t.loc["default", col] == "–"
+    assert t.loc["solver=heun", "round trip SSIM"].startswith("0.990 ± ")
+    assert t.loc["cyclegan", "round trip SSIM"] == "–"
+    assert t.loc["space=latent", "round trip SSIM"] == "0.896"  # one seed (offset -0.004): no interval
+
+
+def test_the_table_and_figure_exist_only_with_variants(both, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table, recs = both
+    path = write_ablation(table, recs, tmp_path)[0]
+    assert "| solver=heun" in path.read_text() and "Round trip" in path.read_text()
+    assert ablation_figure(table, "sim2real") is not None
+    plain = summary(records({k: v for k, v in CONFIGS.items() if k[1] in ("", "budget=6.3e+13")}))
+    assert write_ablation(plain, None, tmp_path) == [] and not path.exists()  # a stale one is removed
+    assert ablation_figure(plain, "sim2real") is None
