@@ -81,13 +81,19 @@ def beyond_edge(grid: list, best, bounds: tuple | None):
     return nxt if lo - 1e-9 <= nxt <= hi + 1e-9 and nxt not in values else None
 
 
-def sampling_candidates(config: dict, grid: dict) -> list[dict]:
+def sampling_candidates(config: dict, grid: dict, pinned=()) -> list[dict]:
     """The sampling settings validation chooses among (`TranslationMethod.sampling_grid`): the config's own values
-    first, then every other combination of the grid's values. Empty without a grid."""
+    first, then every other combination of the grid's values. Empty without a grid.
+
+    Args:
+        pinned: settings the run sets itself (`--set solver=heun`: an ablation of that setting); they keep the
+            config's value and validation chooses among the others only.
+    """
     import itertools
 
     if not grid:
         return []
+    grid = {k: (config[k],) if k in pinned else v for k, v in grid.items()}
     names = list(grid)
     own = {k: config[k] for k in names}
     out = [own]

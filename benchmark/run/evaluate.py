@@ -187,12 +187,14 @@ class Evaluator:
 
     def _sampling_points(self) -> list[tuple]:
         """(task, source, knob, candidate) of the sampling choice: every candidate at the default knob value (the
-        first of the table grid, where the learning curve chose the checkpoint) on the whole validation split. At
+        first of the table grid, where the learning curve chose the checkpoint) on the whole validation split; a
+        sampling setting the run sets (`--set`) is pinned (an ablation of it). At
         every table knob value MedShift's eight candidates cost about 1.8 times its training budget on `tiny`; at
         the default value, about 0.4 times."""
         if self.spec.preset in V.NO_SAMPLING_CHOICE:
             return []
-        candidates = V.sampling_candidates(dict(self.method.hparams), type(self.method).sampling_grid)
+        pinned = {k for k, _ in self.spec.overrides}  # `--set solver=heun`: that setting is the run's, not chosen
+        candidates = V.sampling_candidates(dict(self.method.hparams), type(self.method).sampling_grid, pinned)
         knob = self.method.knob_grid[0]
         return [(t, s, knob, c) for t, task in self.tasks.items() for c in candidates for s in task.sources]
 

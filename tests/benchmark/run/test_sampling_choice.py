@@ -91,3 +91,22 @@ def test_target_diffusion_rebuilds_its_sampler_from_the_settings():
     assert (m.ddpm.core.sampler, m.ddpm.core.num_inference_steps) == ("ddim", 50) and m.nfe(0.5) == 5 * before
     x = torch.zeros(1, 1, 16, 16)
     assert m.eval().translate(x, "a", "b", 0.1).shape == x.shape
+
+
+def test_a_setting_the_run_sets_is_pinned_and_the_others_are_chosen(micro, tmp_path, monkeypatch):
+    """`--set solver=heun` is an ablation of the solver: validation keeps it and chooses among the other settings."""
+    from dataclasses import replace
+
+    from methods.medshift import MedShift
+
+    grid = {"guidance": (2.0, 1.0), "step_size": (0.25, 0.5)}
+    assert V.sampling_candidates({"guidance": 2.0, "step_size": 0.5}, grid, pinned={"step_size"}) == [
+        {"guidance": 2.0, "step_size": 0.5}, {"guidance": 1.0, "step_size": 0.5}]
+    monkeypatch.setattr(MedShift, "sampling_grid", grid)
+    monkeypatch.setattr(V, "NO_SAMPLING_CHOICE", ())
+    spec = micro_spec(micro, "medshift", max_steps=20)
+    spec = replace(spec, overrides=spec.overrides + (("step_size", 0.5),))
+    records = run_one(spec, micro_ctx(tmp_path))
+    sampling = [r for r in records if str(r.get("step", "")).startswith(V.SAMPLING_STEP)]
+    assert {r["step"] for r in sampling} == {V.sampling_label({"guidance": g, "step_size": 0.5}) for g in (2.0, 1.0)}
+    assert all(r["sampling"]["step_size"] == 0.5 for r in records_of_test_split(records))
