@@ -195,7 +195,10 @@ COMMANDS = {
     "utility": ("does translated synthetic data train a segmenter that works on real images",
                 [lambda p: _method(p, ["all"], "method name(s) with finished runs, or 'all'"), _data,
                  lambda p: p.add_argument("--task", nargs="+", default=["sim2real", "dose"]),
-                 lambda p: p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2]), _results, _data_root]),
+                 lambda p: p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2]), _results, _data_root,
+                 lambda p: p.add_argument("--budgets", nargs="+", default=None, metavar="B",
+                                          help="the fits at these budgets (as run --budgets: 1x 3x 9x or FLOPs); "
+                                               "default: the headline fit")]),
     "perf": ("throughput of the scorer and of each method's translate", [_perf]),
     "weights": ("download Inception + AlexNet weights (needs internet)", [_weights]),
     "export": ("write a task's source images (and the target's training images) for a translator outside the suite",

@@ -95,7 +95,10 @@ def cmd_utility(args) -> int:
         if m not in METHODS and m not in external:
             raise UnknownName(f"unknown method {m!r}; available: {', '.join([*METHODS, *external])}, all")
     check_writable(args.results_dir)
-    run_utility(args.results_dir, methods, args.dataset, args.preset, args.seeds, args.task, args.data_root)
+    from benchmark.protocol.budget import budget_values
+
+    run_utility(args.results_dir, methods, args.dataset, args.preset, args.seeds, args.task, args.data_root,
+                budgets=budget_values(args.budgets, args.dataset, args.preset))
     return 0
 
 

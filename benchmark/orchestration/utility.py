@@ -158,9 +158,10 @@ def score_utility(pred: torch.Tensor, labels: torch.Tensor, subjects: list[str],
 
 
 # ------------------------------------------------------------------------------------------ finding the runs
-def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str) -> Path:
-    """The finished run folder of `method` (as configured: no `--set`, `--max-steps` or `--budget`) for `seed` whose
-    tasks include `task`, with its selected weights.
+def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str,
+             budget: float | None = None) -> Path:
+    """The finished run folder of `method` (as configured: no `--set` or `--max-steps`; at `budget`, None for the
+    preset's budget: the headline fit) for `seed` whose tasks include `task`, with its selected weights.
 
     Raises:
         RunError: none, or several, naming what to do.
@@ -171,15 +172,16 @@ def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: in
     for cfg_path in sorted(Path(results_dir).glob(f"runs/{method}/{dataset}-{preset}/seed{seed}-*/config.json")):
         spec = json.loads(cfg_path.read_text()).get("spec", {})
         if task in spec.get("tasks", ()) and not spec.get("overrides") and spec.get("max_steps") is None \
-                and spec.get("budget") is None:
+                and spec.get("budget") == budget:
             folder = cfg_path.parent
             translator = (folder / "checkpoints" / "selected.ckpt").is_file() or is_external(folder)
             if verify_done(folder) is None and translator:
                 found.append(folder)
     if not found:
-        raise RunError(f"utility: no finished {method} run of seed {seed} on {dataset}/{preset} {task} with weights "
-                       f"under {Path(results_dir) / 'runs'}; run `python -m benchmark run --method {method} --task "
-                       f"{task} --seeds {seed} --preset {preset}` first")
+        at = f" at budget {budget:g}" if budget is not None else ""
+        raise RunError(f"utility: no finished {method} run of seed {seed} on {dataset}/{preset} {task}{at} with "
+                       f"weights under {Path(results_dir) / 'runs'}; run `python -m benchmark run --method {method} "
+                       f"--task {task} --seeds {seed} --preset {preset}{f' --budget {budget:g}' if at else ''}` first")
     if len(found) > 1:
         raise RunError(f"utility: {len(found)} finished {method} runs of seed {seed} on {task}: "
                        f"{', '.join(p.name for p in found)}; keep one")
@@ -238,10 +240,16 @@ def _translated(method, dataset, task, split: str, knob) -> tuple[torch.Tensor, 
     return torch.cat(xs), scenes, sec
 
 
+def budget_setting(budget: float | None) -> str:
+    """The record's `setting` of a fit at `budget` (as the runner names it): "" for the preset's budget."""
+    return "" if budget is None else f"budget={budget:g}"
+
+
 def utility_record(results_dir: Path, method: str, dataset_name: str, preset: str, seed: int, task_name: str,
-                   data_root: str | None = None, settings: dict | None = None) -> dict:
-    """Translate, train the segmenter, test it: the utility record of one (method, seed, task); `method` may be
-    `ORACLE` (the segmenter trained on the target's own training images)."""
+                   data_root: str | None = None, settings: dict | None = None, budget: float | None = None) -> dict:
+    """Translate, train the segmenter, test it: the utility record of one (method, seed, task), of its fit at
+    `budget` (None: the headline fit); `method` may be `ORACLE` (the segmenter trained on the target's own training
+    images; no budget)."""
     settings = dict(settings or SEGMENTER)
     from benchmark.protocol.provenance import git_sha
     from datasets import Task, get_task, load_dataset
@@ -253,7 +261,7 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
         translator, knob, knob_name, run_id = None, None, None, None
         train_task = Task(ORACLE, (task.target,), task.target)
     else:
-        folder = find_run(results_dir, method, dataset_name, preset, seed, task_name)
+        folder = find_run(results_dir, method, dataset_name, preset, seed, task_name, budget)
         if is_external(folder):
             from benchmark.orchestration.external import ExternalTranslator
 
@@ -272,8 +280,9 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
     test = dataset.rows(task.target, "test")  # read once, after the segmenter's checkpoint is chosen
     pred = segment(net, dataset.load(test))
     scores = score_utility(pred, torch.from_numpy(load_labels(dataset, list(test["scene"]))), list(test["subject"]))
-    return dict(scores, method=method, setting="", dataset=dataset_name, preset=preset, task=task_name, seed=seed,
-                source="+".join(train_task.sources), target=task.target, knob=knob_name or "", knob_value=knob,
+    return dict(scores, method=method, setting=budget_setting(budget), dataset=dataset_name, preset=preset,
+                task=task_name, seed=seed, source="+".join(train_task.sources), target=task.target,
+                knob=knob_name or "", knob_value=knob,
                 split="utility", n_train=len(x_train), translate_sec=sec_train + sec_val, seg_sec=info["sec"],
                 seg_selected_step=info["selected_step"], seg_val_dice=info["val_dice"], seg_curve=info["curve"],
                 segmenter=settings, labels_version=LABELS_VERSION, utility_version=UTILITY_VERSION,
@@ -281,42 +290,56 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
                 generator_version=dataset.config.get("generator_version"))
 
 
-def record_path(results_dir: Path, dataset: str, preset: str, task: str, method: str, seed: int) -> Path:
-    return Path(results_dir) / "utility" / f"{dataset}-{preset}" / task / method / f"seed{seed}.json"
+def record_path(results_dir: Path, dataset: str, preset: str, task: str, method: str, seed: int,
+                budget: float | None = None) -> Path:
+    setting = budget_setting(budget)
+    return Path(results_dir) / "utility" / f"{dataset}-{preset}" / task / method / \
+        f"seed{seed}{'-' + setting if setting else ''}.json"
 
 
 def run_utility(results_dir: Path, methods: list[str], dataset: str, preset: str, seeds: list[int], tasks: list[str],
-                data_root: str | None = None, progress=print, settings: dict | None = None) -> list[dict]:
-    """Utility records of every (method, seed, task) (and the oracle's), computing the missing ones; a stored record
-    is kept when its utility version, segmenter settings and translator run are today's."""
+                data_root: str | None = None, progress=print, settings: dict | None = None,
+                budgets: list[float | None] = (None,)) -> list[dict]:
+    """Utility records of every (method, seed, task, budget) (and the oracle's, once: it has no budget), computing
+    the missing ones; a stored record is kept when its utility version, segmenter settings and translator run are
+    today's. `budgets`: the fits' budgets (`run --budgets`; None = the headline fit)."""
     settings = dict(settings or SEGMENTER)
     out = []
     for task in tasks:
         for method in list(dict.fromkeys(methods + [ORACLE])):
-            for seed in seeds:
-                path = record_path(results_dir, dataset, preset, task, method, seed)
-                if path.is_file():
-                    rec = json.loads(path.read_text())
-                    if rec.get("utility_version") == UTILITY_VERSION and rec.get("segmenter") == settings \
-                            and _current(rec, results_dir, method, dataset, preset, seed, task):
-                        out.append(rec)
-                        continue
-                rec = utility_record(results_dir, method, dataset, preset, seed, task, data_root, settings)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, json.dumps(rec) + "\n")
-                progress(f"utility {task} {method} seed {seed}: Dice {rec['dice']:.3f} "
-                         f"[{rec['dice_lo']:.3f}, {rec['dice_hi']:.3f}] (segmenter {rec['seg_sec']:.0f} s)")
-                out.append(rec)
+            for budget in ([None] if method == ORACLE else list(dict.fromkeys(budgets))):
+                for seed in seeds:
+                    out.append(_utility_point(results_dir, method, dataset, preset, seed, task, data_root, settings,
+                                              budget, progress))
     return out
 
 
-def _current(rec: dict, results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str) -> bool:
+def _utility_point(results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str, data_root,
+                   settings: dict, budget: float | None, progress) -> dict:
+    """The stored utility record of one point when it is current, else a new one (written atomically)."""
+    path = record_path(results_dir, dataset, preset, task, method, seed, budget)
+    if path.is_file():
+        rec = json.loads(path.read_text())
+        if rec.get("utility_version") == UTILITY_VERSION and rec.get("segmenter") == settings \
+                and _current(rec, results_dir, method, dataset, preset, seed, task, budget):
+            return rec
+    rec = utility_record(results_dir, method, dataset, preset, seed, task, data_root, settings, budget)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps(rec) + "\n")
+    at = f" at {budget_setting(budget)}" if budget is not None else ""
+    progress(f"utility {task} {method}{at} seed {seed}: Dice {rec['dice']:.3f} "
+             f"[{rec['dice_lo']:.3f}, {rec['dice_hi']:.3f}] (segmenter {rec['seg_sec']:.0f} s)")
+    return rec
+
+
+def _current(rec: dict, results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str,
+             budget: float | None = None) -> bool:
     """Whether a stored record still describes the translator run there is (kept when there is no run to compare
     with, e.g. committed records in a fresh clone)."""
     if method == ORACLE:
         return True
     try:
-        folder = find_run(results_dir, method, dataset, preset, seed, task)
+        folder = find_run(results_dir, method, dataset, preset, seed, task, budget)
     except RunError:
         return True
     return rec.get("translator_run") == json.loads((folder / "config.json").read_text())["run_id"]

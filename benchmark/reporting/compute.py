@@ -70,10 +70,25 @@ def has_budget_axis(rows: pd.DataFrame) -> bool:
     return bool(len(rows)) and rows.groupby(["task", "base"])["budget"].nunique().max() > 1
 
 
+#: downstream utility (`utility --budgets`, attached to the summary by `attach_utility`): shown, not in verdicts (its
+#: intervals come from the utility records, not from the summary's samples)
+UTILITY = "dice"
+
+
 def metrics_of(part: pd.DataFrame) -> list[str]:
-    """The metrics a verdict and the figure read: the ranking's realism metric, fidelity and the structure gap."""
+    """The metrics the table and the figure show: the ranking's realism metric, fidelity, the structure gap and,
+    where some point has it, downstream utility."""
     realism = next((m for m in part.get("realism_by", pd.Series(dtype=object)).dropna().unique()), None)
-    return [m for m in (realism, "ssim_gt", STRUCTURE_GAP) if m and m in part and part[m].notna().any()]
+    return [m for m in (realism, "ssim_gt", STRUCTURE_GAP, UTILITY) if m and m in part and part[m].notna().any()]
+
+
+def label_of(metric: str) -> str:
+    """A metric's column and axis label with its direction."""
+    if metric == UTILITY:
+        from benchmark.reporting.tables import UTILITY_LABEL
+
+        return UTILITY_LABEL
+    return spec_of(metric).label + (" ↑" if spec_of(metric).higher_is_better else " ↓")
 
 
 def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +147,9 @@ def compute_markdown(rows: pd.DataFrame) -> str:
              "Each row: a method at one training budget (a fit of its own), at the knob value validation chose; mean "
              "± half-width of the 95 % interval over test subjects and seeds; ranks among the methods at the same "
              "budget (rows not surely apart share a rank; paired upper bounds ranked among themselves). "
-             "`benchmark/reporting/compute.py` says how verdicts are made.\n"]
+             "`benchmark/reporting/compute.py` says how verdicts are made. Utility (Dice), where shown: the "
+             "downstream segmenter of `python -m benchmark utility --budgets ...` on the same fits (the seeds it ran; "
+             "not part of the verdicts).\n"]
     for task, part in rows.groupby("task", sort=False):
         metrics = metrics_of(part)
         table = pd.DataFrame({
@@ -141,8 +158,8 @@ def compute_markdown(rows: pd.DataFrame) -> str:
             "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
             "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
                 part["knob"], part["knob_value"], strict=True)],
-            **{spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓"): [
-                format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)] for m in metrics},
+            **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
+               for m in metrics},
             **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
         parts.append(f"## {task}\n\n" + table.to_markdown(index=False) + "\n")
         v = verdicts(part)
@@ -198,7 +215,7 @@ def compute_figure(table: pd.DataFrame, task: str):
                                               for b, k in ticks])
         ax.minorticks_off()
         ax.set_xlabel("training FLOPs (× the preset's budget)")
-        ax.set_ylabel(spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓"))
+        ax.set_ylabel(label_of(m))
         ax.set_title(f"{rows['dataset'].iloc[0]}/{rows['preset'].iloc[0]} {task}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()

@@ -388,10 +388,10 @@ def write_figures(results_dir: Path, out_dir: Path, tables_dir: Path | None = No
                                                              failed_realism(task_df, tables_dir)))):
             if fig is not None:
                 paths += _save(fig, out_dir, name)
-    return paths + _compute_figures(df, tables_dir, out_dir)
+    return paths + _compute_figures(df, tables_dir, out_dir, usum)
 
 
-def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path) -> list[Path]:
+def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd.DataFrame | None = None) -> list[Path]:
     """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`) and
     medshift-ablation-<task> where MedShift has variants (`benchmark.reporting.ablation`): figures of the summary."""
     from benchmark.reporting.ablation import ablation_figure, has_ablation
@@ -405,6 +405,8 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path) -> list[
     valid = {(d, p): valid_realism_metrics(tables_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
              .itertuples(index=False)}
     table = summary(df, {k: v for k, v in valid.items() if v is not None})
+    if usum is not None and len(usum):
+        table = attach_utility(table, usum)
     paths = []
     for task in table["task"].unique():
         for name, make in (("compute", compute_figure), ("medshift-ablation", ablation_figure)):

@@ -9,7 +9,7 @@ import pandas as pd
 
 import benchmark.reporting.stats as S
 from benchmark.protocol.records import atomic_write
-from benchmark.reporting.load import GROUP_LABELS, GROUPS, dataset_name, method_group, test_records
+from benchmark.reporting.load import GROUP_LABELS, GROUPS, base_method, dataset_name, method_group, test_records
 from benchmark.reporting.stats import Sample
 from benchmark.reporting.tables import (
     TABLE_METRICS,
@@ -36,6 +36,8 @@ def load_utility(results_dir: Path) -> pd.DataFrame:
     records = [json.loads(f.read_text()) for f in files]
     for r in records:  # written before skull-sim v3 (no generator version recorded): the v2 data, now skull-sim-v2
         r["dataset"] = dataset_name(r.get("dataset"), r.get("generator_version"))
+        if r.get("setting"):  # a fit at another budget is its own row, named as the records name it
+            r["method"] = f"{r['method']} ({r['setting']})"
     return pd.DataFrame(records)
 
 
@@ -114,7 +116,9 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
                     ratio = ratio[np.isfinite(ratio)]
                     if len(ratio) > 1:
                         out.loc[i, "gap_closed_lo"], out.loc[i, "gap_closed_hi"] = np.quantile(ratio, [0.025, 0.975])
-        for _, ranked in part[part["group"] != "reference"].groupby("group", sort=False):
+        # ranked: the methods as configured (a fit at another budget is read in compute.md, beside its method)
+        configured = part["method"] == part["method"].map(base_method)
+        for _, ranked in part[(part["group"] != "reference") & configured].groupby("group", sort=False):
             keys = [(dataset, preset, task, m) for m in ranked["method"]]
             if all(k in reps_of for k in keys):  # from the interval of each pair's difference, as the main tables
                 out.loc[ranked.index, "utility_rank"] = S.difference_ranks([reps_of[k] for k in keys], True)
@@ -175,7 +179,8 @@ def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, 
     if "dice" not in table:
         return pd.DataFrame()
     shown = metrics or [m for m in TABLE_METRICS if METRICS[m].axis in ("realism", "fidelity", "structure")]
-    for task, part in table[table["dice"].notna()].groupby("task", sort=False):
+    headline = table["method"] == table["method"].map(base_method)  # no budget variants (compute.md has those)
+    for task, part in table[table["dice"].notna() & headline].groupby("task", sort=False):
         learned = part[part["method"].map(method_group) != "reference"]
         for m in shown:
             if m not in learned or learned[m].notna().sum() < min_methods:
@@ -190,6 +195,7 @@ def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, 
 def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None = None) -> list[Path]:
     """`utility.md` and `utility.csv` (nothing when there are no utility records); with the summary `table` (utility
     attached), the metrics' rank correlations with utility under the table."""
+    usum = usum[usum["method"] == usum["method"].map(base_method)] if len(usum) else usum  # budgets: compute.md
     if usum.empty:
         return []
     paths = [out_dir / "utility.csv", out_dir / "utility.md"]

@@ -235,3 +235,45 @@ def test_a_gap_surely_above_zero_but_uncertain_gets_no_ratio():
     assert not gap_is_measured(Interval(0.10, 0.077, 0.123, 4.0))  # g = 0.053
     assert not gap_is_measured(Interval(0.0045, 0.003, 0.006, 4.0))  # surely > 0, but half a third of it
     assert not gap_is_measured(Interval(0.002, -0.001, 0.005, 4.0))  # not surely > 0
+
+
+def test_utility_at_each_budget(tmp_path, micro):
+    """`utility --budgets`: a record per fit at each budget (its own setting and file, the oracle once), named in the
+    tables as the records name the fit, attached to that fit's row of the compute table, kept out of utility.md's
+    ranking and correlations; a budget without a finished fit is refused with the command to run."""
+    import benchmark.orchestration.utility as U
+    from benchmark.protocol.budget import budget_values
+    from benchmark.protocol.config import RunSpec
+    from benchmark.reporting.compute import budget_rows, compute_markdown
+    from benchmark.reporting.load import load_records
+    from benchmark.reporting.tables import summary
+    from benchmark.reporting.utility_tables import attach_utility, load_utility, utility_summary, write_utility
+    from benchmark.run.context import RunContext
+    from benchmark.run.stages import run_one
+    from benchmark.scoring.scorer import Scorer
+
+    results, root = tmp_path / "r", str(micro.root.parent.parent)
+    ctx = RunContext(results, Scorer(weights_dir=tmp_path / "w", cache_dir=results / "cache", frd=False), quiet=True)
+    assert budget_values(["1x", "2x"], "skull-sim", "micro")[0] is None  # 1x: the headline fit (find_run's None)
+    budgets = budget_values(["1e10", "2e10"], "skull-sim", "micro")  # a few iterations each: seconds
+    for b in budgets:
+        run_one(RunSpec("cyclegan", preset="micro", data_root=root, budget=b), ctx)
+    recs = U.run_utility(results, ["cyclegan"], "skull-sim", "micro", [0], ["sim2real"], root,
+                         progress=lambda *_: None, settings=SMALL, budgets=budgets)
+    assert sorted((r["method"], r["setting"]) for r in recs) == [
+        ("cyclegan", "budget=1e+10"), ("cyclegan", "budget=2e+10"), ("oracle", "")]
+    runs = {r["setting"]: r["translator_run"] for r in recs if r["method"] == "cyclegan"}
+    assert runs["budget=1e+10"] != runs["budget=2e+10"]  # each budget's own fit translated
+    assert U.record_path(results, "skull-sim", "micro", "sim2real", "cyclegan", 0, budgets[1]).is_file()
+    usum = utility_summary(load_utility(results))
+    variant = "cyclegan (budget=2e+10)"
+    assert set(usum["method"]) == {"cyclegan (budget=1e+10)", variant, "oracle"}
+    assert np.isnan(usum.loc[usum["method"] == variant, "utility_rank"]).all()  # budget rows: compute.md's
+    paths = write_utility(usum, tmp_path)
+    assert "budget=" not in paths[1].read_text() and "oracle" in paths[1].read_text()
+    table = attach_utility(summary(load_records(results)), usum)
+    rows = budget_rows(table)
+    assert rows.set_index("method").loc[variant, "dice"] == pytest.approx(usum.set_index("method").loc[variant, "dice"])
+    assert "Utility (Dice)" in compute_markdown(rows)
+    with pytest.raises(RunError, match="--budget 9e"):
+        U.find_run(results, "cyclegan", "skull-sim", "micro", 0, "sim2real", budget=9e11)
