@@ -9,6 +9,7 @@ from .cyclegan import CycleGAN
 from .histmatch import HistMatch
 from .identity import Identity
 from .medshift import MedShift
+from .medshift_fewstep import MedShiftFewStep
 from .pix2pix import Pix2Pix
 from .sdedit import SDEdit
 from .unet_regression import UNetRegression
@@ -17,6 +18,7 @@ METHODS: dict[str, type[TranslationMethod]] = {
     "identity": Identity,
     "histmatch": HistMatch,
     "medshift": MedShift,
+    "medshift-fewstep": MedShiftFewStep,  # distils a finished medshift fit (its teacher): run after it
     "cyclegan": CycleGAN,
     "sdedit": SDEdit,
     "contourdiff": ContourDiff,

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import lightning as L
 import torch
@@ -53,11 +53,17 @@ class FitData:
         train_images: Returns every training image of the method's training domains, (N, 1, H, W) in [-1, 1].
         cache_dir: Where to cache what the method derives from the data (the runner's `<results>/cache`).
         identity: What identifies that data (dataset, config, split hash, domains): a cache key.
+        teacher: For a method that declares a `teacher`: that method's finished headline fit of the same seed and
+            data, at its selected weights (None otherwise).
+        teacher_info: The teacher's run: {"run_id", "folder", "train_flops", "sampling" (its validation-chosen
+            sampling settings on the run's task)}.
     """
 
     train_images: Callable[[], torch.Tensor]
     cache_dir: Path
     identity: dict
+    teacher: Any = None
+    teacher_info: dict | None = None
 
 
 def starts_optimizer_step(trainer, batch_idx: int) -> bool:
@@ -105,6 +111,13 @@ class TranslationMethod(L.LightningModule):
     #: what the encoder's inversion costs apart from translation. The test records at the knob value validation chose
     #: then carry `roundtrip_ssim` and `roundtrip_psnr` on the target's real test images (`Evaluator.round_trip`).
     round_trip: ClassVar[bool] = False
+    #: The registered method whose finished headline fit this one distils (a student), or None. The runner finds that
+    #: fit (same dataset, preset, seed and task; run it first) and hands it to `prepare_fit` (`FitData.teacher`); the
+    #: records name it (`teacher_run`, `teacher_train_flops`).
+    teacher: ClassVar[str | None] = None
+    #: Set True on the copy whose training step the budget measures (`budget.flops_per_iteration`): a method whose
+    #: step torch's FLOP counter cannot run (forward-mode AD) runs a stand-in of the same cost then.
+    counting_flops: bool = False
     #: How figures draw it: {"color", "marker", "label"} (matplotlib names).
     style: ClassVar[dict] = {"marker": "o"}
     #: The smallest settings that still exercise every code path (the contract test fits with these).

@@ -120,10 +120,17 @@ def run_parallel(results_dir: Path, methods: list[str], overrides: tuple = (), t
     cost = cost or {}
     groups: list[list[str]] = [[] for _ in range(max(1, jobs))]
     load = [0.0] * len(groups)
-    for method in sorted(methods, key=lambda m: -cost.get(m, 60.0)):
+    from methods import get_method
+
+    teachers = {m: get_method(m).teacher for m in methods if get_method(m).teacher in methods}
+    for method in sorted((m for m in methods if m not in teachers), key=lambda m: -cost.get(m, 60.0)):
         k = load.index(min(load))
         groups[k].append(method)
         load[k] += cost.get(method, 60.0)
+    for student, teacher in teachers.items():  # after its teacher, in its process: it distils the teacher's fit
+        k = next(i for i, g in enumerate(groups) if teacher in g)
+        groups[k].append(student)
+        load[k] += cost.get(student, 60.0)
     tasks = [(results_dir, g, overrides, threads, frd, budget, seed) for g in groups if g]
     if len(tasks) == 1:
         outs = [_worker(tasks[0])]

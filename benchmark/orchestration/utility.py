@@ -159,7 +159,7 @@ def score_utility(pred: torch.Tensor, labels: torch.Tensor, subjects: list[str],
 
 # ------------------------------------------------------------------------------------------ finding the runs
 def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str,
-             budget: float | None = None) -> Path:
+             budget: float | None = None, purpose: str = "utility") -> Path:
     """The finished run folder of `method` (as configured: no `--set` or `--max-steps`; at `budget`, None for the
     preset's budget: the headline fit) for `seed` whose tasks include `task`, with its selected weights.
 
@@ -179,11 +179,11 @@ def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: in
                 found.append(folder)
     if not found:
         at = f" at budget {budget:g}" if budget is not None else ""
-        raise RunError(f"utility: no finished {method} run of seed {seed} on {dataset}/{preset} {task}{at} with "
+        raise RunError(f"{purpose}: no finished {method} run of seed {seed} on {dataset}/{preset} {task}{at} with "
                        f"weights under {Path(results_dir) / 'runs'}; run `python -m benchmark run --method {method} "
                        f"--task {task} --seeds {seed} --preset {preset}{f' --budget {budget:g}' if at else ''}` first")
     if len(found) > 1:
-        raise RunError(f"utility: {len(found)} finished {method} runs of seed {seed} on {task}: "
+        raise RunError(f"{purpose}: {len(found)} finished {method} runs of seed {seed} on {task}: "
                        f"{', '.join(p.name for p in found)}; keep one")
     return found[0]
 

@@ -267,6 +267,8 @@ class Evaluator:
                    train_flops=info.get("train_flops"), images_seen=info.get("images_seen"),
                    selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
                    resumed_from_steps=resumed, val_choice=val_choice)
+        if info.get("teacher"):  # a distilled student (`TranslationMethod.teacher`): what it was distilled from
+            rec.update(teacher_run=info["teacher"]["run_id"], teacher_train_flops=info["teacher"]["train_flops"])
         if val_choice:
             rec.update(self.round_trip(task_name, source, knob))
         return rec

@@ -64,11 +64,38 @@ def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
     from methods import FitData
 
     _, domains = training_domains(spec, method, dataset)
+    teacher, info = find_teacher(spec, method, Path(cache_dir).parent)
+    method.teacher_info = info
     with user_input():  # e.g. a pretrained autoencoder folder named by `--set` that is not there
         method.prepare_fit(FitData(train_images=lambda: dataset.load(dataset.rows(domains, "train")),
                                    cache_dir=cache_dir,
                                    identity=dict(dataset=dataset.name, config=dataset.config,
-                                                 split=dataset.split_hash, domains=list(domains))))
+                                                 split=dataset.split_hash, domains=list(domains)),
+                                   teacher=teacher, teacher_info=info))
+
+
+def find_teacher(spec: RunSpec, method, results_dir: Path) -> tuple[object, dict | None]:
+    """(the teacher at its selected weights, its run's info) for a method that declares a `teacher`: that method's
+    finished fit as configured (no `--set`) of the same dataset, preset, seed, first task and budget (`--budget`: a
+    student at 3x distils the teacher's 3x fit) under `results_dir`; (None, None) for the others.
+
+    Raises:
+        RunError: no such fit, naming the command that makes it.
+    """
+    name = type(method).teacher
+    if not name:
+        return None, None
+    from benchmark.orchestration.utility import find_run, load_translator
+    from benchmark.protocol.records import read_records
+
+    folder = find_run(results_dir, name, spec.dataset, spec.preset, spec.seed, spec.tasks[0], spec.budget,
+                      purpose=f"{spec.method} distils a {name} fit")
+    teacher, cfg = load_translator(folder)
+    chosen = [r.get("sampling") for r in read_records(folder / "records.jsonl")
+              if r.get("split", "test") == "test" and r["task"] == spec.tasks[0] and r.get("val_choice")]
+    train = json.loads((folder / "train.json").read_text()) if (folder / "train.json").is_file() else {}
+    return teacher, dict(run_id=cfg["run_id"], folder=str(folder), train_flops=train.get("train_flops"),
+                         sampling=chosen[0] if chosen else None)
 
 
 def budget_plan(spec: RunSpec, config: dict, dataset, cache_dir: Path, folder: Path) -> dict:
@@ -338,6 +365,8 @@ def final_weights(run: PreparedRun, donor: Path | None, evaluator) -> dict:
                 train_flops=per_iter_flops * iters if per_iter_flops is not None else None,
                 images_seen=iters * batch_images(spec, method, run.dataset),
                 selection_metric=V.checkpoint_metric(chosen, criterion) if chosen else None)
+    if getattr(method, "teacher_info", None):
+        info["teacher"] = method.teacher_info
     atomic_write(info_path, json.dumps(info))
     return info
 

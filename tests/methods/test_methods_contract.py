@@ -12,6 +12,16 @@ def fit(name, tiny, precision="32-true", **extra):
     cls = get_method(name)
     method = cls(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal", image_size=tiny.size,
                  **{**cls.smoke_settings, **extra})
+    if cls.teacher:  # a student distils a fit of its teacher: an untrained one of the smoke size here
+        from pathlib import Path
+
+        from methods import FitData
+
+        t_cls = get_method(cls.teacher)
+        teacher = t_cls(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal",
+                        image_size=tiny.size, **t_cls.smoke_settings)
+        method.prepare_fit(FitData(train_images=lambda: None, cache_dir=Path("."), identity={}, teacher=teacher,
+                                   teacher_info=dict(run_id="untrained", sampling={"guidance": 1.0})))
     doms = cls.training_domains(tiny.domains, ("syn_low", "syn_high"), "real_normal")
     dm = TranslationDataModule(tiny, doms, batch_size=method.train_batch_size, pairing=cls.pairing,
                                target="real_normal", drop_last=cls.drop_last)
