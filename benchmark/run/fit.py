@@ -85,8 +85,8 @@ def find_teacher(spec: RunSpec, method, results_dir: Path) -> tuple[object, dict
     name = type(method).teacher
     if not name:
         return None, None
-    from benchmark.orchestration.utility import find_run, load_translator
     from benchmark.protocol.records import read_records
+    from benchmark.run.finished import find_run, load_translator
 
     folder = find_run(results_dir, name, spec.dataset, spec.preset, spec.seed, spec.tasks[0], spec.budget,
                       purpose=f"{spec.method} distils a {name} fit")
