@@ -277,16 +277,22 @@ class Evaluator:
         """{"roundtrip_ssim", "roundtrip_psnr"}: the mean SSIM and PSNR between the target domain's test images and
         their round trip `translate(x, target, target, knob)` with the point's sampling settings, for a method whose
         class declares `round_trip` (empty for the others; None where the target has no test images). Needs no
-        pairs; made once per (task, knob, sampling settings), shared by the task's sources."""
+        pairs; made once per (task, knob, sampling settings), shared by the task's sources. On aligned data the
+        target's test images are the aligned counterparts the points already loaded (the sources' scenes together:
+        each test scene is translated once), so the test split is not read again."""
         if not getattr(self.method, "round_trip", False):
             return {}
         target = self.tasks[task_name].target
         key = self.key("test", task_name, "", knob)
         if key not in self.round_trips:
-            try:
-                x_real = self.dataset.images(target, "test")[0]
-            except ValueError:
-                return dict(roundtrip_ssim=None, roundtrip_psnr=None)
+            parts = [self.split_set("test", task_name, s)[1] for s in self.tasks[task_name].sources]
+            if all(p is not None for p in parts):
+                x_real = torch.cat(parts)
+            else:
+                try:
+                    x_real = self.dataset.images(target, "test")[0]
+                except ValueError:
+                    return dict(roundtrip_ssim=None, roundtrip_psnr=None)
             from benchmark.scoring.metrics import psnr, ssim, to_unit
 
             with self.sampling(dict(key[4])):
