@@ -90,7 +90,8 @@ def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_f
     lines = [dict(r, _sha=record_sha(r)) for r in pd.concat([records, variant]).to_dict("records")]
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     paths = write_figures(tmp_path, tmp_path / "figures")
-    assert [p.name for p in paths if p.suffix == ".png"] == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png"]
+    assert [p.name for p in paths if p.suffix == ".png"] == ["tradeoff-sim2real.png", "tradeoff-sim2real-variants.png",
+                                                            "medshift-ablation-sim2real.png"]  # a variant: ablation
     assert all(p.with_suffix(".pdf") in paths for p in paths)  # every figure also as PDF, for the paper
 
 
