@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.errors import RunError
+from benchmark.protocol.config import budget_setting
 from benchmark.protocol.records import PROTOCOL_VERSION, atomic_write
 from benchmark.run.finished import find_run, is_external, load_translator  # noqa: F401  (utility's public names)
 
@@ -187,11 +188,6 @@ def _translated(method, dataset, task, split: str, knob) -> tuple[torch.Tensor, 
         xs.append(x)
         scenes += list(rows["scene"])
     return torch.cat(xs), scenes, sec
-
-
-def budget_setting(budget: float | None) -> str:
-    """The record's `setting` of a fit at `budget` (as the runner names it): "" for the preset's budget."""
-    return "" if budget is None else f"budget={budget:g}"
 
 
 def utility_record(results_dir: Path, method: str, dataset_name: str, preset: str, seed: int, task_name: str,

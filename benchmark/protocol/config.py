@@ -282,11 +282,16 @@ def check_allowed(method: str, key: str, value, rule, default) -> None:
         raise RunError(f"--set {key}={value!r}: {what}{method}'s {key} must lie in {rule} (default {shown})")
 
 
+def budget_setting(budget: float | None) -> str:
+    """How a setting names a fit at `budget` FLOPs, e.g. "budget=3e+15"; "" for the preset's budget (None)."""
+    return "" if budget is None else f"budget={budget:g}"
+
+
 def setting(spec: RunSpec) -> str:
     """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
     items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
     items += [f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []
-    return ",".join(items + ([f"budget={spec.budget:g}"] if spec.budget is not None else []))
+    return ",".join(items + [b for b in [budget_setting(spec.budget)] if b])
 
 
 def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:

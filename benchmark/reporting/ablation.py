@@ -15,7 +15,15 @@ import pandas as pd
 
 import benchmark.reporting.stats as S
 from benchmark.reporting.load import base_method, test_records
-from benchmark.reporting.tables import SAMPLES, STRUCTURE_GAP, realism_metric, spec_of
+from benchmark.reporting.tables import (
+    SAMPLES,
+    STRUCTURE_GAP,
+    format_cell,
+    label_of,
+    most_chosen,
+    realism_metric,
+    spec_of,
+)
 from benchmark.scoring.metrics import mean_ci_over_seeds
 
 ABLATED = "medshift"
@@ -42,13 +50,6 @@ def has_ablation(table: pd.DataFrame) -> bool:
     return bool(len(table)) and table["method"].map(is_ablation).any()
 
 
-def chosen_rows(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, method) the row of the knob value most of its seeds' validation chose (the first on a tie)."""
-    part = table.assign(_c=table["val_choice"].fillna(0.0) if "val_choice" in table else 0.0)
-    idx = part.groupby(["task", "method"], sort=False)["_c"].idxmax()
-    return table.loc[idx.to_numpy()]
-
-
 def round_trip(records: pd.DataFrame | None) -> dict:
     """{(task, method): {"ssim": (mean, half), "psnr": (mean, half)}} over seeds, from the test records at the chosen
     knob that carry a round trip (`Evaluator.round_trip`)."""
@@ -62,12 +63,6 @@ def round_trip(records: pd.DataFrame | None) -> dict:
         out[task, method] = {k: mean_ci_over_seeds(per_seed[f"roundtrip_{k}"].to_numpy(float)) for k in
                              ("ssim", "psnr")}
     return out
-
-
-def _cell(mean: float, half: float, digits: int = 3) -> str:
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    return f"{mean:.{digits}f}" + (f" ± {half:.{digits}f}" if np.isfinite(half) and half > 0 else "")
 
 
 def _delta(row: pd.Series, default: pd.Series, metric: str) -> str:
@@ -89,7 +84,7 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
     for task, part in table.groupby("task", sort=False):
         if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
             continue
-        chosen = chosen_rows(part)
+        chosen = most_chosen(part, ["task", "method"])
         default = chosen[chosen["method"] == ABLATED].iloc[0]
         variants = chosen[chosen["method"].map(is_ablation)].sort_values("method")
         beside = chosen[chosen["method"] == BESIDE]
@@ -104,13 +99,13 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
             row["knob (share)"] = knob + (f" ({share:.0%})" if r["knob"] and pd.notna(share) else "")
             row["seeds"] = f"{r['n_seeds']:g}"
             for m in shown:
-                row[spec_of(m).label + (" ↑" if spec_of(m).higher_is_better else " ↓")] = _cell(r[m], r.get(f"{m}_ci"))
+                row[label_of(m)] = format_cell(r[m], r.get(f"{m}_ci"), m, digits=3)
             for m in ([realism] if realism else []) + list(DIFFERENCED):
                 if m in chosen:
                     row[f"Δ {spec_of(m).label}"] = "–" if method == ABLATED else _delta(r, default, m)
             trip = rt.get((task, method))
-            row["round trip SSIM"] = _cell(*trip["ssim"]) if trip else "–"
-            row["round trip PSNR"] = _cell(*trip["psnr"], digits=1) if trip else "–"
+            row["round trip SSIM"] = format_cell(*trip["ssim"], "ssim_gt") if trip else "–"
+            row["round trip PSNR"] = format_cell(*trip["psnr"], "psnr_gt") if trip else "–"
             row["nfe"] = f"{r['nfe']:g}" if pd.notna(r.get("nfe")) else "n/a"
             row["params"] = f"{r['n_params'] / 1e6:.2f}M" if pd.notna(r.get("n_params")) else "n/a"
             rows.append(row)
@@ -140,7 +135,7 @@ def ablation_figure(table: pd.DataFrame, task: str):
     part = table[table["task"] == task]
     if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
         return None
-    chosen = chosen_rows(part)
+    chosen = most_chosen(part, ["task", "method"])
     chosen = chosen[chosen["method"].isin([ABLATED, BESIDE]) | chosen["method"].map(is_ablation)]
     x = realism_metric(chosen) or "nps_dist"
     fig, ax = plt.subplots(figsize=(8.6, 4.4))
@@ -162,8 +157,8 @@ def ablation_figure(table: pd.DataFrame, task: str):
                     zorder=3 if method in (ABLATED, BESIDE) else 2,
                     label=f"{label} ({r['knob']}={r['knob_value']}, {r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})"
                     if r["knob"] else f"{label} ({r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})")
-    ax.set_xlabel(spec_of(x).label + " ↓  (realism)")
-    ax.set_ylabel(spec_of("ssim_gt").label + " ↑  (fidelity)")
+    ax.set_xlabel(label_of(x) + "  (realism)")
+    ax.set_ylabel(label_of("ssim_gt") + "  (fidelity)")
     ax.set_title(f"MedShift ablation, {chosen['dataset'].iloc[0]}/{chosen['preset'].iloc[0]} {task}: each at its "
                  "validation-chosen knob", fontsize=9)
     ax.grid(alpha=0.3)

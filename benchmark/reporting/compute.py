@@ -20,7 +20,16 @@ import pandas as pd
 
 import benchmark.reporting.stats as S
 from benchmark.reporting.load import base_method, method_group
-from benchmark.reporting.tables import SAMPLES, STRUCTURE_GAP, add_ranks, format_cell, spec_of
+from benchmark.reporting.tables import (
+    SAMPLES,
+    STRUCTURE_GAP,
+    UTILITY,
+    add_ranks,
+    format_cell,
+    label_of,
+    most_chosen,
+    spec_of,
+)
 
 _BUDGET = re.compile(r"^budget=([0-9.eE+-]+)$")
 RANK_COLUMNS = ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank")
@@ -52,9 +61,7 @@ def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
                 for s, d, p in zip(rows["_setting"], rows["dataset"], rows["preset"], strict=True)])
     rows = rows.assign(multiple=[b / default[(d, p)] if default[(d, p)] else np.nan
                                  for b, d, p in zip(rows["budget"], rows["dataset"], rows["preset"], strict=True)])
-    chosen = rows["val_choice"].fillna(-1) if "val_choice" in rows else pd.Series(-1, index=rows.index)
-    rows = rows.assign(_chosen=chosen).sort_values("_chosen", ascending=False, kind="stable")
-    rows = rows.drop_duplicates(["dataset", "preset", "task", "base", "budget"]).drop(columns=["_chosen", "_setting"])
+    rows = most_chosen(rows, ["dataset", "preset", "task", "base", "budget"]).drop(columns=["_setting"])
     out = []
     for _, part in rows.groupby(["dataset", "preset", "task", "budget"], sort=False):
         ranked = add_ranks(part.assign(method=part["base"]).reset_index(drop=True))
@@ -70,25 +77,11 @@ def has_budget_axis(rows: pd.DataFrame) -> bool:
     return bool(len(rows)) and rows.groupby(["task", "base"])["budget"].nunique().max() > 1
 
 
-#: downstream utility (`utility --budgets`, attached to the summary by `attach_utility`): shown, not in verdicts (its
-#: intervals come from the utility records, not from the summary's samples)
-UTILITY = "dice"
-
-
 def metrics_of(part: pd.DataFrame) -> list[str]:
     """The metrics the table and the figure show: the ranking's realism metric, fidelity, the structure gap and,
     where some point has it, downstream utility."""
     realism = next((m for m in part.get("realism_by", pd.Series(dtype=object)).dropna().unique()), None)
     return [m for m in (realism, "ssim_gt", STRUCTURE_GAP, UTILITY) if m and m in part and part[m].notna().any()]
-
-
-def label_of(metric: str) -> str:
-    """A metric's column and axis label with its direction."""
-    if metric == UTILITY:
-        from benchmark.reporting.tables import UTILITY_LABEL
-
-        return UTILITY_LABEL
-    return spec_of(metric).label + (" ↑" if spec_of(metric).higher_is_better else " ↓")
 
 
 def verdicts(rows: pd.DataFrame) -> pd.DataFrame:

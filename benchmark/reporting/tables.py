@@ -79,6 +79,25 @@ def spec_of(metric: str) -> MetricSpec:
 #: computed from); never written to a file.
 SAMPLES = "_samples"
 UTILITY_LABEL = "Utility (Dice) ↑"
+#: downstream utility's column in a summary that has it (`utility_tables.attach_utility`)
+UTILITY = "dice"
+
+
+def label_of(metric: str) -> str:
+    """A metric's column and axis label with its direction, e.g. "SSIM (gt) ↑"."""
+    if metric == UTILITY:
+        return UTILITY_LABEL
+    return f"{spec_of(metric).label} {spec_of(metric).arrow}"
+
+
+def most_chosen(table: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per group of `keys`, the row of the knob value most of its seeds' validation chose (`val_choice`, the share
+    of seeds x sources; the first row on a tie or without a choice)."""
+    if table.empty:
+        return table
+    share = table["val_choice"].astype(float).fillna(-1.0) if "val_choice" in table else pd.Series(-1.0, table.index)
+    idx = share.groupby([table[k] for k in keys], sort=False).idxmax()
+    return table.loc[idx.to_numpy()]
 
 
 def seed_replicates(g: pd.DataFrame, metric: str) -> np.ndarray | None:
@@ -244,10 +263,11 @@ def add_ranks(out: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def format_cell(mean: float, half: float, metric: str) -> str:
+def format_cell(mean: float, half: float, metric: str, digits: int | None = None) -> str:
+    """"mean ± half" in the metric's precision (or `digits`); "n/a" for a missing or non-finite mean."""
     if mean is None or not np.isfinite(mean):
         return "n/a"
-    digits = 1 if metric in ("psnr_src", "psnr_gt", "fid", "train_sec") else 3
+    digits = digits if digits is not None else 1 if metric in ("psnr_src", "psnr_gt", "fid", "train_sec") else 3
     if metric == "n_params":
         return f"{mean / 1e6:.2f}M"
     if metric == "sec_per_image":
@@ -277,7 +297,7 @@ def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
             best = part.max() if spec_of(m).higher_is_better else part.min()
             if np.isfinite(r[m]) and r[m] == best and part.notna().sum() > 1 and method_group(r["method"]) != "paired":
                 cell = f"\\textbf{{{cell}}}" if tex else f"**{cell}**"
-            row[f"{spec_of(m).label} {spec_of(m).arrow}"] = cell
+            row[label_of(m)] = cell
         if "dice" in table and table["dice"].notna().any():
             row[UTILITY_LABEL] = "–" if pd.isna(r["dice"]) else format_cell(r["dice"], r["dice_ci"], "dice")
         for m in ("realism_rank", "texture_rank", "structure_rank", "fidelity_rank", "avg_rank", "utility_rank"):

@@ -15,6 +15,7 @@ from benchmark.reporting.tables import (
     TABLE_METRICS,
     UTILITY_LABEL,
     format_cell,
+    most_chosen,
     overlap_rank,
     resampled_seed_means,
     seed_replicates,
@@ -162,7 +163,7 @@ def attach_utility(table: pd.DataFrame, usum: pd.DataFrame) -> pd.DataFrame:
                      & (table["task"] == u["task"]) & (table["method"] == u["method"])]
         if rows.empty:
             continue
-        pick = rows["val_choice"].fillna(0).idxmax() if "val_choice" in rows else rows.index[0]
+        pick = most_chosen(rows, ["method"]).index[0]
         for col in ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank"):
             table.loc[pick, col] = u[col]
     return table
