@@ -25,7 +25,7 @@ def default_data_root() -> Path:
 
 def _load_skull_sim(preset: str = DEFAULT_PRESET, data_root: str | Path | None = None, seed: int = 0,
                     jitter: bool = False, progress: Callable | None = None, version: str | None = None,
-                    **_) -> XrayDataset:
+                    misregister: float = 0.0, **_) -> XrayDataset:
     import json
 
     import pandas as pd
@@ -35,14 +35,16 @@ def _load_skull_sim(preset: str = DEFAULT_PRESET, data_root: str | Path | None =
     get_preset(preset)
     version = version or GENERATOR_VERSION
     name = "skull-sim" if version == GENERATOR_VERSION else f"skull-sim-v{version}"
-    root = dataset_folder(data_root or default_data_root(), preset, seed, jitter=jitter, version=version)
-    generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress, version=version)
+    root = dataset_folder(data_root or default_data_root(), preset, seed, jitter=jitter, version=version,
+                          misregister=misregister)
+    generate(root, preset=preset, seed=seed, jitter=jitter, progress=progress, version=version, misregister=misregister)
     meta = json.loads((root / "dataset.json").read_text())
     manifest = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
     return XrayDataset(name=name, root=root, manifest=manifest, domains=DOMAINS,
                        size=int(meta["preset_config"]["size"]), aligned=not jitter,
                        config=dict(dataset=name, preset=preset, seed=seed, jitter=jitter, root=str(root),
-                                   generator_version=meta["generator_version"]))
+                                   generator_version=meta["generator_version"],
+                                   **({"misregister_mm": misregister} if misregister else {})))
 
 
 def _load_skull_sim_v2(**kwargs) -> XrayDataset:
@@ -50,19 +52,27 @@ def _load_skull_sim_v2(**kwargs) -> XrayDataset:
 
 
 def _load_folder(preset: str = "", data_root: str | Path | None = None, config: str | Path | None = None,
-                 skip_bad: bool = False, **_) -> XrayDataset:
+                 skip_bad: bool = False, misregister: float = 0.0, **_) -> XrayDataset:
     from .folder import scan_folder
 
+    _no_misregister("folder", misregister)
     if config is None:
         raise ValueError("dataset 'folder' needs --dataset-config PATH (a YAML mapping domains to sub-folders)")
     return scan_folder(config, data_root, skip_bad=skip_bad)
 
 
 def _load_xdigiskull(preset: str = "", data_root: str | Path | None = None, config: str | Path | None = None,
-                     skip_bad: bool = False, **_) -> XrayDataset:
+                     skip_bad: bool = False, misregister: float = 0.0, **_) -> XrayDataset:
     from .folder import scan_folder
 
+    _no_misregister("x-digiskull", misregister)
     return scan_folder(config or "x-digiskull", data_root, skip_bad=skip_bad)
+
+
+def _no_misregister(name: str, misregister: float) -> None:
+    if misregister:
+        raise ValueError(f"--misregister {misregister:g}: dataset {name!r} holds acquired images; misregistration is "
+                         "a skull-sim generator option (use --dataset skull-sim)")
 
 
 #: name -> loader(preset, data_root, ...) returning an XrayDataset.
@@ -74,10 +84,12 @@ DATASETS: dict[str, Callable[..., XrayDataset]] = {
 }
 
 
-def _skull_sim_domains(preset: str = DEFAULT_PRESET, **_) -> tuple[str, ...]:
-    from .skull_sim import DOMAINS, get_preset
+def _skull_sim_domains(preset: str = DEFAULT_PRESET, jitter: bool = False, misregister: float = 0.0,
+                       **_) -> tuple[str, ...]:
+    from .skull_sim import DOMAINS, check_misregister, get_preset
 
-    get_preset(preset)  # an unknown preset fails here, before any work
+    get_preset(preset)  # an unknown preset or a bad option fails here, before any work
+    check_misregister(misregister, jitter)
     return DOMAINS
 
 

@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--split-seed", type=int, default=0)
     gen.add_argument("--out", type=Path, help="output folder (default: $XRAYBENCH_DATA or ./data)")
     gen.add_argument("--jitter", action="store_true", help="small pose jitter between synthetic and real")
+    gen.add_argument("--misregister", type=float, default=0.0, metavar="MM",
+                     help="shift every scene's synthetic pose by MM mm against its real pose (paired, misregistered; "
+                          "as between a simulator and a physical phantom); 0 = none")
     gen.add_argument("--dicom", action="store_true", help="also write DX DICOM files")
     gen.add_argument("--workers", type=int, default=None)
     gen.add_argument("--force", action="store_true", help="regenerate even if a complete copy exists")
@@ -58,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
             get_preset(args.preset)
             version = "2" if args.dataset == "skull-sim-v2" else GENERATOR_VERSION
             out = args.out or dataset_folder(default_data_root(), args.preset, args.seed, args.split_seed, args.jitter,
-                                             version)
+                                             version, args.misregister)
             progress, update = _progress_bar(f"{args.dataset} {args.preset}: subjects")
             with progress:
                 generate(out, args.preset, args.seed, args.split_seed, args.jitter, args.dicom, args.workers,
-                         args.force, progress=update, version=version)
+                         args.force, progress=update, version=version, misregister=args.misregister)
             print(f"dataset ready: {out}")
         elif args.command == "labels":
             from .labels import ensure_labels

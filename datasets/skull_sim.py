@@ -85,10 +85,41 @@ PRESETS: dict[str, Preset] = {
 
 
 def dataset_folder(data_root: Path, preset: str, seed: int = 0, split_seed: int = 0, jitter: bool = False,
-                   version: str = GENERATOR_VERSION) -> Path:
+                   version: str = GENERATOR_VERSION, misregister: float = 0.0) -> Path:
     """Where the loader and `python -m datasets generate` keep one generated variant (never shared by two)."""
     name = f"{preset}-seed{seed}" + (f"-split{split_seed}" if split_seed else "") + ("-jitter" if jitter else "")
+    name += f"-misreg{check_misregister(misregister, jitter):g}mm" if misregister else ""
     return Path(data_root) / "skull-sim" / f"{name}-v{check_version(version)}"
+
+
+#: Largest `misregister` (mm): a few pixels of `tiny` at the isocentre; beyond it the scenes are no longer "aligned".
+MAX_MISREGISTER_MM = 10.0
+
+
+def check_misregister(mm: float, jitter: bool = False) -> float:
+    """`mm` as a float in [0, MAX_MISREGISTER_MM], or a one-line error naming the value and the fix."""
+    try:
+        mm = float(mm)
+    except (TypeError, ValueError):
+        raise ValueError(f"--misregister {mm!r}: expected a distance in mm, e.g. 2") from None
+    if not 0.0 <= mm <= MAX_MISREGISTER_MM:
+        raise ValueError(f"--misregister {mm:g}: must lie in [0, {MAX_MISREGISTER_MM:g}] mm")
+    if mm and jitter:
+        raise ValueError("--misregister and --jitter are alternatives (a fixed shift of paired scenes, or unpaired "
+                         "scenes under random pose differences): pass one")
+    return mm
+
+
+def misregistration(seed: int, subject: int, view_index: int, mm: float) -> np.ndarray:
+    """The shift (mm, 3D) of a scene's simulated pose against its acquired (real) pose under `--misregister mm`: a
+    rigid translation of exactly `mm` in a direction uniform on the sphere, from its own stream (nothing else a scene
+    draws changes)."""
+    direction = np.random.default_rng([seed, subject, view_index, MISREGISTER_STREAM]).normal(size=3)
+    return mm * direction / np.linalg.norm(direction)
+
+
+#: The seed-sequence word of the misregistration stream (outside the domain indices that the noise streams use).
+MISREGISTER_STREAM = 1000
 
 
 def check_version(version: str) -> str:
@@ -97,10 +128,13 @@ def check_version(version: str) -> str:
     return str(version)
 
 
-def _identity(preset: str, seed: int, split_seed: int, jitter: bool, dicom: bool, version: str) -> dict:
-    """The fields of `dataset.json` that a cached copy must match to be reused."""
+def _identity(preset: str, seed: int, split_seed: int, jitter: bool, dicom: bool, version: str,
+              misregister: float = 0.0) -> dict:
+    """The fields of `dataset.json` that a cached copy must match to be reused (`misregister` only when set, so that
+    a copy generated before the option existed still matches)."""
     return dict(preset=preset, preset_config=asdict(get_preset(preset)), seed=seed, split_seed=split_seed,
-                jitter=jitter, dicom=dicom, generator_version=version)
+                jitter=jitter, dicom=dicom, generator_version=version, **({"misregister_mm": misregister}
+                                                                           if misregister else {}))
 
 
 def get_preset(name: str) -> Preset:
@@ -149,10 +183,12 @@ def scene_pose(seed: int, subject: int, view_index: int) -> tuple[np.random.Gene
 
 def render_scene(seed: int, subject: int, preset_name: str, view_index: int, jitter: bool = False,
                  version: str = GENERATOR_VERSION, domains: tuple[str, ...] = DOMAINS, draw: int = 0,
-                 detail: bool | None = None) -> dict:
+                 detail: bool | None = None, misregister: float = 0.0) -> dict:
     """One scene in `domains`: {"lengths": the coarse head's path lengths in the real pose, domain: display image}.
     `draw` > 0 renders the real domains with another realisation of the fine anatomy, under the same noise;
-    `detail=False` renders v3's real domains without it, under the same noise (what the anatomy adds)."""
+    `detail=False` renders v3's real domains without it, under the same noise (what the anatomy adds);
+    `misregister` (mm) renders the synthetic domains with the head shifted by that much (`misregistration`), as
+    between a simulator and the physical phantom it models: the scenes stay paired, their pixels no longer agree."""
     preset = PRESETS[preset_name]
     view_name = preset.views[view_index]
     geom = Geometry()
@@ -165,6 +201,9 @@ def render_scene(seed: int, subject: int, preset_name: str, view_index: int, jit
         d_pose, d_shift = _scene_pose(pose_rng, 1.5, 3.0)
         syn_lengths = project(coarse, VIEWS[view_name], preset.size, geom, preset.supersample,
                               d_pose @ pose, shift + d_shift)
+    elif misregister:
+        syn_lengths = project(coarse, VIEWS[view_name], preset.size, geom, preset.supersample, pose,
+                              shift + misregistration(seed, subject, view_index, misregister))
     detail = check_version(version) != "2" if detail is None else detail
     if detail and any(DOMAIN_STYLES[d].kind == "real" for d in domains):
         real_lengths = project(subject_head(seed, subject, detail=True, draw=draw), VIEWS[view_name], preset.size,
@@ -183,17 +222,18 @@ def render_subject(args: tuple) -> list[dict]:
     """Render every view and domain of one subject (worker function; writes files under `root`).
 
     Args:
-        args: (root, seed, subject, preset name, jitter[, generator version]).
+        args: (root, seed, subject, preset name, jitter[, generator version[, misregister mm]]).
     """
     root, seed, subject, preset_name, jitter, *rest = args
     version = rest[0] if rest else GENERATOR_VERSION
+    misregister = rest[1] if len(rest) > 1 else 0.0
     preset = PRESETS[preset_name]
     from .io import write_png16  # local import keeps workers light
 
     rows = []
     for v_idx, view_name in enumerate(preset.views):
         scene = f"s{subject:03d}_{view_name}"
-        images = render_scene(seed, subject, preset_name, v_idx, jitter, version)
+        images = render_scene(seed, subject, preset_name, v_idx, jitter, version, misregister=misregister)
         lengths = images.pop("lengths")
         np.savez_compressed(root / "paths" / f"{scene}.npz", lengths=lengths.astype(np.float16),
                             materials=np.array(MATERIALS))
@@ -211,9 +251,9 @@ def render_subject(args: tuple) -> list[dict]:
 
 def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0, jitter: bool = False,
              dicom: bool = False, workers: int | None = None, force: bool = False, progress=None,
-             version: str = GENERATOR_VERSION) -> Path:
+             version: str = GENERATOR_VERSION, misregister: float = 0.0) -> Path:
     """Generate `skull-sim` into `out` atomically; return `out`. A complete `out` is reused when its
-    `dataset.json` matches the request (preset, seed, split seed, jitter, DICOM, generator version).
+    `dataset.json` matches the request (preset, seed, split seed, jitter, DICOM, generator version, misregister).
 
     Args:
         out: Destination folder (must not exist, or be a complete dataset, or `force`).
@@ -226,6 +266,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
         force: Regenerate even if a complete dataset exists.
         progress: Optional callable(done, total) for progress display.
         version: Generator version (`GENERATOR_VERSIONS`): "3" with real-domain fine anatomy, "2" without.
+        misregister: Shift (mm) of every scene's synthetic pose against its real pose (`render_scene`); 0 = none.
 
     Raises:
         FileExistsError: `out` exists and is not a complete skull-sim dataset, or holds another variant.
@@ -235,13 +276,15 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
     out = Path(out)
     cfg = get_preset(preset)
     version = check_version(version)
+    misregister = check_misregister(misregister, jitter)
     if is_complete(out) and not force:
-        want = json.loads(json.dumps(_identity(preset, seed, split_seed, jitter, dicom, version)))  # as stored
+        want = json.loads(json.dumps(_identity(preset, seed, split_seed, jitter, dicom, version, misregister)))
         have = json.loads((out / "dataset.json").read_text())
-        diff = [k for k in want if have.get(k) != want[k] and not (k == "dicom" and have.get(k) and not dicom)]
+        diff = [k for k in [*want, *{"misregister_mm"} - set(want)] if have.get(k) != want.get(k)
+                and not (k == "dicom" and have.get(k) and not dicom)]
         if diff:
             k = diff[0]
-            raise FileExistsError(f"{out} holds skull-sim with {k}={have.get(k)!r}, not the requested {want[k]!r}; "
+            raise FileExistsError(f"{out} holds skull-sim with {k}={have.get(k)!r}, not the requested {want.get(k)!r}; "
                                   "pass another --out (or --data-root), or --force to regenerate it")
         return out
     if out.exists() and not is_complete(out) and not force:
@@ -252,7 +295,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
     for sub in ["paths", "masks"] + [f"images/{d}" for d in DOMAINS]:
         (tmp / sub).mkdir(parents=True)
     t_start = time.time()
-    jobs = [(tmp, seed, s, preset, jitter, version) for s in range(cfg.n_subjects)]
+    jobs = [(tmp, seed, s, preset, jitter, version, misregister) for s in range(cfg.n_subjects)]
     workers = workers or min(os.cpu_count() or 1, 8)
     rows: list[dict] = []
     try:
@@ -278,7 +321,7 @@ def generate(out: Path, preset: str = "tiny", seed: int = 0, split_seed: int = 0
                 dcm.parent.mkdir(parents=True, exist_ok=True)
                 write_dicom_dx(dcm, tmp / r["path"], r)
         _write_manifest(tmp / "manifest.csv", rows)
-        meta = dict(dataset="skull-sim", **_identity(preset, seed, split_seed, jitter, dicom, version),
+        meta = dict(dataset="skull-sim", **_identity(preset, seed, split_seed, jitter, dicom, version, misregister),
                     domains=list(DOMAINS), styles={d: s.to_dict() for d, s in DOMAIN_STYLES.items()},
                     geometry=asdict(Geometry()), n_images=len(rows),
                     manifest_sha256=sha256_file(tmp / "manifest.csv"),

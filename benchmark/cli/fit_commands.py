@@ -22,7 +22,8 @@ def cmd_run(args) -> int:
             raise UnknownName(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
     with user_input():  # an unknown dataset, preset or task, a bad dataset config: one line naming it
         domains, loaded = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed,
-                                          data_root=args.data_root, config=args.dataset_config)
+                                          data_root=args.data_root, config=args.dataset_config,
+                                          misregister=args.misregister)
         specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
                  for spec in plan(args.method, args.seeds, args.task, domains, dataset=args.dataset,
                                   preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
@@ -30,7 +31,8 @@ def cmd_run(args) -> int:
                                   accelerator=args.accelerator, precision=args.precision,
                                   dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
                                   strategy=_strategy(args), speedups=tuple(args.speedup),
-                                  accumulate=args.accumulate, num_nodes=args.num_nodes)]
+                                  accumulate=args.accumulate, num_nodes=args.num_nodes,
+                                  misregister=args.misregister)]
     resolved = [dict(run=str(s.folder(args.results_dir)), done=(s.folder(args.results_dir) / "done").is_file(),
                      method=s.method, seed=s.seed, tasks=list(s.tasks), config=resolve_config(s)) for s in specs]
     if args.dry_run:
@@ -173,7 +175,7 @@ def cmd_sweep(args) -> int:
             raise UnknownName(f"unknown method {m!r}; available: {', '.join(METHODS)}, all")
     with user_input():  # as in `run`
         domains, _ = dataset_domains(args.dataset, preset=args.preset, seed=args.data_seed, data_root=args.data_root,
-                                     config=args.dataset_config)
+                                     config=args.dataset_config, misregister=args.misregister)
         specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
                  for spec in S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
                                       dataset=args.dataset, preset=args.preset, data_seed=args.data_seed,
@@ -181,7 +183,8 @@ def cmd_sweep(args) -> int:
                                       accelerator=args.accelerator, precision=args.precision,
                                       dataset_config=args.dataset_config, data_root=args.data_root,
                                       devices=args.devices, strategy=_strategy(args), speedups=tuple(args.speedup),
-                                      accumulate=args.accumulate, num_nodes=args.num_nodes)]
+                                      accumulate=args.accumulate, num_nodes=args.num_nodes,
+                                  misregister=args.misregister)]
     states = {s: S.status(s, args.results_dir) for s in specs}
     for spec, state in states.items():
         print(f"{state:<11} {spec.method} seed {spec.seed} {'+'.join(spec.tasks)} {spec.folder(args.results_dir)}")

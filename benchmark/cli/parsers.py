@@ -86,6 +86,9 @@ def _fit(p) -> None:
     _no_frd(p, "skip FRD (radiomics, ~0.2 s per 64 px image on 1 core)")
     _data_root(p)
     _dataset_config(p, "YAML for folder datasets")
+    p.add_argument("--misregister", type=float, default=0.0, metavar="MM",
+                   help="skull-sim with every scene's synthetic pose shifted by MM mm against its real pose (paired "
+                        "but misregistered, as a simulator against a physical phantom); 0 = aligned")
 
 
 def _sweep(p) -> None:

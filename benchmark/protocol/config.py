@@ -57,6 +57,7 @@ class RunSpec:
     speedups: tuple[str, ...] = ()
     accumulate: int = 1
     num_nodes: int = 1
+    misregister: float = 0.0
 
     @property
     def data_identity(self) -> dict:
@@ -288,9 +289,11 @@ def budget_setting(budget: float | None) -> str:
 
 
 def setting(spec: RunSpec) -> str:
-    """The run's departures from the method's configs (`--set`, `--max-steps`), e.g. "guidance=3.0"."""
+    """The run's departures from the method's configs and the default data (`--set`, `--max-steps`, `--budget`,
+    `--misregister`), e.g. "guidance=3.0"; its records' rows are labelled "method (setting)"."""
     items = [f"{k}={json.dumps(v)}" for k, v in spec.overrides]
     items += [f"max_steps={spec.max_steps}"] if spec.max_steps is not None else []
+    items += [f"misregister={spec.misregister:g}mm"] if spec.misregister else []
     return ",".join(items + [b for b in [budget_setting(spec.budget)] if b])
 
 

@@ -43,7 +43,8 @@ FOOTER = (
 
 
 def is_ablation(method: str) -> bool:
-    return base_method(method) == ABLATED and method != ABLATED and "budget=" not in method
+    return base_method(method) == ABLATED and method != ABLATED and "budget=" not in method \
+        and "misregister=" not in method  # the same method on other data, not a configuration of it
 
 
 def has_ablation(table: pd.DataFrame) -> bool:

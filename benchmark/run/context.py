@@ -68,7 +68,7 @@ class PreparedRun:
 
 def data_key(spec: RunSpec) -> tuple:
     """What identifies a spec's loaded dataset within one invocation."""
-    return (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root)
+    return (spec.dataset, spec.preset, spec.data_seed, spec.dataset_config, spec.data_root, spec.misregister)
 
 
 def load_data(spec: RunSpec, ctx: RunContext, progress=None):
@@ -84,7 +84,7 @@ def load_data(spec: RunSpec, ctx: RunContext, progress=None):
         with user_input():  # an unknown dataset or preset, a bad dataset config: one line naming it
             ctx.datasets[key] = load_dataset(spec.dataset, preset=spec.preset, seed=spec.data_seed,
                                              config=spec.dataset_config, data_root=spec.data_root,
-                                             progress=progress)
+                                             misregister=spec.misregister, progress=progress)
     return ctx.datasets[key]
 
 
