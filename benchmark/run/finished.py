@@ -54,7 +54,8 @@ def load_translator(folder: Path):
     cfg = json.loads((folder / "config.json").read_text())
     spec = cfg["spec"]
     dataset = load_dataset(spec["dataset"], preset=spec["preset"], seed=spec["data_seed"],
-                           config=spec["dataset_config"], data_root=spec["data_root"])
+                           config=spec["dataset_config"], data_root=spec["data_root"],
+                           misregister=spec.get("misregister", 0.0))
     task = get_task(spec["tasks"][0], dataset.domains)
     method = get_method(spec["method"])(domains=dataset.domains, sources=task.sources, target=task.target,
                                         image_size=dataset.size, **cfg["method_config"])
