@@ -10,6 +10,7 @@ from .histmatch import HistMatch
 from .identity import Identity
 from .medshift import MedShift
 from .medshift_fewstep import MedShiftFewStep
+from .medshift_onestep import MedShiftOneStep
 from .pix2pix import Pix2Pix
 from .sdedit import SDEdit
 from .unet_regression import UNetRegression
@@ -19,6 +20,7 @@ METHODS: dict[str, type[TranslationMethod]] = {
     "histmatch": HistMatch,
     "medshift": MedShift,
     "medshift-fewstep": MedShiftFewStep,  # distils a finished medshift fit (its teacher): run after it
+    "medshift-onestep": MedShiftOneStep,  # regresses a finished medshift fit's translations (its teacher)
     "cyclegan": CycleGAN,
     "sdedit": SDEdit,
     "contourdiff": ContourDiff,

@@ -56,7 +56,9 @@ class FitData:
         teacher: For a method that declares a `teacher`: that method's finished headline fit of the same seed and
             data, at its selected weights (None otherwise).
         teacher_info: The teacher's run: {"run_id", "folder", "train_flops", "sampling" (its validation-chosen
-            sampling settings on the run's task)}.
+            sampling settings on the run's task)}; a student may add "sampling_flops" (what translating with the
+            teacher cost it), which the records carry as `teacher_sampling_flops`.
+        train_domains: Returns the domain of each image `train_images` returns, in the same order.
     """
 
     train_images: Callable[[], torch.Tensor]
@@ -64,6 +66,7 @@ class FitData:
     identity: dict
     teacher: Any = None
     teacher_info: dict | None = None
+    train_domains: Callable[[], list[str]] | None = None
 
 
 def starts_optimizer_step(trainer, batch_idx: int) -> bool:

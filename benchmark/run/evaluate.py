@@ -268,7 +268,8 @@ class Evaluator:
                    selected_step=info.get("selected_step"), fit_from=info.get("fit_from"),
                    resumed_from_steps=resumed, val_choice=val_choice)
         if info.get("teacher"):  # a distilled student (`TranslationMethod.teacher`): what it was distilled from
-            rec.update(teacher_run=info["teacher"]["run_id"], teacher_train_flops=info["teacher"]["train_flops"])
+            rec.update(teacher_run=info["teacher"]["run_id"], teacher_train_flops=info["teacher"]["train_flops"],
+                       teacher_sampling_flops=info["teacher"].get("sampling_flops"))
         if val_choice:
             rec.update(self.round_trip(task_name, source, knob))
         return rec

@@ -68,6 +68,7 @@ def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
     method.teacher_info = info
     with user_input():  # e.g. a pretrained autoencoder folder named by `--set` that is not there
         method.prepare_fit(FitData(train_images=lambda: dataset.load(dataset.rows(domains, "train")),
+                                   train_domains=lambda: list(dataset.rows(domains, "train")["domain"]),
                                    cache_dir=cache_dir,
                                    identity=dict(dataset=dataset.name, config=dataset.config,
                                                  split=dataset.split_hash, domains=list(domains)),

@@ -10,6 +10,7 @@ from runs import micro_ctx, records_of_test_split
 from benchmark.errors import RunError
 from benchmark.protocol.config import RunSpec
 from benchmark.run.stages import run_one
+from methods import get_method
 
 
 def test_the_student_distils_its_teachers_fit(micro, tmp_path):
@@ -31,6 +32,27 @@ def test_the_student_distils_its_teachers_fit(micro, tmp_path):
     assert not any(k.startswith("_teacher") for k in ckpt["state_dict"])
     assert "teacher_guidance" in ckpt["state_dict"]
     _closer_to_the_ode_solution_than_the_teacher_at_equal_evaluations(student, teacher, ctx)
+    _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_recs, ctx, root)
+
+
+def _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_recs, ctx, root):
+    """`medshift-onestep`: the teacher's translations at the grid's tau (translated once: the budget's probe and the
+    fit share the cached coupling), one evaluation per image, the translation cost in the records; no free tau."""
+    from benchmark.run.finished import load_translator
+
+    spec = RunSpec("medshift-onestep", preset="micro", data_root=root, max_steps=20)
+    recs = records_of_test_split(run_one(spec, ctx))
+    assert recs and {r["teacher_run"] for r in recs} == {teacher.run_id} and {r["nfe"] for r in recs} == {1}
+    assert {r["knob_value"] for r in recs} <= set(get_method("medshift-onestep").knob_grid)
+    sampling = {r["teacher_sampling_flops"] for r in recs}
+    assert len(sampling) == 1 and sampling.pop() > 0
+    assert len(list((ctx.results_dir / "cache").glob("onestep-coupling-*.pt"))) == 1
+    onestep, _ = load_translator(spec.folder(ctx.results_dir))
+    images, _ = ctx.datasets[next(iter(ctx.datasets))].images("syn_low", "val")
+    with pytest.raises(ValueError, match="no free tau"):
+        onestep.translate(images, "syn_low", "real_normal", 0.5)
+    with pytest.raises(KeyError, match="was trained for"):
+        onestep.translate(images, "real_normal", "syn_low", 0.3)
 
 
 def _psnr(a, b):

@@ -1,4 +1,6 @@
 """Contract test over every registered method: short fit, translate at every knob value, checkpoint round trip."""
+import tempfile
+
 import lightning as L
 import pytest
 import torch
@@ -7,7 +9,7 @@ from datasets.datamodule import TranslationDataModule
 from methods import METHODS, TranslationMethod, get_method
 
 
-def fit(name, tiny, precision="32-true", **extra):
+def fit(name, tiny, precision="32-true", tmp_path=None, **extra):
     """Fit with the method's declared `smoke_settings`, through the same declarations the runner reads."""
     cls = get_method(name)
     method = cls(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal", image_size=tiny.size,
@@ -20,7 +22,9 @@ def fit(name, tiny, precision="32-true", **extra):
         t_cls = get_method(cls.teacher)
         teacher = t_cls(domains=tiny.domains, sources=("syn_low", "syn_high"), target="real_normal",
                         image_size=tiny.size, **t_cls.smoke_settings)
-        method.prepare_fit(FitData(train_images=lambda: None, cache_dir=Path("."), identity={}, teacher=teacher,
+        rows = tiny.rows(cls.training_domains(tiny.domains, ("syn_low", "syn_high"), "real_normal"), "train")
+        method.prepare_fit(FitData(train_images=lambda: tiny.load(rows), train_domains=lambda: list(rows["domain"]),
+                                   cache_dir=Path(tmp_path or tempfile.mkdtemp()), identity={}, teacher=teacher,
                                    teacher_info=dict(run_id="untrained", sampling={"guidance": 1.0})))
     doms = cls.training_domains(tiny.domains, ("syn_low", "syn_high"), "real_normal")
     dm = TranslationDataModule(tiny, doms, batch_size=method.train_batch_size, pairing=cls.pairing,
@@ -33,7 +37,7 @@ def fit(name, tiny, precision="32-true", **extra):
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_method_contract(name, tiny, tmp_path):
-    method, trainer = fit(name, tiny)
+    method, trainer = fit(name, tiny, tmp_path=tmp_path)
     assert isinstance(method, TranslationMethod)
     assert (method.knob_name is None) == (method.knob_grid == (None,))
     x, _ = tiny.images("syn_low", "test")
