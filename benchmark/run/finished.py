@@ -13,8 +13,8 @@ from benchmark.errors import RunError
 
 def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: int, task: str,
              budget: float | None = None, purpose: str = "utility") -> Path:
-    """The finished run folder of `method` (as configured: no `--set` or `--max-steps`; at `budget`, None for the
-    preset's budget: the headline fit) for `seed` whose tasks include `task`, with its selected weights.
+    """The finished run folder of `method` (as configured: no `--set`, `--max-steps` or `--misregister`; at `budget`,
+    None for the preset's budget: the headline fit) for `seed` whose tasks include `task`, with its selected weights.
 
     Raises:
         RunError: none, or several, naming what to do.
@@ -25,7 +25,7 @@ def find_run(results_dir: Path, method: str, dataset: str, preset: str, seed: in
     for cfg_path in sorted(Path(results_dir).glob(f"runs/{method}/{dataset}-{preset}/seed{seed}-*/config.json")):
         spec = json.loads(cfg_path.read_text()).get("spec", {})
         if task in spec.get("tasks", ()) and not spec.get("overrides") and spec.get("max_steps") is None \
-                and spec.get("budget") == budget:
+                and spec.get("budget") == budget and not spec.get("misregister"):  # on the dataset as generated
             folder = cfg_path.parent
             translator = (folder / "checkpoints" / "selected.ckpt").is_file() or is_external(folder)
             if verify_done(folder) is None and translator:

@@ -91,3 +91,23 @@ def test_a_folder_dataset_refuses_misregistration_in_one_line():
 
     with pytest.raises(ValueError, match="misregistration is a skull-sim generator option"):
         load_dataset("folder", config="nowhere.yaml", misregister=2)
+
+
+def test_a_misregistered_run_is_never_taken_for_the_headline_fit(tmp_path, monkeypatch):
+    """The utility and a student's teacher lookup (`find_run`) read the fit on the dataset as generated: a
+    misregistered fit of the same method and seed beside it is neither found nor counted as a second one."""
+    import benchmark.protocol.records as records
+    from benchmark.errors import RunError
+    from benchmark.run.finished import find_run
+
+    monkeypatch.setattr(records, "verify_done", lambda folder: None)
+    for name, extra in (("seed0-aligned", {}), ("seed0-moved", {"misregister": 2.0})):
+        folder = tmp_path / "runs" / "pix2pix" / "skull-sim-tiny" / name
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "selected.ckpt").write_bytes(b"")
+        spec = dict(tasks=["sim2real"], overrides=[], max_steps=None, budget=None, **extra)
+        (folder / "config.json").write_text(json.dumps(dict(spec=spec)))
+    assert find_run(tmp_path, "pix2pix", "skull-sim", "tiny", 0, "sim2real").name == "seed0-aligned"
+    (tmp_path / "runs" / "pix2pix" / "skull-sim-tiny" / "seed0-aligned" / "config.json").unlink()
+    with pytest.raises(RunError, match="no finished pix2pix run"):
+        find_run(tmp_path, "pix2pix", "skull-sim", "tiny", 0, "sim2real")
