@@ -10,6 +10,7 @@ import pandas as pd
 from benchmark.protocol.records import atomic_write
 from benchmark.reporting.ablation import write_ablation
 from benchmark.reporting.compute import write_compute
+from benchmark.reporting.distillation import write_distillation
 from benchmark.reporting.load import method_group
 from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, selections
 from benchmark.reporting.tables import SAMPLES, formatted, headline
@@ -93,6 +94,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
             atomic_write(paths[-1], part.to_markdown(index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     paths += write_compute(table, out_dir)
     paths += write_ablation(table, records, out_dir)
+    paths += write_distillation(table, out_dir)
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):

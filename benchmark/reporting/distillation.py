@@ -1,0 +1,104 @@
+"""Distilled students against their teachers (`distillation.md`, issue 34): per task, student and tau, each metric of
+the student beside its teacher's mean and 95 % interval at the same tau (subjects x seeds), whether the student lies
+inside it, and whether the order over tau of each metric is the teacher's.
+
+The pass criterion the README states: every point of the student inside the teacher's interval and the order over
+tau preserved, on every metric shown. A pure function of the summary table (`tables.summary`); the students are the
+registered methods that declare a `teacher` (`TranslationMethod.teacher`), their rows at the configured setting.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from benchmark.reporting.load import base_method
+from benchmark.reporting.tables import STRUCTURE_GAP, format_cell, label_of, realism_metric
+
+#: the metrics compared: the ranking's realism metric (where one is validated), noise texture, fidelity, structure
+SHOWN = ("nps_flat", "ssim_gt", "ssim_src", STRUCTURE_GAP)
+FOOTER = (
+    "Each student (a method distilled from a finished fit of its teacher) at every tau it was scored at, beside its "
+    "teacher at the same tau: the teacher's mean and 95% interval over test subjects and seeds; ✓ where the student's "
+    "mean lies inside it. *order*: whether the student's values over tau are in the teacher's order (ties within "
+    "1e-9 equal). *pass*: every metric inside at every tau and every order preserved (the README's criterion). "
+    "nfe: network evaluations per image, student / teacher.")
+
+
+def teacher_of(method: str) -> str | None:
+    """The teacher of a student's row ("medshift-fewstep (jumps=1)" -> "medshift"); None for other rows."""
+    from methods import METHODS
+
+    cls = METHODS.get(base_method(method))
+    return getattr(cls, "teacher", None) if cls is not None else None
+
+
+def _same_order(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the pairwise order of `a` is `b`'s (a pair tied in either counts as agreeing)."""
+    for i in range(len(a)):
+        for j in range(i + 1, len(a)):
+            da, db = a[i] - a[j], b[i] - b[j]
+            if abs(da) > 1e-9 and abs(db) > 1e-9 and np.sign(da) != np.sign(db):
+                return False
+    return True
+
+
+def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, student, tau) with the student's and the teacher's values and the verdicts; empty where no
+    student has rows beside its teacher."""
+    if table.empty:
+        return pd.DataFrame()
+    rows = []
+    for (task, method), part in table.groupby(["task", "method"], sort=False):
+        teacher = teacher_of(method)
+        if teacher is None:
+            continue
+        t_part = table[(table["task"] == task) & (table["method"] == teacher)]
+        common = sorted(set(part["knob_value"].astype(float)) & set(t_part["knob_value"].astype(float)), reverse=True)
+        if not common:
+            continue
+        realism = realism_metric(pd.concat([part, t_part]))
+        shown = [m for m in ([realism] if realism else []) + list(SHOWN) if m in part and part[m].notna().any()]
+
+        def at(frame, tau):
+            return frame[np.isclose(frame["knob_value"].astype(float), tau)].iloc[0]
+
+        orders = {m: _same_order(np.array([at(part, tau)[m] for tau in common], float),
+                                 np.array([at(t_part, tau)[m] for tau in common], float)) for m in shown}
+        block = []
+        for tau in common:
+            s, t = at(part, tau), at(t_part, tau)
+            nfe = f"{s['nfe']:g} / {t['nfe']:g}" if pd.notna(s.get("nfe")) and pd.notna(t.get("nfe")) else "n/a"
+            row = {"task": task, "student": method, "teacher": teacher, "tau": f"{tau:g}", "nfe": nfe}
+            inside_all = True
+            for m in shown:
+                lo, hi = t.get(f"{m}_lo"), t.get(f"{m}_hi")
+                inside = bool(np.isfinite(s[m]) and pd.notna(lo) and pd.notna(hi) and lo <= s[m] <= hi)
+                inside_all &= inside
+                row[label_of(m)] = (f"{format_cell(s[m], np.nan, m)} vs {format_cell(t[m], t.get(f'{m}_ci'), m)} "
+                                    + ("✓" if inside else "✗"))
+            row["inside"] = inside_all
+            block.append(row)
+        ordered = all(orders.values())
+        passed = ordered and all(row["inside"] for row in block)
+        for row in block:
+            row["order"] = "preserved" if ordered else "changed: " + ", ".join(label_of(m) for m, ok in orders.items()
+                                                                              if not ok)
+            row["pass"] = "yes" if passed else "no"
+            row["inside"] = "all" if row["inside"] else "not all"
+        rows += block
+    return pd.DataFrame(rows)
+
+
+def write_distillation(table: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """distillation.md where a student has rows beside its teacher (else none, and a stale one is removed)."""
+    from benchmark.protocol.records import atomic_write
+
+    path = Path(out_dir) / "distillation.md"
+    part = distillation_table(table)
+    if part.empty:
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write(path, part.to_markdown(index=False) + "\n\n" + FOOTER + "\n")
+    return [path]

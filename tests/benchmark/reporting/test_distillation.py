@@ -1,0 +1,68 @@
+"""Students against their teachers (`benchmark.reporting.distillation`) on records made here with known values: the
+teacher's interval (Student t over 3 seeds, checked in closed form), inside/outside, the order over tau, the pass
+criterion the README states; rows of non-students are left out."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmark.reporting.distillation import distillation_table, write_distillation
+from benchmark.reporting.tables import summary
+
+SPREAD = (-0.004, 0.0, 0.004)
+
+
+def records(ssim_gt: dict) -> pd.DataFrame:
+    """{(method, setting): {tau: ssim_gt}} -> test records of 3 seeds x 2 sources with a known spread over seeds."""
+    rows = []
+    for (method, setting), by_tau in ssim_gt.items():
+        name = f"{method} ({setting})" if setting else method
+        for seed, d in enumerate(SPREAD):
+            for source in ("syn_low", "syn_high"):
+                for tau, gt in by_tau.items():
+                    rows.append(dict(dataset="skull-sim", preset="tiny", task="sim2real", method=name,
+                                     setting=setting, seed=seed, source=source, split="test", step=None,
+                                     knob="tau" if tau is not None else "", knob_value=tau if tau is not None else "",
+                                     val_choice=tau in (0.3, None), ssim_gt=gt + d, ssim_src=0.9 - gt + d,
+                                     protocol=3, nfe=4 if "fewstep" in method else 28))
+    return pd.DataFrame(rows)
+
+
+HALF = stats.t.ppf(0.975, 2) * np.std(SPREAD, ddof=1) / np.sqrt(3)  # the teacher's half-width: 0.0099
+
+
+@pytest.fixture(scope="module")
+def table():
+    return summary(records({
+        ("medshift", ""): {0.6: 0.75, 0.3: 0.80},
+        ("medshift-fewstep", ""): {0.6: 0.75 + 0.5 * HALF, 0.3: 0.80 - 0.5 * HALF},  # inside, same order
+        ("medshift-fewstep", "jumps=1"): {0.6: 0.79, 0.3: 0.76},  # outside, order reversed
+        ("cyclegan", ""): {None: 0.9}}))
+
+
+def test_inside_the_teachers_interval_and_the_order_over_tau(table):
+    t = distillation_table(table)
+    assert set(t["student"]) == {"medshift-fewstep", "medshift-fewstep (jumps=1)"} and set(t["teacher"]) == {"medshift"}
+    good = t[t["student"] == "medshift-fewstep"].set_index("tau")
+    assert list(good.index) == ["0.6", "0.3"] and (good["pass"] == "yes").all() and (good["order"] == "preserved").all()
+    assert good.loc["0.3", "SSIM (gt) ↑"] == f"0.795 vs 0.800 ± {HALF:.3f} ✓"
+    assert good.loc["0.3", "nfe"] == "4 / 28"
+    bad = t[t["student"] == "medshift-fewstep (jumps=1)"].set_index("tau")
+    assert (bad["pass"] == "no").all() and bad.loc["0.6", "SSIM (gt) ↑"].endswith("✗")
+    assert bad.loc["0.3", "order"].startswith("changed: ") and "SSIM (gt)" in bad.loc["0.3", "order"]
+
+
+def test_just_outside_the_interval_is_outside(table):
+    recs = records({("medshift", ""): {0.6: 0.75, 0.3: 0.80},
+                    ("medshift-fewstep", ""): {0.6: 0.75 + 1.05 * HALF, 0.3: 0.80 + 0.95 * HALF}})
+    t = distillation_table(summary(recs)).set_index("tau")
+    assert t.loc["0.6", "SSIM (gt) ↑"].endswith("✗") and t.loc["0.3", "SSIM (gt) ↑"].endswith("✓")
+    assert (t["pass"] == "no").all() and (t["order"] == "preserved").all()
+
+
+def test_no_student_no_file(table, tmp_path):
+    stale = tmp_path / "distillation.md"
+    stale.write_text("old")
+    no_students = table[~table["method"].str.startswith("medshift-fewstep")]
+    assert write_distillation(no_students, tmp_path) == [] and not stale.exists()
+    assert write_distillation(table, tmp_path) == [stale] and "pass" in stale.read_text()
