@@ -143,7 +143,7 @@ class TranslationMethod(L.LightningModule):
     def table_info(cls) -> dict:
         """What tables and figures read of the method (the runner writes it into config.json as `method_info`)."""
         return dict(knob=cls.knob_name, knob_grid=list(cls.knob_grid), reference_row=bool(cls.reference_row),
-                    style=dict(cls.style), group=cls.group())
+                    style=dict(cls.style), group=cls.group(), teacher=cls.teacher)
 
     @classmethod
     def selection_criterion(cls) -> str:

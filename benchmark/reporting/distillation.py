@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.reporting.load import base_method
+from benchmark.reporting.load import base_method, method_info
 from benchmark.reporting.tables import STRUCTURE_GAP, format_cell, label_of, realism_metric
 
 #: the metrics compared: the ranking's realism metric (where one is validated), noise texture, fidelity, structure
@@ -27,7 +27,12 @@ FOOTER = (
 
 
 def teacher_of(method: str) -> str | None:
-    """The teacher of a student's row ("medshift-fewstep (jumps=1)" -> "medshift"); None for other rows."""
+    """The teacher of a student's row ("medshift-fewstep (jumps=1)" -> "medshift"); None for other rows. From the
+    runs' config.json (`method_info`: building tables needs no torch); runs written before it recorded the teacher
+    ask the method class."""
+    info = method_info(method)
+    if "teacher" in info:
+        return info["teacher"]
     from methods import METHODS
 
     cls = METHODS.get(base_method(method))
