@@ -11,11 +11,11 @@ from benchmark.reporting.load import method_group, method_info, test_records
 
 def headline_knob(df: pd.DataFrame, method: str, task: str):
     """The knob value a method is headlined at on `task`: the one most of its seeds chose on validation (ties: the
-    first of its grid), None for a method without a knob."""
+    first of its grid, then the values validation added beyond the grid's edge), None for a method without a knob."""
     recs = test_records(df[(df["method"] == method) & (df["task"] == task)])
     if recs.empty or recs["knob"].iloc[0] == "":
         return None
-    grid = list(method_info(method).get("knob_grid") or dict.fromkeys(recs["knob_value"]))
+    grid = list(dict.fromkeys(list(method_info(method).get("knob_grid") or []) + list(recs["knob_value"])))
     chosen = recs[recs["val_choice"].fillna(False).astype(bool)] if "val_choice" in recs else recs.iloc[:0]
     counts = chosen.groupby("seed")["knob_value"].first().value_counts() if len(chosen) else pd.Series(dtype=int)
     if counts.empty:

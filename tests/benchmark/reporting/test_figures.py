@@ -209,3 +209,18 @@ def test_the_cost_figure_plots_each_methods_mean_cost_and_realism(micro_runs):
     expected = {(round(max(float(s), 1e-5), 12), round(float(v), 12)) for s, v in means.itertuples(index=False)}
     assert points == expected
     assert fig.axes[0].get_ylabel().startswith("Spectrum dist") and fig.axes[0].get_xscale() == "log"
+
+
+def test_the_headline_knob_may_lie_beyond_the_grid():
+    """Validation extends the grid at its edge (`validation.beyond_edge`): a value it chose there is the headline knob
+    (the qualitative figure failed with StopIteration on a few-step student that chose tau 0.9)."""
+    import pandas as pd
+
+    from benchmark.reporting.images import headline_knob
+
+    rows = [dict(method="medshift", task="sim2real", split="test", step=None, seed=seed, source="syn_low", knob="tau",
+                 knob_value=tau, val_choice=tau == chosen)
+            for seed, chosen in ((0, 0.15), (1, 0.15), (2, 0.3)) for tau in (0.6, 0.45, 0.3, 0.15)]
+    assert headline_knob(pd.DataFrame(rows), "medshift", "sim2real") == 0.15
+    tie = [r for r in rows if r["seed"] != 1]
+    assert headline_knob(pd.DataFrame(tie), "medshift", "sim2real") == 0.3  # a tie: the grid's value first
