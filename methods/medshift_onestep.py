@@ -127,8 +127,10 @@ class MedShiftOneStep(TranslationMethod):
         if self._coupling is None:
             raise RuntimeError(f"{type(self).__name__}: call prepare_fit with the teacher (the runner does) first")
         c = self._coupling
-        # draws from the coupling, seeded by the step (resumes draw the same); the loader's batch sets the size
-        g = torch.Generator().manual_seed(7919 * int(self.global_step) + 1)
+        # draws from the coupling, seeded by the optimizer step, the loader batch (micro-batches of one accumulated
+        # step differ) and the rank (devices differ): a resumed fit draws the same; the loader's batch sets the size
+        g = torch.Generator().manual_seed((int(self.global_step) * 1_000_003 + int(batch_idx)) * 1_009
+                                          + int(self.global_rank))
         idx = torch.randint(len(c["x"]), (b,), generator=g)
         dev = batch["image"].device
         x, y = c["x"][idx].to(dev), c["y"][idx].to(dev)
