@@ -187,6 +187,17 @@ class TranslationMethod(L.LightningModule):
     def prepare_fit(self, data: FitData) -> None:
         """Derive what the method needs from the training data before fitting (default: nothing)."""
 
+    def handed_teacher(self, data: FitData):
+        """A student's teacher from `data` (`teacher` declared): the fit the runner handed over, trained on the
+        student's domains; a one-line error naming the command that makes one when there is none."""
+        teacher = data.teacher
+        if teacher is None:
+            raise ValueError(f"{type(self).__name__} distils a finished {self.teacher} fit: none was handed over "
+                             f"(the runner finds it; run `python -m benchmark run --method {self.teacher}` first)")
+        if tuple(teacher.domains) != tuple(self.domains):
+            raise ValueError(f"the teacher was trained on {teacher.domains}, the student on {self.domains}")
+        return teacher
+
     def translate(self, images: torch.Tensor, source: str, target: str, knob_value=None) -> torch.Tensor:
         """Translate images of domain `source` to domain `target`.
 

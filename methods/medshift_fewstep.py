@@ -65,15 +65,10 @@ class MedShiftFewStep(TranslationMethod):
 
     def prepare_fit(self, data: FitData) -> None:
         """Take the teacher (its selected weights, frozen) and the guidance its validation chose."""
-        teacher = data.teacher
-        if teacher is None:
-            raise ValueError(f"{type(self).__name__} distils a finished {self.teacher} fit: none was handed over "
-                             f"(the runner finds it; run `python -m benchmark run --method {self.teacher}` first)")
+        teacher = self.handed_teacher(data)
         if getattr(teacher, "first_stage", None) is not None:
             raise ValueError(f"{type(self).__name__} distils a pixel-space {self.teacher} only; its teacher has "
                              "space=latent")
-        if tuple(teacher.domains) != tuple(self.domains):
-            raise ValueError(f"the teacher was trained on {teacher.domains}, the student on {self.domains}")
         object.__setattr__(self, "_teacher", teacher.eval().requires_grad_(False))
         chosen = (data.teacher_info or {}).get("sampling") or {}
         self.teacher_guidance.fill_(float(chosen.get("guidance", teacher.hparams.guidance)))

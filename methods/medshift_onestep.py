@@ -77,12 +77,7 @@ class MedShiftOneStep(TranslationMethod):
     # ------------------------------------------------------------------ the coupling
     def prepare_fit(self, data: FitData) -> None:
         """The teacher's translations of the sources' training images at each tau of the grid (cached)."""
-        teacher, info = data.teacher, data.teacher_info if data.teacher_info is not None else {}
-        if teacher is None:
-            raise ValueError(f"{type(self).__name__} distils a finished {self.teacher} fit: none was handed over "
-                             f"(the runner finds it; run `python -m benchmark run --method {self.teacher}` first)")
-        if tuple(teacher.domains) != tuple(self.domains):
-            raise ValueError(f"the teacher was trained on {teacher.domains}, the student on {self.domains}")
+        teacher, info = self.handed_teacher(data), data.teacher_info if data.teacher_info is not None else {}
         sampling = dict(info.get("sampling") or {})
         key = hashlib.sha256(json.dumps(dict(teacher=info.get("run_id"), sampling=sampling, data=data.identity,
                                              sources=list(self.sources), target=self.target,
