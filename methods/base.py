@@ -59,6 +59,8 @@ class FitData:
             sampling settings on the run's task)}; a student may add "sampling_flops" (what translating with the
             teacher cost it), which the records carry as `teacher_sampling_flops`.
         train_domains: Returns the domain of each image `train_images` returns, in the same order.
+        progress: Where a method reports a long preparation, as `progress(done, total)` (the runner prints a progress
+            line or draws a bar; None: report nothing).
     """
 
     train_images: Callable[[], torch.Tensor]
@@ -67,6 +69,7 @@ class FitData:
     teacher: Any = None
     teacher_info: dict | None = None
     train_domains: Callable[[], list[str]] | None = None
+    progress: Callable[[int, int], None] | None = None
 
 
 def starts_optimizer_step(trainer, batch_idx: int) -> bool:

@@ -14,16 +14,18 @@ and only from the task's sources to its target (the only pairs its coupling hold
 """
 from __future__ import annotations
 
-import hashlib
-import json
-
 import torch
 import torch.nn as nn
 
 from .base import FitData, TranslationMethod
+from .components.cache import cache_key, save_whole
 from .components.ema import EMA
 from .components.schedules import warmup_cosine
 from .medshift import MedShift
+
+
+#: Images the teacher translates at once while building the coupling (a progress line after each chunk).
+COUPLING_CHUNK = 64
 
 
 class OneStepNet(nn.Module):
@@ -79,23 +81,23 @@ class MedShiftOneStep(TranslationMethod):
         """The teacher's translations of the sources' training images at each tau of the grid (cached)."""
         teacher, info = self.handed_teacher(data), data.teacher_info if data.teacher_info is not None else {}
         sampling = dict(info.get("sampling") or {})
-        key = hashlib.sha256(json.dumps(dict(teacher=info.get("run_id"), sampling=sampling, data=data.identity,
-                                             sources=list(self.sources), target=self.target,
-                                             grid=list(self.knob_grid), n=self.hparams.coupling_images),
-                                        sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = cache_key(dict(teacher=info.get("run_id"), sampling=sampling, data=data.identity,
+                             sources=list(self.sources), target=self.target, grid=list(self.knob_grid),
+                             n=self.hparams.coupling_images))
         path = data.cache_dir / f"onestep-coupling-{key}.pt"
         if path.is_file():
             coupling = torch.load(path, weights_only=True)
         else:
             coupling = self._translate_coupling(teacher, sampling, data)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.partial")
-            torch.save(coupling, tmp)
-            tmp.replace(path)  # whole or absent
+            save_whole(coupling, path)
         info["sampling_flops"] = int(coupling["flops"])
         object.__setattr__(self, "_coupling", coupling)
 
     def _translate_coupling(self, teacher, sampling: dict, data: FitData) -> dict:
+        """Translate in chunks of `COUPLING_CHUNK` images, reporting progress in images (`FitData.progress`). The
+        FLOPs: the teacher's cost per image at a tau is fixed (its steps and guidance do not depend on the image, and
+        every layer's cost is linear in the batch), so one image per (source, tau) is translated again under torch's
+        counter and its count scaled by the number of images (the counter slows what it watches several-fold)."""
         from torch.utils.flop_counter import FlopCounterMode
 
         images, domains = data.train_images(), list(data.train_domains())
@@ -104,17 +106,26 @@ class MedShiftOneStep(TranslationMethod):
             if k != "guidance":
                 teacher.hparams[k] = v
         w = sampling.get("guidance")
+        per_source = {s: images[[i for i, d in enumerate(domains) if d == s]][: self.hparams.coupling_images]
+                      for s in self.sources}
+        total, done, flops = sum(len(x) for x in per_source.values()) * len(self.knob_grid), 0, 0
         xs, src, taus, ys = [], [], [], []
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            for source in self.sources:
-                x = images[[i for i, d in enumerate(domains) if d == source]][: self.hparams.coupling_images]
+        with torch.no_grad():
+            for source, x in per_source.items():
                 for j, tau in enumerate(self.knob_grid):
+                    with FlopCounterMode(display=False) as counter:
+                        teacher.translate(x[:1], source, self.target, tau, guidance=w)
+                    flops += counter.get_total_flops() * len(x)
+                    for chunk in x.split(COUPLING_CHUNK):
+                        ys.append(teacher.translate(chunk, source, self.target, tau, guidance=w))
+                        done += len(chunk)
+                        if data.progress is not None:
+                            data.progress(done, total)
                     xs.append(x)
-                    ys.append(teacher.translate(x, source, self.target, tau, guidance=w))
                     src += [self.domain_index(source)] * len(x)
                     taus += [j] * len(x)
         return dict(x=torch.cat(xs), source=torch.tensor(src), tau=torch.tensor(taus), y=torch.cat(ys),
-                    flops=torch.tensor(counter.get_total_flops()))
+                    flops=torch.tensor(flops))
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):

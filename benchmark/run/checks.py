@@ -149,5 +149,5 @@ def check_same_data(folder: Path, dataset) -> None:
 def resolve(spec: RunSpec, dataset, ctx: RunContext, folder: Path) -> tuple[dict, dict]:
     """The method config with `max_steps` from the FLOP budget, and the budget plan."""
     config = resolve_config(spec)
-    plan = budget_plan(spec, config, dataset, ctx.results_dir / "cache", folder)
+    plan = budget_plan(spec, config, dataset, ctx.results_dir / "cache", folder, ctx.progress)
     return dict(config, **({"max_steps": plan["max_steps"]} if plan else {})), plan

@@ -58,9 +58,10 @@ def training_domains(spec: RunSpec, method, dataset) -> tuple:
     return task, type(method).training_domains(dataset.domains, task.sources, task.target, dict(method.hparams))
 
 
-def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
+def prepare(spec: RunSpec, method, dataset, cache_dir: Path, progress=None) -> None:
     """Hand the method what it may derive from the training data before a fit (`TranslationMethod.prepare_fit`;
-    what it derives is cached under `cache_dir`)."""
+    what it derives is cached under `cache_dir`); what it reports of its progress goes to `progress` (the
+    invocation's bars or plain lines, `RunContext.progress`) as "<method> seed <s>: preparing"."""
     from methods import FitData
 
     _, domains = training_domains(spec, method, dataset)
@@ -72,7 +73,21 @@ def prepare(spec: RunSpec, method, dataset, cache_dir: Path) -> None:
                                    cache_dir=cache_dir,
                                    identity=dict(dataset=dataset.name, config=dataset.config,
                                                  split=dataset.split_hash, domains=list(domains)),
-                                   teacher=teacher, teacher_info=info))
+                                   teacher=teacher, teacher_info=info,
+                                   progress=_reporter(progress, f"{spec.method} seed {spec.seed}: preparing")))
+
+
+def _reporter(progress, label: str):
+    """`FitData.progress` on the invocation's progress display: a bar (or plain lines) made at the first report."""
+    if progress is None:
+        return None
+    bar = []
+
+    def report(done: int, total: int) -> None:
+        if not bar:
+            bar.append(progress.add_task(label, total=total))
+        progress.update(bar[0], completed=done, total=total)
+    return report
 
 
 def find_teacher(spec: RunSpec, method, results_dir: Path) -> tuple[object, dict | None]:
@@ -99,7 +114,7 @@ def find_teacher(spec: RunSpec, method, results_dir: Path) -> tuple[object, dict
                          sampling=chosen[0] if chosen else None)
 
 
-def budget_plan(spec: RunSpec, config: dict, dataset, cache_dir: Path, folder: Path) -> dict:
+def budget_plan(spec: RunSpec, config: dict, dataset, cache_dir: Path, folder: Path, progress=None) -> dict:
     """{budget, flops_per_iteration, max_steps} for a learned method under the preset's FLOP budget, else {}.
 
     `--max-steps` or `--set max_steps=` bypass the budget (recorded as a setting). A run's plan is measured once
@@ -115,7 +130,7 @@ def budget_plan(spec: RunSpec, config: dict, dataset, cache_dir: Path, folder: P
         if old.get("budget") == budget and old.get("flops_per_iteration") is not None:
             return old
     method = build(spec, dataset, config)
-    prepare(spec, method, dataset, cache_dir)
+    prepare(spec, method, dataset, cache_dir, progress)
     flops = flops_per_iteration(method, datamodule(spec, method, dataset))
     if flops == 0:  # no matrix/conv FLOPs: negligible compute, its own max_steps (`benchmark.protocol.budget`)
         return dict(budget=budget, flops_per_iteration=0, max_steps=int(config["max_steps"]))
@@ -347,7 +362,7 @@ def final_weights(run: PreparedRun, donor: Path | None, evaluator) -> dict:
         load_weights(method, selected)
         return json.loads(info_path.read_text())
     info = json.loads(info_path.read_text()) if info_path.is_file() else dict(segments=[], fit_from=None)
-    prepare(spec, method, run.dataset, run.cache_dir)
+    prepare(spec, method, run.dataset, run.cache_dir, run.ctx.progress)
     curve = learning_curve(spec, method, evaluator.curve_point, ckpt_dir)
     info["segments"].append(fit(run, curve))
     if spec.world > 1:

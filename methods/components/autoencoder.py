@@ -9,8 +9,6 @@ run with the same data and settings; its scaling factor is 1 / std of the traini
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -18,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .cache import cache_key
 
 
 def default_cache_dir() -> Path:
@@ -99,7 +99,7 @@ def cached_autoencoder(settings: dict, data_identity: dict, images: torch.Tensor
     """Train (or load from the cache) the suite autoencoder for this data and these settings."""
     from diffusers import AutoencoderKL
 
-    key = hashlib.sha256(json.dumps([settings, data_identity], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = cache_key([settings, data_identity])
     folder = Path(cache_dir or default_cache_dir()) / "autoencoders" / key
     if (folder / "config.json").is_file():
         return AutoencoderKL.from_pretrained(folder, local_files_only=True), folder

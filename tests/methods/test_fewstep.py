@@ -3,12 +3,16 @@ finished fit (same seed and data), its records carry the teacher's run and train
 evaluations per image; without a teacher fit it is refused in one line naming the command that makes one; the
 teacher's weights stay out of the student's checkpoint; trained at the preset's budget it is closer to its teacher's
 ODE solution than the teacher itself at the same number of network evaluations."""
+import io
+
 import pytest
 import torch
 from runs import micro_ctx, records_of_test_split
 
 from benchmark.errors import RunError
+from benchmark.scoring.metrics import psnr
 from benchmark.protocol.config import RunSpec
+from benchmark.run.progress import PlainProgress
 from benchmark.run.stages import run_one
 from methods import get_method
 
@@ -41,11 +45,16 @@ def _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_r
     from benchmark.run.finished import load_translator
 
     spec = RunSpec("medshift-onestep", preset="micro", data_root=root, max_steps=20)
+    lines = io.StringIO()
+    ctx.progress = PlainProgress(stream=lines)  # the coupling takes 20 min on `tiny`: it says how far it got
     recs = records_of_test_split(run_one(spec, ctx))
+    assert any(line.startswith("medshift-onestep seed 0: preparing: ") and "(100%)" in line
+               for line in lines.getvalue().splitlines()), lines.getvalue()
     assert recs and {r["teacher_run"] for r in recs} == {teacher.run_id} and {r["nfe"] for r in recs} == {1}
     assert {r["knob_value"] for r in recs} <= set(get_method("medshift-onestep").knob_grid)
     sampling = {r["teacher_sampling_flops"] for r in recs}
-    assert len(sampling) == 1 and sampling.pop() > 0
+    assert len(sampling) == 1
+    assert sampling.pop() == _teacher_flops_in_closed_form(teacher, t_recs, ctx, spec)
     assert len(list((ctx.results_dir / "cache").glob("onestep-coupling-*.pt"))) == 1
     onestep, _ = load_translator(spec.folder(ctx.results_dir))
     images, _ = ctx.datasets[next(iter(ctx.datasets))].images("syn_low", "val")
@@ -55,9 +64,32 @@ def _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_r
         onestep.translate(images, "real_normal", "syn_low", 0.3)
 
 
+def _teacher_flops_in_closed_form(teacher_spec, t_recs, ctx, spec):
+    """What translating the coupling costs the teacher, from its parts: images x the teacher's network evaluations per
+    image at each tau under its validation-chosen sampling (`MedShift.nfe`) x the FLOPs of one evaluation on one
+    image (torch's counter on the bare network), summed over the sources and the grid."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmark.run.finished import load_translator
+
+    teacher, _ = load_translator(teacher_spec.folder(ctx.results_dir))
+    onestep = get_method("medshift-onestep")
+    chosen = next(r["sampling"] for r in t_recs if r["val_choice"] and r["task"] == spec.tasks[0]) or {}
+    teacher.hparams.update({k: v for k, v in chosen.items() if k != "guidance"})
+    from datasets import get_task
+
+    dataset = ctx.datasets[next(iter(ctx.datasets))]
+    n_images = len(dataset.rows(get_task(spec.tasks[0], dataset.domains).sources, "train"))
+    x = dataset.images("syn_low", "val")[0][:1]
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        teacher(x, torch.full((1,), 0.5), torch.zeros(1, dtype=torch.long), use_ema=True)
+    nfe = sum(teacher.nfe(tau, guidance=chosen.get("guidance")) for tau in onestep.knob_grid)
+    return n_images * nfe * counter.get_total_flops()
+
+
 def _psnr(a, b):
     """Mean per-image PSNR (dB) of images in [-1, 1]."""
-    return float((10 * torch.log10(4.0 / (a - b).pow(2).mean(dim=(1, 2, 3)))).mean())
+    return float(psnr(a, b, data_range=2.0).mean())
 
 
 def _closer_to_the_ode_solution_than_the_teacher_at_equal_evaluations(student_spec, teacher_spec, ctx):
