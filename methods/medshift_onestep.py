@@ -23,7 +23,6 @@ from .components.ema import EMA
 from .components.schedules import warmup_cosine
 from .medshift import MedShift
 
-
 #: Images the teacher translates at once while building the coupling (a progress line after each chunk).
 COUPLING_CHUNK = 64
 

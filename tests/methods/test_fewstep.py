@@ -10,10 +10,10 @@ import torch
 from runs import micro_ctx, records_of_test_split
 
 from benchmark.errors import RunError
-from benchmark.scoring.metrics import psnr
 from benchmark.protocol.config import RunSpec
 from benchmark.run.progress import PlainProgress
 from benchmark.run.stages import run_one
+from benchmark.scoring.metrics import psnr
 from methods import get_method
 
 
