@@ -23,7 +23,8 @@ FOOTER = (
     "teacher at the same tau: the teacher's mean and 95% interval over test subjects and seeds; ✓ where the student's "
     "mean lies inside it. *order*: whether the student's values over tau are in the teacher's order (ties within "
     "1e-9 equal). *pass*: every metric inside at every tau and every order preserved (the README's criterion). "
-    "nfe: network evaluations per image, student / teacher.")
+    "nfe: network evaluations per image, student / teacher. *PSNR to teacher*: the student's mean per-image PSNR to "
+    "its teacher's translations of the same test images (± over seeds; not part of the criterion).")
 
 
 def teacher_of(method: str) -> str | None:
@@ -83,6 +84,8 @@ def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
                 inside_all &= inside
                 row[label_of(m)] = (f"{format_cell(s[m], np.nan, m)} vs {format_cell(t[m], t.get(f'{m}_ci'), m)} "
                                     + ("✓" if inside else "✗"))
+            if pd.notna(s.get("teacher_psnr")):
+                row["PSNR to teacher (dB)"] = format_cell(s["teacher_psnr"], s.get("teacher_psnr_ci"), "psnr_gt")
             row["inside"] = inside_all
             block.append(row)
         ordered = all(orders.values())

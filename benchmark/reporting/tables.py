@@ -55,6 +55,9 @@ TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec 
 
 
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
+#: Averaged like the cost columns (mean and seed spread) but shown only where they mean something: a distilled
+#: student's mean per-image PSNR to its teacher's translations (`distillation.md`).
+AGREEMENT = ["teacher_psnr"]
 
 
 #: The structure axis's distance to its ideal point (module docstring): derived by the summary, not recorded.
@@ -136,7 +139,7 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
             only by those where the check was run.
     """
     df = test_records(df)
-    metrics = [m for m in TABLE_METRICS + EXTRA if m in df.columns]
+    metrics = [m for m in TABLE_METRICS + EXTRA + AGREEMENT if m in df.columns]
     per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
     per_seed = per_seed.apply(pd.to_numeric, errors="coerce").reset_index()
     records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import resource
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -66,6 +67,8 @@ class Evaluator:
         self.translated: dict = {}
         #: {task: the sampling settings validation chose} (`choose_sampling`; empty: the configured ones)
         self.sampling_choice: dict[str, dict] = {}
+        #: a distilled student's teacher, loaded at its first test point (`teacher_agreement`)
+        self._teacher = None
         #: called after each validation point the choices score (a progress bar's advance)
         self.advance = lambda: None
 
@@ -111,7 +114,8 @@ class Evaluator:
 
     # ------------------------------------------------------------------ records
     def _record(self, method, split: str, task_name: str, source: str, knob, step=None,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, extra=None) -> dict:
+        """The record of one point; `extra(x_src, x_hat)` adds fields computed from its translations."""
         x_src, x_gt, gt_reason, subjects, scenes = self.split_set(split, task_name, source)
         target = self.tasks[task_name].target
         key = self.key(split, task_name, source, knob, overrides)
@@ -134,6 +138,10 @@ class Evaluator:
                    unavailable=scores["unavailable"], run_id=spec.run_id, split_hash=self.dataset.split_hash,
                    git_sha=self.sha, protocol=PROTOCOL_VERSION, split=split, step=step,
                    sampling=dict(key[4]) or None)
+        if extra is not None:
+            more = extra(x_src, x_hat)
+            rec["unavailable"] = {**(rec["unavailable"] or {}), **more.pop("unavailable", {})}
+            rec.update(more)
         return rec
 
     def reload(self) -> None:
@@ -260,7 +268,10 @@ class Evaluator:
 
     def test_record(self, task_name: str, source: str, knob, val_choice: bool) -> dict:
         """A test record (not yet written: the caller adds it, or merges it into a re-scored one)."""
-        rec = self._record(self.method, "test", task_name, source, knob)
+        teacher = self.train.get("teacher")
+        rec = self._record(self.method, "test", task_name, source, knob,
+                           extra=(lambda x, y: self.teacher_agreement(task_name, source, knob, x, y)) if teacher
+                           else None)
         resumed = [s["start_step"] for s in self.train.get("segments", []) if s["start_step"] > 0]
         info = self.train
         rec.update(train_sec=info.get("train_sec"), train_steps=info.get("train_steps"),
@@ -273,6 +284,29 @@ class Evaluator:
         if val_choice:
             rec.update(self.round_trip(task_name, source, knob))
         return rec
+
+    def teacher_agreement(self, task_name: str, source: str, knob, x_src: torch.Tensor, x_hat: torch.Tensor) -> dict:
+        """{"teacher_psnr"}: for a distilled student, the mean per-image PSNR (dB) between its translations of a test
+        point and its teacher's of the same images at the same knob value, the teacher with the sampling settings its
+        validation chose (what the student was distilled from); None, with the reason under `unavailable`, where the
+        teacher's run folder is gone or the teacher has no such knob value."""
+        from benchmark.run.finished import load_translator
+        from benchmark.scoring.metrics import psnr, to_unit
+
+        info = self.train["teacher"]
+        if self._teacher is None:
+            folder = Path(info["folder"])
+            if not (folder / "checkpoints" / "selected.ckpt").is_file():
+                return dict(teacher_psnr=None, unavailable=dict(
+                    teacher_psnr=f"the teacher's run {folder} is not there: re-run it to score this"))
+            self._teacher, _ = load_translator(folder)
+            self._teacher.hparams.update(info.get("sampling") or {})
+            self._teacher.apply_sampling()
+        try:
+            x_teacher, _ = translate(self._teacher, x_src, source, self.tasks[task_name].target, knob)
+        except ValueError as exc:
+            return dict(teacher_psnr=None, unavailable=dict(teacher_psnr=str(exc)))
+        return dict(teacher_psnr=float(psnr(to_unit(x_hat), to_unit(x_teacher)).mean()))
 
     def round_trip(self, task_name: str, source: str, knob) -> dict:
         """{"roundtrip_ssim", "roundtrip_psnr"}: the mean SSIM and PSNR between the target domain's test images and

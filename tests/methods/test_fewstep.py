@@ -4,7 +4,9 @@ evaluations per image; without a teacher fit it is refused in one line naming th
 teacher's weights stay out of the student's checkpoint; trained at the preset's budget it is closer to its teacher's
 ODE solution than the teacher itself at the same number of network evaluations."""
 import io
+import json
 
+import numpy as np
 import pytest
 import torch
 from runs import micro_ctx, records_of_test_split
@@ -35,6 +37,7 @@ def test_the_student_distils_its_teachers_fit(micro, tmp_path):
     ckpt = torch.load(student.folder(ctx.results_dir) / "checkpoints" / "selected.ckpt", weights_only=True)
     assert not any(k.startswith("_teacher") for k in ckpt["state_dict"])
     assert "teacher_guidance" in ckpt["state_dict"]
+    _its_psnr_to_the_teacher_is_the_images_psnr(student, teacher, recs, ctx)
     _closer_to_the_ode_solution_than_the_teacher_at_equal_evaluations(student, teacher, ctx)
     _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_recs, ctx, root)
 
@@ -62,6 +65,29 @@ def _the_one_step_baseline_regresses_the_same_teachers_translations(teacher, t_r
         onestep.translate(images, "syn_low", "real_normal", 0.5)
     with pytest.raises(KeyError, match="was trained for"):
         onestep.translate(images, "real_normal", "syn_low", 0.3)
+
+
+def _its_psnr_to_the_teacher_is_the_images_psnr(student_spec, teacher_spec, recs, ctx):
+    """`teacher_psnr` of a test record: skimage's PSNR between the student's and the teacher's translations (the
+    teacher under its validation-chosen sampling) of the point's test images, averaged over the images."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    import benchmark.protocol.validation as V
+    from benchmark.run.finished import load_translator
+    from datasets import get_task
+
+    rec = next(r for r in recs if r["source"] == "syn_low" and r["val_choice"])
+    teacher, _ = load_translator(teacher_spec.folder(ctx.results_dir))
+    student, _ = load_translator(student_spec.folder(ctx.results_dir))
+    info = json.loads((student_spec.folder(ctx.results_dir) / "train.json").read_text())["teacher"]
+    teacher.hparams.update(info.get("sampling") or {})
+    dataset = ctx.datasets[next(iter(ctx.datasets))]
+    x = dataset.load(V.task_rows(dataset, "syn_low", get_task("sim2real", dataset.domains).sources, "test"))
+    a = student.translate(x, "syn_low", rec["target"], rec["knob_value"]).numpy()
+    b = teacher.translate(x, "syn_low", rec["target"], rec["knob_value"]).numpy()
+    expected = np.mean([peak_signal_noise_ratio(u, v, data_range=2.0) for u, v in zip(a, b, strict=True)])
+    assert rec["teacher_psnr"] == pytest.approx(expected, abs=0.05)
+    assert rec["unavailable"].get("teacher_psnr") is None
 
 
 def _teacher_flops_in_closed_form(teacher_spec, t_recs, ctx, spec):

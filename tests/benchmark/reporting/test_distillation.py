@@ -66,3 +66,14 @@ def test_no_student_no_file(table, tmp_path):
     no_students = table[~table["method"].str.startswith("medshift-fewstep")]
     assert write_distillation(no_students, tmp_path) == [] and not stale.exists()
     assert write_distillation(table, tmp_path) == [stale] and "pass" in stale.read_text()
+
+
+def test_the_psnr_to_the_teacher_is_shown_as_the_mean_over_seeds():
+    recs = records({("medshift", ""): {0.6: 0.75, 0.3: 0.80}, ("medshift-fewstep", ""): {0.6: 0.75, 0.3: 0.80}})
+    student = recs["method"] == "medshift-fewstep"
+    recs.loc[student, "teacher_psnr"] = 30.0 + recs.loc[student, "seed"]  # 30, 31, 32 dB over the seeds
+    t = distillation_table(summary(recs)).set_index("tau")
+    half = stats.t.ppf(0.975, 2) * 1.0 / np.sqrt(3)
+    assert t.loc["0.3", "PSNR to teacher (dB)"] == f"31.0 ± {half:.1f}"
+    assert "PSNR to teacher (dB)" not in distillation_table(summary(records(
+        {("medshift", ""): {0.3: 0.8}, ("medshift-fewstep", ""): {0.3: 0.8}}))).columns
