@@ -165,3 +165,43 @@ print("counted", counter.get_total_flops())
     if done.returncode >= 0:  # not killed by a signal: it ran (or failed for another reason, shown here)
         pytest.fail(f"torch's FLOP counter now runs the student's step (exit {done.returncode}): {done.stdout[-200:]}"
                     f"{done.stderr[-500:]}")
+
+
+def test_the_budgets_stand_in_costs_what_the_students_step_costs_on_a_net_the_counter_can_run():
+    """The budget counts `_flops_stand_in` because torch's counter cannot run the real step through the U-Net (test
+    above). On a plain conv student, which it can run, the real step (JVP, then the backward pass of the primal, the
+    target being detached) and the stand-in (the teacher, forward, backward and two more forward passes) count the
+    same FLOPs: `torch.func.jvp` runs three forward passes' worth of convolutions, not two (measured: the real step
+    counted 5.5 forward passes, a stand-in with one extra forward 4.5)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from methods.components.flowmap import flowmap_loss
+    from methods.medshift_fewstep import MedShiftFewStep
+
+    class ConvStudent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(1, 16, 3, padding=1), nn.Conv2d(16, 1, 3, padding=1)
+
+        def forward(self, x, s, t, labels, w):
+            scale = (1 + s + t + w + labels.float()).view(-1, 1, 1, 1)
+            return self.b(torch.nn.functional.silu(self.a(x * scale)))
+
+    student = ConvStudent()
+    teacher = ConvStudent()
+
+    def velocity(x, s, labels, w):
+        return teacher(x, s, s, labels, w)
+
+    x, s, t = torch.randn(4, 1, 16, 16), torch.rand(4), torch.rand(4)
+    labels, w = torch.tensor([0, 1, 2, 0]), torch.ones(4)
+    with FlopCounterMode(display=False) as real:
+        flowmap_loss(student, velocity, x, s, t, labels, w).backward()
+    with FlopCounterMode(display=False) as stand_in:
+        MedShiftFewStep._flops_stand_in(SimpleNamespace(student=student, _teacher_velocity=velocity),
+                                        x, s, t, labels, w).backward()
+    assert real.get_total_flops() > 0
+    assert stand_in.get_total_flops() == real.get_total_flops()
