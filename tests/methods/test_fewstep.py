@@ -122,7 +122,7 @@ def _closer_to_the_ode_solution_than_the_teacher_at_equal_evaluations(student_sp
     """The student's 2 jumps per leg (4 evaluations per image) against the teacher's 1 Euler step per leg with its
     guidance (2 evaluations a step: 4 as well), both measured against the teacher's ODE solved finely (Heun, h 0.01),
     on the validation images at two tau of the grid, under the guidance the teacher's validation chose. Measured:
-    19.3 against 16.9 dB at tau 0.3, 24.3 against 22.7 dB at tau 0.6 (the teacher's 2 Euler steps per leg, 8
+    18.5 against 16.9 dB at tau 0.3, 23.8 against 22.6 dB at tau 0.6 (the teacher's 2 Euler steps per leg, 8
     evaluations, still do better: 22.9 and 28.9 dB; so does the student trained 1500 steps with 4 jumps per leg
     at tau 0.6 only)."""
     from benchmark.run.finished import load_translator
