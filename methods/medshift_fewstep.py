@@ -27,7 +27,6 @@ from .components.flowmap import FlowMapNet, flowmap_loss, jump, training_states
 from .components.schedules import warmup_cosine
 from .medshift import MedShift
 
-
 #: Forward passes' worth of FLOPs a JVP adds to the primal's (measured with torch's counter on a conv net)
 JVP_EXTRA_FORWARDS = 2
 

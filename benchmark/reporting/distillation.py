@@ -24,7 +24,10 @@ FOOTER = (
     "mean lies inside it. *order*: whether the student's values over tau are in the teacher's order (ties within "
     "1e-9 equal). *pass*: every metric inside at every tau and every order preserved (the README's criterion). "
     "nfe: network evaluations per image, student / teacher. *PSNR to teacher*: the student's mean per-image PSNR to "
-    "its teacher's translations of the same test images (± over seeds; not part of the criterion).")
+    "its teacher's translations of the same test images (± over seeds; not part of the criterion). *s/image*: "
+    "seconds per image on the machine that evaluated, student / teacher. *round trip SSIM*: translating the target's "
+    "test images to their own domain and back at the knob value validation chose (where it chose this tau), "
+    "student / teacher.")
 
 
 def teacher_of(method: str) -> str | None:
@@ -84,8 +87,14 @@ def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
                 inside_all &= inside
                 row[label_of(m)] = (f"{format_cell(s[m], np.nan, m)} vs {format_cell(t[m], t.get(f'{m}_ci'), m)} "
                                     + ("✓" if inside else "✗"))
+            if pd.notna(s.get("sec_per_image")) and pd.notna(t.get("sec_per_image")):
+                row["s/image"] = (f"{format_cell(s['sec_per_image'], 0, 'sec_per_image')} / "
+                                  f"{format_cell(t['sec_per_image'], 0, 'sec_per_image')}")
             if pd.notna(s.get("teacher_psnr")):
                 row["PSNR to teacher (dB)"] = format_cell(s["teacher_psnr"], s.get("teacher_psnr_ci"), "psnr_gt")
+            if pd.notna(s.get("roundtrip_ssim")) or pd.notna(t.get("roundtrip_ssim")):
+                row["round trip SSIM"] = (f"{format_cell(s.get('roundtrip_ssim', np.nan), np.nan, 'ssim_gt')} / "
+                                          f"{format_cell(t.get('roundtrip_ssim', np.nan), np.nan, 'ssim_gt')}")
             row["inside"] = inside_all
             block.append(row)
         ordered = all(orders.values())
@@ -108,5 +117,5 @@ def write_distillation(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     if part.empty:
         path.unlink(missing_ok=True)
         return []
-    atomic_write(path, part.to_markdown(index=False) + "\n\n" + FOOTER + "\n")
+    atomic_write(path, part.fillna("–").to_markdown(index=False) + "\n\n" + FOOTER + "\n")
     return [path]

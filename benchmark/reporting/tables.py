@@ -56,8 +56,9 @@ TABLE_METRICS = [m for axis in ("realism", "fidelity", "structure") for m, spec 
 
 EXTRA = ["nfe", "sec_per_image", "train_sec", "n_params"]
 #: Averaged like the cost columns (mean and seed spread) but shown only where they mean something: a distilled
-#: student's mean per-image PSNR to its teacher's translations (`distillation.md`).
-AGREEMENT = ["teacher_psnr"]
+#: student's mean per-image PSNR to its teacher's translations, the round trip's SSIM at the chosen knob value
+#: (`distillation.md`).
+AGREEMENT = ["teacher_psnr", "roundtrip_ssim"]
 
 
 #: The structure axis's distance to its ideal point (module docstring): derived by the summary, not recorded.

@@ -77,3 +77,14 @@ def test_the_psnr_to_the_teacher_is_shown_as_the_mean_over_seeds():
     assert t.loc["0.3", "PSNR to teacher (dB)"] == f"31.0 ± {half:.1f}"
     assert "PSNR to teacher (dB)" not in distillation_table(summary(records(
         {("medshift", ""): {0.3: 0.8}, ("medshift-fewstep", ""): {0.3: 0.8}}))).columns
+
+
+def test_seconds_per_image_and_the_round_trip_beside_the_teachers():
+    recs = records({("medshift", ""): {0.6: 0.75, 0.3: 0.80}, ("medshift-fewstep", ""): {0.6: 0.75, 0.3: 0.80}})
+    student = recs["method"] == "medshift-fewstep"
+    recs["sec_per_image"] = np.where(student, 0.002, 0.04)
+    chosen = recs["knob_value"] == 0.3  # the round trip is made at the knob value validation chose
+    recs.loc[chosen, "roundtrip_ssim"] = np.where(student[chosen], 0.90, 0.95)
+    t = distillation_table(summary(recs)).set_index("tau")
+    assert t.loc["0.3", "s/image"] == "2.00ms / 40.00ms"
+    assert t.loc["0.3", "round trip SSIM"] == "0.900 / 0.950" and pd.isna(t.loc["0.6", "round trip SSIM"])
