@@ -133,7 +133,8 @@ def resampled_seed_means(replicates: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
     """One row per (dataset, preset, task, method, knob value) of the test records: `<m>` mean, `<m>_lo/_hi`
-    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of seeds x sources whose validation chose it).
+    interval, `<m>_ci`, ranks, and `val_choice` (the fraction of the method's seeds x sources on the task whose
+    validation chose it).
 
     Args:
         valid_realism: {(dataset, preset): realism metrics that passed `benchmark.scoring.validity`}; realism is ranked
@@ -144,11 +145,15 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
     per_seed = df.groupby(GROUP + ["seed"], sort=False, dropna=False)[metrics].mean(numeric_only=False)
     per_seed = per_seed.apply(pd.to_numeric, errors="coerce").reset_index()
     records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}
+    # the share of a row's val_choice counts every seed x source of its method and task, not only those evaluated
+    # at this knob value (a value beyond the grid's edge exists only where a seed's validation went there)
+    points = df.groupby(GROUP[:-1], sort=False, dropna=False).apply(
+        lambda g: len(g[["seed", "source"]].drop_duplicates()), include_groups=False).to_dict()
     rows = []
     for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key, strict=True), n_seeds=len(g))
         if "val_choice" in records[key]:
-            row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).mean())
+            row["val_choice"] = float(records[key]["val_choice"].fillna(False).astype(bool).sum()) / points[key[:-1]]
         samples = {}
         for m in metrics:
             mean, half = mean_ci_over_seeds(g[m].to_numpy())

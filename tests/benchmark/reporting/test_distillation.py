@@ -88,3 +88,14 @@ def test_seconds_per_image_and_the_round_trip_beside_the_teachers():
     t = distillation_table(summary(recs)).set_index("tau")
     assert t.loc["0.3", "s/image"] == "2.00ms / 40.00ms"
     assert t.loc["0.3", "round trip SSIM"] == "0.900 / 0.950" and pd.isna(t.loc["0.6", "round trip SSIM"])
+
+
+def test_a_value_only_one_seed_went_to_counts_that_seed_only_in_the_share_of_choices():
+    """Seed 1's validation chose tau 0.15, beyond the grid's edge: only seed 1 has that row, and its share of the
+    choices is 1 seed of 3 (33 %), not 100 % of the seeds that have the row."""
+    recs = records({("medshift", ""): {0.6: 0.75, 0.3: 0.80}})
+    recs.loc[recs["seed"] == 1, "val_choice"] = False
+    extra = recs[(recs["seed"] == 1) & (recs["knob_value"] == 0.3)].assign(knob_value=0.15, val_choice=True)
+    table = summary(pd.concat([recs, extra], ignore_index=True)).set_index("knob_value")
+    assert table.loc[0.15, "val_choice"] == pytest.approx(1 / 3)
+    assert table.loc[0.3, "val_choice"] == pytest.approx(2 / 3) and table.loc[0.6, "val_choice"] == 0
