@@ -105,7 +105,9 @@ def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
             row["pass"] = "yes" if passed else "no"
             row["inside"] = "all" if row["inside"] else "not all"
         rows += block
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    verdicts = ["inside", "order", "pass"]  # last, whichever optional columns the first row lacked
+    return out[[c for c in out.columns if c not in verdicts] + [c for c in verdicts if c in out.columns]]
 
 
 def write_distillation(table: pd.DataFrame, out_dir: Path) -> list[Path]:
