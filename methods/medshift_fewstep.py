@@ -43,7 +43,7 @@ class MedShiftFewStep(TranslationMethod):
     sampling_settings = ("jumps", "guidance")
     allowed = {**TranslationMethod.allowed, "jumps": "[1, inf)", "guidance": "[0, inf)", "p_velocity": "[0, 1]",
                "guidance_range": "[0, inf)", "sigma_min": "[0, 1)", "time_scale": "(0, inf)"}
-    style = dict(color="tab:pink", marker="P", label="MedShift few-step (τ)")
+    style = dict(color="tab:orange", marker="d", label="MedShift few-step (τ)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, warmup_steps=1)
 
     def __init__(self, domains: tuple[str, ...] = (), sources: tuple[str, ...] = (), target: str = "",

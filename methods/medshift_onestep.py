@@ -54,7 +54,7 @@ class MedShiftOneStep(TranslationMethod):
     knob_grid = MedShift.knob_grid
     teacher = "medshift"
     allowed = {**TranslationMethod.allowed, "coupling_images": "[1, inf)"}
-    style = dict(color="tab:olive", marker="X", label="MedShift one-step (τ grid)")
+    style = dict(color="tab:brown", marker="p", label="MedShift one-step (τ grid)")
     smoke_settings = dict(base_channels=8, channel_mults=(1, 2), max_steps=3, batch_size=4, warmup_steps=1,
                           coupling_images=4)
 

@@ -86,6 +86,16 @@ def test_every_method_declares_what_the_runner_reads():
             assert m.nfe(None) == m.nfe(cls.knob_grid[0])
 
 
+def test_every_method_is_drawn_apart_from_the_others():
+    """A figure tells methods apart by colour and marker: no two registered methods share both (U-Net regression and
+    the one-step student did, and the cost figure drew them as one)."""
+    seen = {}
+    for name, cls in METHODS.items():
+        look = (cls.style["color"], cls.style["marker"])
+        assert look not in seen, f"{name} is drawn like {seen.get(look)}"
+        seen[look] = name
+
+
 def test_a_method_without_its_budget_settings_fails_loudly():
     class Forgetful(TranslationMethod):
         def __init__(self, domains=(), sources=(), target="", image_size=16):
