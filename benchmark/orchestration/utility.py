@@ -231,7 +231,8 @@ def utility_record(results_dir: Path, method: str, dataset_name: str, preset: st
                 split="utility", n_train=len(x_train), translate_sec=sec_train + sec_val, seg_sec=info["sec"],
                 seg_selected_step=info["selected_step"], seg_val_dice=info["val_dice"], seg_curve=info["curve"],
                 segmenter=settings, labels_version=LABELS_VERSION, utility_version=UTILITY_VERSION,
-                translator_run=run_id, git_sha=git_sha(), protocol=PROTOCOL_VERSION,
+                translator_run=run_id, translator_records=_records_digest(folder) if method != ORACLE else None,
+                git_sha=git_sha(), protocol=PROTOCOL_VERSION,
                 generator_version=dataset.config.get("generator_version"))
 
 
@@ -287,7 +288,17 @@ def _current(rec: dict, results_dir: Path, method: str, dataset: str, preset: st
         folder = find_run(results_dir, method, dataset, preset, seed, task, budget)
     except RunError:
         return True
-    return rec.get("translator_run") == json.loads((folder / "config.json").read_text())["run_id"]
+    if rec.get("translator_run") != json.loads((folder / "config.json").read_text())["run_id"]:
+        return False
+    # the same run id trained or evaluated again (a code change that moved its budget, a re-run after deleting it):
+    # its records changed, and so may the knob value or the weights (records from before this field: id only)
+    return rec.get("translator_records") in (None, _records_digest(folder))
+
+
+def _records_digest(folder: Path) -> str | None:
+    """The sha256 of a finished run's records, as its `done` marker vouches for them."""
+    done = Path(folder) / "done"
+    return json.loads(done.read_text()).get("records_sha256") if done.is_file() else None
 
 
 def utility_files(results_dir: Path) -> list[Path]:

@@ -143,6 +143,12 @@ def test_utility_end_to_end_on_micro(tmp_path, micro, monkeypatch):
     hist = json.loads(U.record_path(results, "skull-sim", "micro", "sim2real", "histmatch", 0).read_text())
     assert hist["knob_value"] == U.chosen_knob(U.find_run(results, "histmatch", "skull-sim", "micro", 0, "sim2real"),
                                                "sim2real")
+    # a stored record follows its run's records, not only its id: the same run trained or evaluated again (a code
+    # change that moved its budget) has other records, and its utility is made again
+    point = (results, "histmatch", "skull-sim", "micro", 0, "sim2real")
+    assert hist["translator_records"] is not None and U._current(hist, *point)
+    assert not U._current(dict(hist, translator_records="0" * 64), *point)
+    assert U._current(dict(hist, translator_records=None), *point)  # a record from before the field: by id
     monkeypatch.setattr(U, "utility_record", lambda *a, **k: pytest.fail("recomputed a stored utility record"))
     assert len(U.run_utility(results, ["identity", "histmatch"], "skull-sim", "micro", [0], ["sim2real"], root,
                              progress=lambda *_: None, settings=SMALL)) == 3
