@@ -92,6 +92,8 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         if len(part):
             paths.append(out_dir / name)
             atomic_write(paths[-1], part.to_markdown(index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
+    if records is not None:
+        paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir)
     paths += write_compute(table, out_dir)
     paths += write_ablation(table, records, out_dir)
     paths += write_distillation(table, out_dir)
@@ -104,6 +106,28 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         variants_path.unlink(missing_ok=True)
         paths.pop()
     return paths
+
+
+CHOSEN_NOTE = (
+    "Each method at the knob value *each seed's own* validation chose (DomainBed's reading of a per-seed selection; "
+    "knob: the choices in seed order, `+` where a seed's sources chose differently), the configured methods only. "
+    "Mean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds (Student t "
+    "over seeds); ranks as in headline.md, among these rows. headline.md shows every knob value of the grid, with "
+    "the share of seeds × sources that chose it.")
+
+
+def write_chosen(records: pd.DataFrame, valid_realism: dict | None, out_dir: Path) -> list[Path]:
+    """chosen.md (`tables.validation_choice`), where any record carries a validation choice."""
+    from benchmark.reporting.tables import validation_choice
+
+    path = Path(out_dir) / "chosen.md"
+    part = validation_choice(records, valid_realism)
+    if part.empty:
+        path.unlink(missing_ok=True)
+        return []
+    atomic_write(path, formatted(part).drop(columns=["val choice"], errors="ignore").to_markdown(index=False)
+                 + "\n\n" + CHOSEN_NOTE + "\n")
+    return [path]
 
 
 def ceiling_note(table: pd.DataFrame, tables_dir: Path) -> str:

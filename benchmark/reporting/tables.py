@@ -173,6 +173,33 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
     return add_ranks(out)
 
 
+def validation_choice(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
+    """One row per (dataset, preset, task, method): each seed's test records at the knob value *its own* validation
+    chose, aggregated as `summary` aggregates one knob value (mean over seeds, interval over test subjects and seeds),
+    and ranked among themselves: DomainBed's reading of a selection made per seed, where the seeds' choices differ.
+    `knob_value` names the choices in seed order ("0.3/0.15/0.45"; a seed whose sources chose differently "0.3+0.45");
+    the configured methods only (no `--set` variants). Empty without validation choices."""
+    recs = test_records(df)
+    if recs.empty or "val_choice" not in recs:
+        return pd.DataFrame()
+    recs = recs.assign(knob=recs["knob"].fillna(""))
+    recs = recs[recs["val_choice"].fillna(False).astype(bool) & (recs["setting"].fillna("") == "")
+                if "setting" in recs else recs["val_choice"].fillna(False).astype(bool)]
+    if recs.empty:
+        return pd.DataFrame()
+
+    def name(value) -> str:
+        return "" if value is None or (isinstance(value, float) and np.isnan(value)) or value == "" else f"{value:g}" \
+            if isinstance(value, (int, float)) else str(value)
+
+    labels = {}
+    for key, g in recs.groupby(GROUP[:-1], sort=False, dropna=False):
+        per_seed = ["+".join(dict.fromkeys(name(v) for v in s["knob_value"])) for _, s in g.groupby("seed", sort=True)]
+        labels[key] = "/".join(per_seed) if any(per_seed) else ""
+    knob = [labels[k] for k in recs[GROUP[:-1]].itertuples(index=False, name=None)]
+    return summary(recs.assign(knob_value=knob, val_choice=True), valid_realism)
+
+
 def add_structure_gap(out: pd.DataFrame) -> pd.DataFrame:
     """`ssim_src_gap` per row: the mean over seeds of |SSIM (src) - ideal|, ideal = no translation's SSIM (gt) on the
     same test scenes (the `identity` row of the row's dataset, preset and task; its seeds are identical), with the
