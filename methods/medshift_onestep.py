@@ -109,6 +109,8 @@ class MedShiftOneStep(TranslationMethod):
                       for s in self.sources}
         total, done, flops = sum(len(x) for x in per_source.values()) * len(self.knob_grid), 0, 0
         xs, src, taus, ys = [], [], [], []
+        if data.progress is not None:
+            data.progress(0, total)  # the clock starts before the first chunk
         with torch.no_grad():
             for source, x in per_source.items():
                 for j, tau in enumerate(self.knob_grid):
