@@ -203,7 +203,8 @@ def cmd_sweep(args) -> int:
     results, previous = [], None
     for wave in S.waves(todo):  # --vary sampling variants after the fits they re-use
         jobs = [S.FitJob(spec, str(args.results_dir), frd=not args.no_frd, threads=threads,
-                         weights_dir=str(args.weights_dir) if args.weights_dir else None) for spec in wave]
+                         weights_dir=str(args.weights_dir) if args.weights_dir else None,
+                         archive=str(args.archive) if args.archive else None) for spec in wave]
         if args.executor == "local":
             results += S.run_local(jobs, args.jobs)
             continue

@@ -107,6 +107,9 @@ def _sweep(p) -> None:
     p.add_argument("--array-parallelism", type=int, default=None, help="slurm_array_parallelism")
     p.add_argument("--no-wait", action="store_true", help="submit and return (slurm)")
     p.add_argument("--dry-run", action="store_true", help="print the jobs with their status and exit")
+    p.add_argument("--archive", type=Path, default=None, metavar="DIR",
+                   help="after each fit, copy every finished run's records, config and samples to DIR (as `archive "
+                        "--out DIR`): a folder you commit keeps what a lost machine would take with results/runs")
 
 
 def _regress(p) -> None:

@@ -41,6 +41,8 @@ class FitJob:
         frd: Score FRD.
         weights_dir: Inception/AlexNet weights, if any.
         threads: torch threads in the job's process (None: torch's default, e.g. a SLURM job's allocation).
+        archive: After the fit, archive every finished run of `results_dir` here (`archive_finished`), so that the
+            records survive the loss of the machine that holds the raw runs.
     """
 
     spec: RunSpec
@@ -48,6 +50,7 @@ class FitJob:
     frd: bool = True
     weights_dir: str | None = None
     threads: int | None = None
+    archive: str | None = None
 
     def __call__(self) -> dict:
         import torch
@@ -62,6 +65,8 @@ class FitJob:
         ctx = RunContext(results, Scorer(weights_dir=self.weights_dir, cache_dir=results / "cache", frd=self.frd),
                          quiet=True)
         records = run_one(self.spec, ctx)
+        if self.archive:
+            archive_finished(results, Path(self.archive))
         return dict(run=str(self.spec.folder(results)), records=len(records))
 
     def checkpoint(self, *args, **kwargs):
@@ -71,6 +76,22 @@ class FitJob:
         import submitit
 
         return submitit.helpers.DelayedSubmission(self)
+
+
+def archive_finished(results_dir: Path, out: Path) -> list[Path]:
+    """`reporting.archive.archive_runs(results_dir, out)` under an exclusive lock (`<results_dir>/cache/archive.lock`),
+    so that jobs of one sweep that finish together do not copy the same samples at once; returns the archived runs."""
+    import fcntl
+
+    from benchmark.reporting.archive import archive_runs
+
+    (Path(results_dir) / "cache").mkdir(parents=True, exist_ok=True)
+    with open(Path(results_dir) / "cache" / "archive.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return archive_runs(results_dir, out)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def parse_vary(items: list[str]) -> list[tuple[tuple[str, object], ...]]:
