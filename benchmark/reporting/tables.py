@@ -147,8 +147,10 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
     records = {k: g for k, g in df.groupby(GROUP, sort=False, dropna=False)}
     # the share of a row's val_choice counts every seed x source of its method and task, not only those evaluated
     # at this knob value (a value beyond the grid's edge exists only where a seed's validation went there)
+    # (records without a source column, e.g. an external tool's, count seeds only)
+    point = [c for c in ("seed", "source") if c in df.columns]
     points = df.groupby(GROUP[:-1], sort=False, dropna=False).apply(
-        lambda g: len(g[["seed", "source"]].drop_duplicates()), include_groups=False).to_dict()
+        lambda g: len(g[point].drop_duplicates()), include_groups=False).to_dict()
     rows = []
     for key, g in per_seed.groupby(GROUP, sort=False, dropna=False):
         row = dict(zip(GROUP, key, strict=True), n_seeds=len(g))
