@@ -9,7 +9,9 @@ import pytest
 from benchmark.protocol.config import HASHED_FIELDS, RunSpec, identity_fields, plan
 
 ROOT = Path(__file__).resolve().parents[3]
-ARCHIVED = sorted(ROOT.glob("results/records/*/*/*/config.json"))
+# the protocol-2 archive on v2, and the v3 re-run's archive as it grows
+ARCHIVED = sorted(ROOT.glob("results/records/*/*/*/config.json")) + \
+    sorted(ROOT.glob("results/v3/records/*/*/*/config.json"))
 
 
 def _spec(stored: dict, data_identity: dict | None = None) -> RunSpec:
@@ -22,8 +24,7 @@ def _spec(stored: dict, data_identity: dict | None = None) -> RunSpec:
     return RunSpec(**d)
 
 
-@pytest.mark.parametrize("cfg_path", ARCHIVED, ids=[str(p.parent.relative_to(ROOT / "results/records"))
-                                                    for p in ARCHIVED])
+@pytest.mark.parametrize("cfg_path", ARCHIVED, ids=[str(p.parent.relative_to(ROOT / "results")) for p in ARCHIVED])
 def test_every_archived_run_folder_still_resolves_to_its_spec(cfg_path):
     cfg = json.loads(cfg_path.read_text())
     spec = _spec(cfg["spec"], cfg.get("data_identity"))
