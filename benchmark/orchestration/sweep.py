@@ -87,11 +87,8 @@ def archive_finished(results_dir: Path, out: Path) -> list[Path]:
 
     (Path(results_dir) / "cache").mkdir(parents=True, exist_ok=True)
     with open(Path(results_dir) / "cache" / "archive.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return archive_runs(results_dir, out)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return archive_runs(results_dir, out)
 
 
 def parse_vary(items: list[str]) -> list[tuple[tuple[str, object], ...]]:
