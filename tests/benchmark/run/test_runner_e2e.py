@@ -44,6 +44,23 @@ def test_make_benchmark_identity(tmp_path, data_root):
     assert png.shape[0] > 300 and png.shape[1] > 300 and png[..., :3].std() > 0.05  # a drawn figure, not a blank page
 
 
+def test_make_benchmark_runs_one_seed_unless_seeds_is_given():
+    """A newcomer's `make benchmark` is seed 0 (three MedShift seeds take ~40 min on 2 cores); SEEDS given on the
+    command line or in the environment is obeyed, and `make sweep` keeps its three seeds (make's `origin`)."""
+    def seeds(*args: str, env: dict | None = None) -> str:
+        out = subprocess.run(make("-n", *args), cwd=ROOT, env=env or dict(os.environ), capture_output=True,
+                             text=True, check=True).stdout
+        line = next(x for x in out.splitlines() if "-m benchmark" in x)
+        return line.split("--seeds ")[1].split(" --")[0].strip()
+
+    base = {k: v for k, v in os.environ.items() if k != "SEEDS"}
+    assert seeds("benchmark", env=base) == "0"
+    assert seeds("benchmark", "SEEDS=0 1 2", env=base) == "0 1 2"
+    assert seeds("benchmark", env=dict(base, SEEDS="1 2")) == "1 2"
+    assert seeds("sweep", env=base) == "0 1 2"
+    assert seeds("utility", env=base) == "0 1 2"
+
+
 def test_tradeoff_curve_draws_knob_methods_as_lines():
     import matplotlib
 
