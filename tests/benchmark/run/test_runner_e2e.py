@@ -61,6 +61,11 @@ def test_make_benchmark_runs_one_seed_unless_seeds_is_given():
     assert seeds("utility", env=base) == "0 1 2"
 
 
+def test_the_readme_lists_every_make_target_as_make_help_does():
+    help_text = subprocess.run(make("help"), cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert len(help_text.splitlines()) > 10 and help_text in (ROOT / "README.md").read_text()
+
+
 def test_tradeoff_curve_draws_knob_methods_as_lines():
     import matplotlib
 
