@@ -48,8 +48,8 @@ def test_make_benchmark_runs_one_seed_unless_seeds_is_given():
     """A newcomer's `make benchmark` is seed 0 (three MedShift seeds take ~40 min on 2 cores); SEEDS given on the
     command line or in the environment is obeyed, and `make sweep` keeps its three seeds (make's `origin`)."""
     def seeds(*args: str, env: dict | None = None) -> str:
-        out = subprocess.run(make("-n", *args), cwd=ROOT, env=env or dict(os.environ), capture_output=True,
-                             text=True, check=True).stdout
+        out = subprocess.run(make("-n", "--no-print-directory", *args), cwd=ROOT, env=env or dict(os.environ),
+                             capture_output=True, text=True, check=True).stdout
         line = next(x for x in out.splitlines() if "-m benchmark" in x)
         return line.split("--seeds ")[1].split(" --")[0].strip()
 
@@ -62,7 +62,9 @@ def test_make_benchmark_runs_one_seed_unless_seeds_is_given():
 
 
 def test_the_readme_lists_every_make_target_as_make_help_does():
-    help_text = subprocess.run(make("help"), cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    # run by `make test`, make is a sub-make and would print "Entering directory" around the list
+    help_text = subprocess.run(make("--no-print-directory", "help"), cwd=ROOT, capture_output=True, text=True,
+                               check=True).stdout
     assert len(help_text.splitlines()) > 10 and help_text in (ROOT / "README.md").read_text()
 
 
