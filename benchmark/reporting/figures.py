@@ -22,26 +22,31 @@ from benchmark.reporting.utility_tables import (
     attach_utility,
     load_utility,
     utility_correlations,
+    utility_rows,
     utility_summary,
 )
 from benchmark.scoring.declarations import METRICS
 
 
 def common_seeds(df: pd.DataFrame) -> pd.DataFrame:
-    """Per method, only the records of seeds that were evaluated at every knob value the method has."""
+    """Per method, a curve whose every point has the same seeds: either every seed at the knob values all of them
+    have (a seed whose validation added a value beyond the grid's edge adds no 1-seed point), or the seeds that have
+    every knob value (a 1-seed `--curve` kept whole); whichever keeps more records, every seed on a tie."""
     keep = []
     for _, g in df.groupby("method", sort=False):
-        points = g.groupby("seed")["knob_value"].agg(lambda v: frozenset(map(str, v)))
-        full = points[points == frozenset(map(str, g["knob_value"]))].index
-        keep.append(g[g["seed"].isin(full)])
+        values = g["knob_value"].map(str)
+        points = values.groupby(g["seed"]).agg(frozenset)
+        shared = g[values.isin(frozenset.intersection(*points))]
+        whole = g[g["seed"].isin(points[points == frozenset(values)].index)]
+        keep.append(shared if len(shared) >= len(whole) else whole)
     return pd.concat(keep) if keep else df
 
 
 def tradeoff_curves(df: pd.DataFrame, task: str, y: str | None = None, x: str = "ssim_src", ax=None):
     """Structure (x) versus realism (y) per method: a curve over the knob, a single marker without one.
 
-    Values are means over source domains and over the seeds that have every point of the method's curve (a
-    curve mixing 3-seed table points with 1-seed `--curve` points would zig-zag); the legend gives the count.
+    Values are means over source domains and over the same seeds at every point of the method's curve (a curve
+    mixing 3-seed table points with 1-seed points would zig-zag; `common_seeds`); the legend gives the count.
     Knob values are written next to the points; error bars are the tables' 95 % intervals (test subjects and
     seeds, `collect.summary`) where the records carry them.
     """
@@ -260,18 +265,19 @@ def cost_quality(df: pd.DataFrame, task: str, y: str | None = None):
 # ------------------------------------------------------------------------------------------ downstream utility
 def utility_figure(df: pd.DataFrame, usum: pd.DataFrame, task: str, x_metrics: list[str],
                    failed: list[str] | None = None):
-    """Downstream utility (mean Dice of the segmenter, `benchmark.orchestration.utility`) against each realism metric in
-    `x_metrics` and against structure (SSIM to the source), one point per method at the setting its validation chose
-    most often, 95 % interval bars on both axes; the oracle (real training images) and no translation as horizontal
-    lines. Each panel's title gives Spearman's rank correlation of the plotted metric with utility over the
-    translation methods (the scatter's own sign) and whether the metric ranks them as utility does (for a
-    lower-is-better metric a negative ρ); `failed`: metrics that failed validity on the preset, said in their title."""
+    """Downstream utility (mean Dice of the segmenter, `benchmark.orchestration.utility`) against each realism
+    metric in `x_metrics` and against structure (SSIM to the source), one point per method at the settings its
+    utility was measured at (each seed's own validation choice, `utility_rows`), 95 % interval bars on both axes;
+    the oracle (real training images) and no translation as horizontal lines. Each panel's title gives Spearman's
+    rank correlation of the plotted metric with utility over the translation methods (the scatter's own sign) and
+    whether the metric ranks them as utility does (for a lower-is-better metric a negative ρ); `failed`: metrics
+    that failed validity on the preset, said in their title."""
     import matplotlib.pyplot as plt
 
     part = usum[usum["task"] == task] if not usum.empty else usum
     if part.empty:
         return None
-    table = attach_utility(summary(df[df["task"] == task]), part)
+    table = utility_rows(df[df["task"] == task], part)
     rows = table[table["dice"].notna()]
     if (rows["method"].map(method_group) == "reference").all():  # no translation method scored: nothing to compare
         return None

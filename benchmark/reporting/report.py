@@ -36,7 +36,13 @@ def build_report(results_dir: Path, out_dir: Path | None = None, partial: bool =
     from benchmark.reporting.archive import run_status
     from benchmark.reporting.load import load_records
     from benchmark.reporting.tables import summary
-    from benchmark.reporting.utility_tables import attach_utility, load_utility, utility_summary, write_utility
+    from benchmark.reporting.utility_tables import (
+        attach_utility,
+        load_utility,
+        utility_rows,
+        utility_summary,
+        write_utility,
+    )
     from benchmark.scoring.validity import valid_realism_metrics
 
     results_dir = Path(results_dir)
@@ -52,14 +58,17 @@ def build_report(results_dir: Path, out_dir: Path | None = None, partial: bool =
     valid = {(d, p): valid_realism_metrics(out_dir, d, p) for d, p in df[["dataset", "preset"]].drop_duplicates()
              .itertuples(index=False)}
     usum = utility_summary(load_utility(results_dir))
-    table = attach_utility(summary(df, {k: v for k, v in valid.items() if v is not None}), usum)
-    paths = write_tables(table, out_dir, records=df) + write_utility(usum, out_dir, headline(table))
+    valid = {k: v for k, v in valid.items() if v is not None}
+    table = attach_utility(summary(df, valid), usum)
+    paths = write_tables(table, out_dir, records=df, usum=usum) + write_utility(
+        usum, out_dir, utility_rows(df, usum, valid) if len(usum) else None)
     return Report(table, paths, notes)
 
 
-def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | None = None) -> list[Path]:
-    """summary.{csv,md,tex}, headline.md, table1-<task>.tex, gaps.md and convergence.md (from the `records`, when
-    given) and variants.md under `out_dir`."""
+def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | None = None,
+                 usum: pd.DataFrame | None = None) -> list[Path]:
+    """summary.{csv,md,tex}, headline.md, table1-<task>.tex, gaps.md, convergence.md and chosen.md (from the
+    `records`, when given; chosen.md with the utility summary `usum` beside) and variants.md under `out_dir`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "summary.csv", out_dir / "summary.md", out_dir / "summary.tex", out_dir / "headline.md",
              out_dir / "variants.md"]
@@ -67,8 +76,9 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     def note(ranked: pd.DataFrame, scope: str = "") -> str:
         """The footer of one table, naming the metric *that* table was ranked by on each axis."""
         utility = " Utility: mean Dice of a segmenter trained on the method's translations of the synthetic " \
-                  "training images and tested on real images, on the row of the setting validation chose " \
-                  "(utility.md)." if "dice" in ranked and ranked["dice"].notna().any() else ""
+                  "training images and tested on real images, on the row of the setting the seeds' validation " \
+                  "chose (where the seeds chose different settings, on no row here: chosen.md has it; utility.md)." \
+                  if "dice" in ranked and ranked["dice"].notna().any() else ""
         return (f"\n\nMean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and "
                 f"seeds (Student t over seeds);{scope} {rank_note(ranked)}; rows not surely apart (the 95% interval of "
                 "their paired difference includes 0) share a rank; paired (upper bound) rows see aligned pairs in "
@@ -93,7 +103,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
             paths.append(out_dir / name)
             atomic_write(paths[-1], part.to_markdown(index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     if records is not None:
-        paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir)
+        paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir, usum)
     paths += write_compute(table, out_dir)
     paths += write_ablation(table, records, out_dir)
     paths += write_distillation(table, out_dir)
@@ -113,18 +123,24 @@ CHOSEN_NOTE = (
     "knob: the choices in seed order, `+` where a seed's sources chose differently), the configured methods only. "
     "Mean over seeds ± half-width of the 95% interval over test subjects (cluster bootstrap) and seeds (Student t "
     "over seeds); ranks as in headline.md, among these rows. headline.md shows every knob value of the grid, with "
-    "the share of seeds × sources that chose it.")
+    "the share of seeds × sources that chose it. Utility (where measured): the segmenter's Dice on real test images "
+    "after training on the method's translations at each seed's own choice, as the other columns (utility.md).")
 
 
-def write_chosen(records: pd.DataFrame, valid_realism: dict | None, out_dir: Path) -> list[Path]:
-    """chosen.md (`tables.validation_choice`), where any record carries a validation choice."""
+def write_chosen(records: pd.DataFrame, valid_realism: dict | None, out_dir: Path,
+                 usum: pd.DataFrame | None = None) -> list[Path]:
+    """chosen.md (`tables.validation_choice`), where any record carries a validation choice; with the downstream
+    utility of the same choices where `usum` (`utility_tables.utility_summary`) has it."""
     from benchmark.reporting.tables import validation_choice
+    from benchmark.reporting.utility_tables import attach_utility
 
     path = Path(out_dir) / "chosen.md"
     part = validation_choice(records, valid_realism)
     if part.empty:
         path.unlink(missing_ok=True)
         return []
+    if usum is not None and not usum.empty:
+        part = attach_utility(part, usum, own_choices=True)
     atomic_write(path, formatted(part).drop(columns=["val choice"], errors="ignore").to_markdown(index=False)
                  + "\n\n" + CHOSEN_NOTE + "\n")
     return [path]

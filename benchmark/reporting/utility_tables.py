@@ -15,7 +15,6 @@ from benchmark.reporting.tables import (
     TABLE_METRICS,
     UTILITY_LABEL,
     format_cell,
-    most_chosen,
     overlap_rank,
     resampled_seed_means,
     seed_replicates,
@@ -82,7 +81,8 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
     rows, reps_of = [], {}
     for key, g in udf.groupby(["dataset", "preset", "task", "method"], sort=False):
         row = dict(zip(["dataset", "preset", "task", "method"], key, strict=True), n_seeds=g["seed"].nunique(),
-                   knob=_knob_label(g), group=utility_group(key[3]))
+                   knob=_knob_label(g), group=utility_group(key[3]),
+                   knob_values=tuple(dict.fromkeys(g["knob_value"])) if g["knob"].iloc[0] else ())
         for m in metrics:
             per_seed = g.groupby("seed", sort=True)[m].mean()
             row[m] = float(per_seed.mean())
@@ -150,23 +150,52 @@ def formatted_utility(usum: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def attach_utility(table: pd.DataFrame, usum: pd.DataFrame) -> pd.DataFrame:
-    """The summary with each method's utility on the row of the knob value its seeds' validation chose most often
-    (`dice`, `dice_lo/_hi/_ci`, `utility_rank`); other rows and methods without utility records stay empty."""
+def attach_utility(table: pd.DataFrame, usum: pd.DataFrame, own_choices: bool = False) -> pd.DataFrame:
+    """The summary with each method's utility (`dice`, `dice_lo/_hi/_ci`, `utility_rank`) on the row of the knob
+    value its utility was measured at (the one its seeds' validation chose); where the seeds chose different values,
+    on no row of a per-value table (there is none the utility belongs to), and with `own_choices` (a table of each
+    method at each seed's own choice, `tables.validation_choice`: one row per method) on the method's row. Other rows
+    and methods without utility records stay empty."""
     table = table.copy()
-    for col in ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank"):
+    cols = ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank")
+    for col in cols:
         table[col] = np.nan
     if usum.empty:
         return table
     for _, u in usum.iterrows():
         rows = table[(table["dataset"] == u["dataset"]) & (table["preset"] == u["preset"])
                      & (table["task"] == u["task"]) & (table["method"] == u["method"])]
-        if rows.empty:
+        values = u.get("knob_values", ())
+        if not own_choices and len(rows) > 1:
+            if not isinstance(values, tuple) or len(values) != 1:
+                continue
+            rows = rows[[_same_value(v, values[0]) for v in rows["knob_value"]]]
+        if len(rows) != 1:
             continue
-        pick = most_chosen(rows, ["method"]).index[0]
-        for col in ("dice", "dice_lo", "dice_hi", "dice_ci", "utility_rank"):
-            table.loc[pick, col] = u[col]
+        for col in cols:
+            table.loc[rows.index[0], col] = u[col]
     return table
+
+
+def utility_rows(records: pd.DataFrame, usum: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
+    """Each configured method at the settings its utility was measured at, its image metrics and utility side by side
+    (for the correlations and the utility figure): each seed at its own validation choice (`validation_choice`,
+    which is what the utility run translated with), or, for records without validation choices, the summary."""
+    from benchmark.reporting.tables import summary, validation_choice
+
+    chosen = validation_choice(records, valid_realism)
+    if len(chosen):
+        return attach_utility(chosen, usum, own_choices=True)
+    plain = records[records["method"] == records["method"].map(base_method)]
+    return attach_utility(summary(plain, valid_realism), usum)
+
+
+def _same_value(a, b) -> bool:
+    """Two knob values are the same setting (0.3 and 0.30000000000000004 are; "0.3" and 0.3 are)."""
+    try:
+        return bool(np.isclose(float(a), float(b), rtol=1e-9, atol=1e-12))
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, min_methods: int = 4) -> pd.DataFrame:

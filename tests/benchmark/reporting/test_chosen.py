@@ -48,3 +48,32 @@ def test_chosen_md_is_written_only_where_there_are_choices(tmp_path):
     assert "tau=0.3/0.15/0.6" in text and "guidance=1.0" not in text
     assert write_chosen(records().assign(val_choice=False), None, tmp_path) == []
     assert not (tmp_path / "chosen.md").exists()
+
+
+def _utility(taus: dict) -> pd.DataFrame:
+    """Utility records of medshift (seed -> the tau it translated with) and identity, Dice known."""
+    rows = [dict(dataset="skull-sim", preset="tiny", task="sim2real", method="medshift", seed=s, knob="tau",
+                 knob_value=t, dice=0.80 + 0.01 * s, seg_val_dice=0.8, translate_sec=1.0) for s, t in taus.items()]
+    rows += [dict(rows[0], method="identity", seed=s, knob="", knob_value="", dice=0.7) for s in taus]
+    return pd.DataFrame(rows)
+
+
+def test_utility_sits_on_the_row_of_the_setting_it_was_measured_at(tmp_path):
+    """Seed 0 alone chose tau 0.3, while the most-chosen row of three seeds' choices (a tie) is the grid's first:
+    the utility of seed 0 belongs to tau 0.3, not to the most-chosen row; where the seeds' utility used different
+    taus, no per-tau row holds it and the row of each seed's own choice (chosen.md) does."""
+    from benchmark.reporting.tables import summary
+    from benchmark.reporting.utility_tables import attach_utility, utility_rows, utility_summary
+
+    table = summary(records())
+    table = table[table["method"] == "medshift"]
+    one = attach_utility(table, utility_summary(_utility({0: 0.3})))
+    assert one.loc[one["dice"].notna(), "knob_value"].tolist() == [0.3]
+    assert one["dice"].dropna().tolist() == pytest.approx([0.80])
+    three = utility_summary(_utility({0: 0.3, 1: 0.15, 2: 0.6}))
+    assert attach_utility(table, three)["dice"].isna().all()
+    own = utility_rows(records(), three).set_index("method")
+    assert own.loc["medshift", "knob_value"] == "0.3/0.15/0.6"
+    assert own.loc["medshift", "dice"] == pytest.approx(0.81) and own.loc["identity", "dice"] == pytest.approx(0.7)
+    text = write_chosen(records(), None, tmp_path, three)[0].read_text()
+    assert "Utility (Dice)" in text and "0.810" in text

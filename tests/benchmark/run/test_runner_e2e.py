@@ -91,7 +91,7 @@ def test_tradeoff_curve_draws_knob_methods_as_lines():
     assert tradeoff_curves(no_fid, "sim2real").axes[0].get_ylabel().startswith("Spectrum dist")
 
 
-def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_figure(tmp_path):
+def test_curves_use_the_same_seeds_at_every_point_and_variants_get_their_own_figure(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,11 +103,18 @@ def test_curves_use_the_seeds_that_have_every_point_and_variants_get_their_own_f
     rows += [dict(r, method="cyclegan", knob="", knob_value="") for r in rows if r["knob_value"] == 0.6]
     df = pd.DataFrame(rows)
     kept = common_seeds(df)
-    assert set(kept[kept["method"] == "medshift"]["seed"]) == {0}  # only seed 0 has the whole curve
+    # seed 0's extra value (validation went beyond the grid's edge) is left out: every seed at the shared values
+    assert set(kept[kept["method"] == "medshift"]["seed"]) == {0, 1, 2}
+    assert set(kept[kept["method"] == "medshift"]["knob_value"]) == {0.6, 0.3}
     assert set(kept[kept["method"] == "cyclegan"]["seed"]) == {0, 1, 2}
     fig = tradeoff_curves(df.assign(dataset="skull-sim", preset="tiny"), "sim2real")
     labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
-    assert labels == ["MedShift (τ), 1 seed", "CycleGAN, 3 seeds"]
+    assert labels == ["MedShift (τ), 3 seeds", "CycleGAN, 3 seeds"]
+    # a dense 1-seed `--curve` on seed 0 keeps the whole curve of that seed rather than 3 seeds' two points
+    dense = [dict(rows[0], knob_value=k) for k in (0.1, 0.2, 0.4, 0.5)]
+    kept = common_seeds(pd.DataFrame(rows + dense))
+    medshift = kept[kept["method"] == "medshift"]
+    assert set(medshift["seed"]) == {0} and medshift["knob_value"].nunique() == 7
     records = df.assign(dataset="skull-sim", preset="tiny")
     variant = records[records["method"] == "medshift"].assign(setting="guidance=3.0")
     from benchmark.protocol.records import record_sha
