@@ -105,7 +105,7 @@ def test_every_interval_of_the_archived_tables_contains_its_estimate():
             rows = table[table[m].notna() & table[f"{m}_lo"].notna()]
             assert (rows[f"{m}_lo"] <= rows[m] + 1e-12).all() and (rows[m] <= rows[f"{m}_hi"] + 1e-12).all(), m
             checked += len(rows)
-        assert checked > 250, archive  # 29 rows x the metrics the records have
+        assert checked > 200, archive  # about 30 rows x the metrics the records have: not vacuous
     frd = table[(table["method"] == "cyclegan") & (table["task"] == "sim2real")].iloc[0]  # v2's
     assert frd["frd_lo"] < 5.212 < frd["frd_hi"]
 
