@@ -103,11 +103,11 @@ def utility_summary(udf: pd.DataFrame) -> pd.DataFrame:
         if low in reps_of and high in reps_of:
             lo_mean, hi_mean = (part.loc[part["method"] == k[3], "dice"].iloc[0] for k in (low, high))
             gap = S.difference(reps_of[high], reps_of[low])
-            if not gap_is_measured(gap):  # no gap to close, or one too uncertain to divide by (FIELLER_G)
+            measured = gap_is_measured(gap)  # no gap to close, or one too uncertain to divide by (FIELLER_G)
+            if not measured:
                 out.loc[part.index, "gap_note"] = (f"gap too small to divide by: oracle - no translation = "
                                                    f"{hi_mean - lo_mean:+.3f} [{gap.lo:+.3f}, {gap.hi:+.3f}]")
-                continue
-            for i, r in part.iterrows():
+            for i, r in part.iterrows() if measured else ():
                 out.loc[i, "gap_closed"] = (r["dice"] - lo_mean) / (hi_mean - lo_mean)
                 key = (dataset, preset, task, r["method"])
                 if key in reps_of and S.paired(reps_of[key], reps_of[low]) and S.paired(reps_of[high], reps_of[low]):

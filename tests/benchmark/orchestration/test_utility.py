@@ -218,7 +218,8 @@ def test_no_gap_closed_where_the_oracle_is_not_surely_better():
     for seed in (0, 1):
         rows += [_utility_rows("identity", seed, base), _utility_rows("oracle", seed, base + 0.1),
                  _utility_rows("histmatch", seed, base + 0.025 + rng.normal(0, 0.002, 200))]
-        flat = dict(identity=base, oracle=base + 0.002 + rng.normal(0, 0.004, 200), histmatch=base + 0.001)
+        flat = dict(identity=base, oracle=base + 0.002 + rng.normal(0, 0.004, 200), histmatch=base + 0.001,
+                    cyclegan=base + 0.05, sdedit=base - 0.05)
         rows += [{**_utility_rows(m, seed, d), "task": "sim2real"} for m, d in flat.items()]
     usum = utility_summary(pd.DataFrame(rows)).set_index(["task", "method"])
     assert usum.loc[("dose", "histmatch"), "gap_closed"] == pytest.approx(0.25, abs=0.01)
@@ -226,6 +227,8 @@ def test_no_gap_closed_where_the_oracle_is_not_surely_better():
     assert usum.loc[("dose", "histmatch"), "gap_note"] == ""
     flat_rows = usum.loc["sim2real"]
     assert flat_rows["gap_closed"].isna().all() and flat_rows["gap_note"].str.startswith("gap too small").all()
+    # no ratio, but the methods are still ranked by their Dice (the rank does not divide by the gap)
+    assert flat_rows.loc[["cyclegan", "sdedit"], "utility_rank"].tolist() == [1, 2]
     shown = formatted_utility(usum.reset_index()).set_index(["task", "method"])
     assert shown.loc[("sim2real", "histmatch"), "gap closed"].startswith("n/a (gap too small to divide by: oracle - "
                                                                            "no translation = +0.0")
