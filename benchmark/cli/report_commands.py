@@ -8,12 +8,12 @@ from benchmark.errors import UnknownName
 
 def cmd_collect(args) -> int:
     from benchmark.reporting.report import build_report
-    from benchmark.reporting.tables import formatted
+    from benchmark.reporting.tables import formatted, markdown
 
     report = build_report(args.results_dir, args.out, partial=args.partial)
     for note in report.notes:
         print(note)
-    print(formatted(report.table).to_markdown(index=False))
+    print(markdown(formatted(report.table), index=False))
     print("written: " + ", ".join(map(str, report.paths)))
     return 0
 

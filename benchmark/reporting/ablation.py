@@ -20,6 +20,7 @@ from benchmark.reporting.tables import (
     STRUCTURE_GAP,
     format_cell,
     label_of,
+    markdown,
     most_chosen,
     realism_metric,
     spec_of,
@@ -122,7 +123,7 @@ def write_ablation(table: pd.DataFrame, records: pd.DataFrame | None, out_dir: P
     if part.empty:
         path.unlink(missing_ok=True)
         return []
-    atomic_write(path, part.to_markdown(index=False) + "\n\n" + FOOTER + "\n")
+    atomic_write(path, markdown(part, index=False) + "\n\n" + FOOTER + "\n")
     return [path]
 
 

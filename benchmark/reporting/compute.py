@@ -27,6 +27,7 @@ from benchmark.reporting.tables import (
     add_ranks,
     format_cell,
     label_of,
+    markdown,
     most_chosen,
     spec_of,
 )
@@ -154,10 +155,10 @@ def compute_markdown(rows: pd.DataFrame) -> str:
             **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
                for m in metrics},
             **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
-        parts.append(f"## {task}\n\n" + table.to_markdown(index=False) + "\n")
+        parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
-            parts.append(v.drop(columns="task").to_markdown(index=False) + "\n")
+            parts.append(markdown(v.drop(columns="task"), index=False) + "\n")
         parts.append(f"Ranking: {ranking_settles(rows, task)}.\n")
     return "\n".join(parts)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.reporting.load import base_method, method_info
-from benchmark.reporting.tables import STRUCTURE_GAP, format_cell, label_of, realism_metric
+from benchmark.reporting.tables import STRUCTURE_GAP, format_cell, label_of, markdown, realism_metric
 
 #: the metrics compared: the ranking's realism metric (where one is validated), noise texture, fidelity, structure
 SHOWN = ("nps_flat", "ssim_gt", "ssim_src", STRUCTURE_GAP)
@@ -119,5 +119,5 @@ def write_distillation(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     if part.empty:
         path.unlink(missing_ok=True)
         return []
-    atomic_write(path, part.fillna("–").to_markdown(index=False) + "\n\n" + FOOTER + "\n")
+    atomic_write(path, markdown(part.fillna("–"), index=False) + "\n\n" + FOOTER + "\n")
     return [path]

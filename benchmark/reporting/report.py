@@ -13,7 +13,7 @@ from benchmark.reporting.compute import write_compute
 from benchmark.reporting.distillation import write_distillation
 from benchmark.reporting.load import method_group
 from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, selections
-from benchmark.reporting.tables import SAMPLES, formatted, headline
+from benchmark.reporting.tables import SAMPLES, formatted, headline, markdown
 from benchmark.reporting.utility_tables import paired_gap
 
 
@@ -86,12 +86,12 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
                 "ranked. n/a = unavailable (see the records' `unavailable`)."
                 f"{utility}{cost_note(records)}{ceiling_note(ranked, out_dir)}\n")
 
-    atomic_write(paths[1], formatted(table).to_markdown(index=False) + note(table))
+    atomic_write(paths[1], markdown(formatted(table), index=False) + note(table))
     tex = formatted(table, tex=True).to_latex(index=False, escape=False)
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
-    atomic_write(paths[3], formatted(configured).to_markdown(index=False) + note(configured)
+    atomic_write(paths[3], markdown(formatted(configured), index=False) + note(configured)
                  + "\n" + "\n".join(f"* {line}" for line in leaders(configured)) + "\n")
     variants_path = paths.pop()
     for task in configured["task"].unique():
@@ -101,7 +101,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
         part = make(records) if records is not None else pd.DataFrame()
         if len(part):
             paths.append(out_dir / name)
-            atomic_write(paths[-1], part.to_markdown(index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
+            atomic_write(paths[-1], markdown(part, index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     if records is not None:
         paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir, usum)
     paths += write_compute(table, out_dir)
@@ -110,7 +110,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     paths.append(variants_path)
     variants = headline(table, variants=True)
     if len(variants):
-        atomic_write(variants_path, formatted(variants).to_markdown(index=False) + note(
+        atomic_write(variants_path, markdown(formatted(variants), index=False) + note(
             variants, " ranks within this table (methods with `--set` variants);"))
     else:
         variants_path.unlink(missing_ok=True)
@@ -141,7 +141,7 @@ def write_chosen(records: pd.DataFrame, valid_realism: dict | None, out_dir: Pat
         return []
     if usum is not None and not usum.empty:
         part = attach_utility(part, usum, own_choices=True)
-    atomic_write(path, formatted(part).drop(columns=["val choice"], errors="ignore").to_markdown(index=False)
+    atomic_write(path, markdown(formatted(part).drop(columns=["val choice"], errors="ignore"), index=False)
                  + "\n\n" + CHOSEN_NOTE + "\n")
     return [path]
 

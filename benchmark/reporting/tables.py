@@ -316,6 +316,16 @@ def format_cell(mean: float, half: float, metric: str, digits: int | None = None
     return text
 
 
+def markdown(df: pd.DataFrame, **kw) -> str:
+    """`df` as a GitHub markdown table (`DataFrame.to_markdown`, `kw` passed on), a "|" in a header or a text cell
+    (the structure gap's "|SSIM (src) − ideal|") escaped as "\\|": unescaped, it ends the cell, the header has more
+    cells than the delimiter row, and the table does not render."""
+    def escape(value):
+        return value.replace("|", "\\|") if isinstance(value, str) else value
+
+    return df.rename(columns=lambda c: escape(str(c))).map(escape).to_markdown(**kw)
+
+
 def formatted(table: pd.DataFrame, tex: bool = False) -> pd.DataFrame:
     """Human table: arrows in headers, mean ± CI, best value per task in bold."""
     shown = [m for m in TABLE_METRICS + list(DERIVED) if m in table and table[m].notna().any()]

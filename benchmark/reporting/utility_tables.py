@@ -15,6 +15,7 @@ from benchmark.reporting.tables import (
     TABLE_METRICS,
     UTILITY_LABEL,
     format_cell,
+    markdown,
     overlap_rank,
     resampled_seed_means,
     seed_replicates,
@@ -233,9 +234,9 @@ def write_utility(usum: pd.DataFrame, out_dir: Path, table: pd.DataFrame | None 
     corr = utility_correlations(table) if table is not None else pd.DataFrame()
     corr_md = ("\n\nDo the image metrics rank the translation methods as utility does? Spearman's rho over the methods "
                "(unpaired and paired, at their validation-chosen setting; lower-is-better metrics sign-flipped, so +1 "
-               "= the same order):\n\n" + corr.drop(columns="key").to_markdown(index=False, floatfmt=".2f") if len(corr)
+               "= the same order):\n\n" + markdown(corr.drop(columns="key"), index=False, floatfmt=".2f") if len(corr)
                else "")
-    atomic_write(paths[1], formatted_utility(usum).to_markdown(index=False) + corr_md + (
+    atomic_write(paths[1], markdown(formatted_utility(usum), index=False) + corr_md + (
         "\n\nDownstream utility (`benchmark/utility.py`): each method translates the task's synthetic training images "
         "at its validation-chosen setting; one fixed segmenter (pix2pix U-Net, the same budget and seed for every "
         "method) learns six skull structures from them and is tested on the target domain's real test images. Mean "

@@ -152,3 +152,28 @@ def test_the_readmes_batch_sizes_are_the_ones_the_runs_use():
             assert resolve_config(RunSpec(method))["batch_size"] in stated, row[:80]
             checked += 1
     assert checked >= 1  # pix2pix states its batch
+
+
+def table_shapes(text: str) -> list[tuple[int, int, int]]:
+    """(line, cells of the header, cells of the delimiter row) of every markdown table in `text`, cells split at
+    unescaped "|" as GitHub does (a "\\|" stays inside its cell)."""
+    lines = text.splitlines()
+    shapes = []
+    for i in range(len(lines) - 1):
+        if lines[i].startswith("|") and re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", lines[i + 1].strip()) and (
+                i == 0 or not lines[i - 1].startswith("|")):
+            shapes.append((i + 1, *(len(re.split(r"(?<!\\)\|", row.strip())) for row in lines[i:i + 2])))
+    return shapes
+
+
+def test_table_shapes_split_cells_as_github_does():
+    assert table_shapes("| a | b |\n|:--|:--|\n| 1 | 2 |\n") == [(1, 4, 4)]
+    assert table_shapes("| a | |x| ↓ |\n|:--|:--|\n") == [(1, 6, 4)]  # the pipes of |x| end cells
+    assert table_shapes("| a | \\|x\\| ↓ |\n|:--|:--|\n") == [(1, 4, 4)]
+
+
+@pytest.mark.parametrize("page", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+                                  *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "results").rglob("*.md"))])
+def test_every_markdown_table_has_as_many_header_cells_as_columns(page):
+    """A header cell such as "|SSIM (src) − ideal|" must escape its pipes, or the table does not render."""
+    assert [s for s in table_shapes((ROOT / page).read_text()) if s[1] != s[2]] == []
