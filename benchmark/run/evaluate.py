@@ -311,7 +311,9 @@ class Evaluator:
     def round_trip(self, task_name: str, source: str, knob) -> dict:
         """{"roundtrip_ssim", "roundtrip_psnr"}: the mean SSIM and PSNR between the target domain's test images and
         their round trip `translate(x, target, target, knob)` with the point's sampling settings, for a method whose
-        class declares `round_trip` (empty for the others; None where the target has no test images). Needs no
+        class declares `round_trip` (empty for the others; None where the target has no test images); a method with
+        a first stage (latent MedShift) adds "ae_recon_ssim", "ae_recon_psnr": its autoencoder's reconstruction of
+        the same images, the ceiling every latent translation sits under. Needs no
         pairs; made once per (task, knob, sampling settings), shared by the task's sources. On aligned data the
         target's test images are the aligned counterparts the points already loaded (the sources' scenes together:
         each test scene is translated once), so the test split is not read again."""
@@ -335,6 +337,14 @@ class Evaluator:
             a, b = to_unit(x_rt), to_unit(x_real)
             self.round_trips[key] = dict(roundtrip_ssim=float(ssim(a, b).mean()),
                                          roundtrip_psnr=float(psnr(a, b).mean()))
+            stage = getattr(self.method, "first_stage", None)
+            if stage is not None:  # a latent method's ceiling: its autoencoder alone, decode(encode(x)) against x
+                dev = self.method.device
+                x_ae = torch.cat([stage.decode(stage.encode(x_real[i:i + EVAL_BATCH].float().to(dev))).float().cpu()
+                                  for i in range(0, len(x_real), EVAL_BATCH)])
+                a = to_unit(x_ae)
+                self.round_trips[key].update(ae_recon_ssim=float(ssim(a, b).mean()),
+                                             ae_recon_psnr=float(psnr(a, b).mean()))
         return self.round_trips[key]
 
 

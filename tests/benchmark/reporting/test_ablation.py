@@ -30,7 +30,8 @@ def records(configs: dict) -> pd.DataFrame:
                                      nps_dist=0.2 + d + worse, ssim_gt=gt + d - worse, ssim_src=0.7 + d, protocol=3,
                                      nfe=28 if method == "medshift" else 1, n_params=1.04e6,
                                      roundtrip_ssim=trip + d if chosen and trip else None,
-                                     roundtrip_psnr=30.0 + 100 * d if chosen and trip else None))
+                                     roundtrip_psnr=30.0 + 100 * d if chosen and trip else None,
+                                     ae_recon_ssim=0.93 + d if chosen and setting == "space=latent" else None))
     return pd.DataFrame(rows)
 
 
@@ -66,6 +67,8 @@ def test_each_configuration_at_its_choice_with_its_difference_to_the_default(bot
     assert t.loc["solver=heun", "round trip SSIM"].startswith("0.990 ± ")
     assert t.loc["cyclegan", "round trip SSIM"] == "–"
     assert t.loc["space=latent", "round trip SSIM"] == "0.896"  # one seed (offset -0.004): no interval
+    assert t.loc["space=latent", "autoencoder SSIM"] == "0.926"  # the first stage's ceiling, latent only
+    assert t.loc["default", "autoencoder SSIM"] == "–" and t.loc["cyclegan", "autoencoder SSIM"] == "–"
 
 
 def test_the_table_and_figure_exist_only_with_variants(both, tmp_path):

@@ -206,3 +206,32 @@ def test_the_round_trip_is_recorded_at_the_chosen_knob(ctx, micro):
     assert 0 < want_ssim < 1 and torch.isfinite(x_rt).all()  # two iterations: far from the identity
     ident = of_split(run_one(RunSpec("identity", preset="micro", data_root=str(micro.root.parent.parent)), ctx))
     assert all("roundtrip_ssim" not in r for r in ident)
+    assert all("ae_recon_ssim" not in r for r in recs)  # pixel space: no first stage, no ceiling
+
+
+def test_a_latent_methods_round_trip_carries_its_autoencoders_ceiling(ctx, micro):
+    """Latent MedShift's chosen test records carry its autoencoder's reconstruction of the target's test images
+    (decode(encode(x)) against x), equal to skimage's SSIM and PSNR of the run's own first stage, beside the round
+    trip through the flow."""
+    import numpy as np
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from benchmark.orchestration.utility import load_translator
+
+    spec = RunSpec("medshift", preset="micro", data_root=str(micro.root.parent.parent), max_steps=2,
+                   overrides=(("base_channels", 8), ("channel_mults", [1, 2]), ("space", "latent"),
+                              ("ae_channels", [8, 16]), ("ae_latent_channels", 2), ("ae_steps", 3)))
+    recs = of_split(run_one(spec, ctx))
+    chosen = [r for r in recs if r["val_choice"]]
+    method, _ = load_translator(spec.folder(ctx.results_dir))
+    x = micro.images(chosen[0]["target"], "test")[0]
+    x_ae = method.first_stage.decode(method.first_stage.encode(x.float()))
+    a, b = (((t.double() + 1) / 2).clamp(0, 1).numpy()[:, 0] for t in (x_ae, x))
+    want_ssim = np.mean([structural_similarity(p, q, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                               data_range=1.0) for p, q in zip(a, b, strict=True)])
+    want_psnr = np.mean([peak_signal_noise_ratio(q, p, data_range=1.0) for p, q in zip(a, b, strict=True)])
+    assert chosen and 0 < want_ssim < 1  # three autoencoder steps: far from a perfect reconstruction
+    for r in chosen:
+        assert r["ae_recon_ssim"] == pytest.approx(want_ssim, abs=1e-6)
+        assert r["ae_recon_psnr"] == pytest.approx(want_psnr, abs=1e-4)
+        assert r["roundtrip_ssim"] is not None
