@@ -40,7 +40,8 @@ FOOTER = (
     "seeds independent); bold where it excludes 0. Round trip: the target's real test images encoded to tau under "
     "their own label and decoded under it (SSIM / PSNR to themselves; 1 / ∞ is a perfect inversion), mean over "
     "seeds. Autoencoder SSIM: a latent configuration's first stage alone, decode(encode(x)) of the same images, the "
-    "ceiling its round trip and fidelity sit under (– in pixel space). A configuration with one seed has an interval over test subjects only. `setting` is the `--set`/`--vary` "
+    "ceiling its round trip and fidelity sit under (– in pixel space). A configuration with one seed has an "
+    "interval over test subjects only. `setting` is the `--set`/`--vary` "
     "that makes the variant; a fit variant trains again, a sampling variant re-uses the default fit's weights.")
 
 
