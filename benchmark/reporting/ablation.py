@@ -1,10 +1,11 @@
 """MedShift's ablation (`medshift-ablation.md`, the `medshift-ablation-<task>` figure): each `--set`/`--vary` variant of
 MedShift (a fit of its own, e.g. `space=latent`, `base_channels=32`, `train_on=task`, or a sampling variant re-using
-the default fit, e.g. `solver=heun`, `encode_guidance=1`) at the knob value its validation chose, beside the default
-configuration and CycleGAN, with each variant's difference to the default and the encoder's round trip.
+the default fit, e.g. `solver=heun`, `encode_guidance=1`) with each seed at the knob value its own validation chose
+(`tables.validation_choice`, as the headline reads MedShift), beside the default configuration and CycleGAN, with
+each variant's difference to the default and the encoder's round trip.
 
-A pure function of the summary table (`tables.summary`, with its `stats.Sample`s) and the records (round trip);
-budget variants (`budget=`) belong to `compute.md` and are left out.
+A pure function of the records (with their `stats.Sample`s through `tables.summary`); without records, of the summary
+table, at the knob value most seeds chose. Budget variants (`budget=`) belong to `compute.md` and are left out.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from benchmark.reporting.tables import (
     most_chosen,
     realism_metric,
     spec_of,
+    validation_choice,
 )
 from benchmark.scoring.metrics import mean_ci_over_seeds
 
@@ -34,8 +36,8 @@ BESIDE = "cyclegan"
 SHOWN = ("nps_flat", "ssim_gt", "ssim_src", STRUCTURE_GAP)
 DIFFERENCED = ("ssim_gt", STRUCTURE_GAP)
 FOOTER = (
-    "Each configuration at the knob value its validation chose (the row most of its seeds chose; `tau (share)` says "
-    "how many), mean over seeds ± half-width of the 95% interval over test subjects and seeds. Δ = the configuration "
+    "Each configuration with each seed at the knob value its own validation chose (`knob (per seed)`, in seed order), "
+    "mean over seeds ± half-width of the 95% interval over test subjects and seeds. Δ = the configuration "
     "minus the default with the 95% interval of that difference (replicate by replicate on the shared test subjects; "
     "seeds independent); bold where it excludes 0. Round trip: the target's real test images encoded to tau under "
     "their own label and decoded under it (SSIM / PSNR to themselves; 1 / ∞ is a perfect inversion), mean over "
@@ -50,8 +52,30 @@ def is_ablation(method: str) -> bool:
         and "misregister=" not in method  # the same method on other data, not a configuration of it
 
 
+def setting_of(method: str) -> str:
+    """The `--set` of a variant's name as typed ("medshift (space=\"latent\")" -> "space=latent")."""
+    return method[len(ABLATED) + 2:-1].replace('"', "")
+
+
 def has_ablation(table: pd.DataFrame) -> bool:
     return bool(len(table)) and table["method"].map(is_ablation).any()
+
+
+def configurations(table: pd.DataFrame, records: pd.DataFrame | None, task: str) -> pd.DataFrame:
+    """The rows of `task` the ablation reads: MedShift, its variants and `BESIDE`, each seed at its own validation
+    choice (from the records), or without records the summary's most-chosen row. Empty without a variant."""
+    part = table[table["task"] == task]
+    if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
+        return part.iloc[:0]
+    keep = (lambda m: m.isin([ABLATED, BESIDE]) | m.map(is_ablation))
+    if records is not None and "val_choice" in records:
+        # no translation's records too: the structure column's ideal is its SSIM (gt)
+        recs = records[(records["task"] == task) & (keep(records["method"]) | (records["method"] == "identity"))]
+        own = validation_choice(recs, table.attrs.get("valid_realism"), variants=True)
+        if len(own) and (own["method"] == ABLATED).any():
+            return own[keep(own["method"])]
+    chosen = most_chosen(part, ["task", "method"])
+    return chosen[keep(chosen["method"])]
 
 
 def round_trip(records: pd.DataFrame | None) -> dict:
@@ -88,10 +112,10 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
     that has a variant; empty without one."""
     rows = []
     rt = round_trip(records)
-    for task, part in table.groupby("task", sort=False):
-        if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
+    for task in table["task"].unique():
+        chosen = configurations(table, records, task)
+        if chosen.empty:
             continue
-        chosen = most_chosen(part, ["task", "method"])
         default = chosen[chosen["method"] == ABLATED].iloc[0]
         variants = chosen[chosen["method"].map(is_ablation)].sort_values("method")
         beside = chosen[chosen["method"] == BESIDE]
@@ -100,10 +124,8 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
         for _, r in pd.concat([default.to_frame().T, variants, beside]).iterrows():
             method = r["method"]
             row = {"task": task, "configuration": "default" if method == ABLATED else
-                   method[len(ABLATED) + 2:-1] if is_ablation(method) else method}
-            share = r.get("val_choice")
-            knob = "–" if not r["knob"] else f"{r['knob']}={r['knob_value']}"
-            row["knob (share)"] = knob + (f" ({share:.0%})" if r["knob"] and pd.notna(share) else "")
+                   setting_of(method) if is_ablation(method) else method}
+            row["knob (per seed)"] = "–" if not r["knob"] else f"{r['knob']}={r['knob_value']}"
             row["seeds"] = f"{r['n_seeds']:g}"
             for m in shown:
                 row[label_of(m)] = format_cell(r[m], r.get(f"{m}_ci"), m, digits=3)
@@ -133,18 +155,17 @@ def write_ablation(table: pd.DataFrame, records: pd.DataFrame | None, out_dir: P
     return [path]
 
 
-def ablation_figure(table: pd.DataFrame, task: str):
-    """medshift-ablation-<task>: realism (x) against fidelity (SSIM (gt), y), one point per configuration at its
-    chosen knob with its intervals on both axes; the default and CycleGAN drawn apart. None without variants."""
+def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None = None):
+    """medshift-ablation-<task>: realism (x) against fidelity (SSIM (gt), y), one point per configuration (each seed
+    at its own chosen knob, `configurations`) with its intervals on both axes; the default and CycleGAN drawn apart.
+    None without variants."""
     import matplotlib.pyplot as plt
 
     from benchmark.reporting.styles import VARIANT_COLORS, method_style
 
-    part = table[table["task"] == task]
-    if not part["method"].map(is_ablation).any() or not (part["method"] == ABLATED).any():
+    chosen = configurations(table, records, task)
+    if chosen.empty:
         return None
-    chosen = most_chosen(part, ["task", "method"])
-    chosen = chosen[chosen["method"].isin([ABLATED, BESIDE]) | chosen["method"].map(is_ablation)]
     x = realism_metric(chosen) or "nps_dist"
     fig, ax = plt.subplots(figsize=(8.6, 4.4))
     n = 0
@@ -152,7 +173,7 @@ def ablation_figure(table: pd.DataFrame, task: str):
         method = r["method"]
         if is_ablation(method):
             color, marker = VARIANT_COLORS[n % len(VARIANT_COLORS)], "osD^vP*X"[n % 8]
-            label = method[len(ABLATED) + 2:-1]
+            label = setting_of(method)
             n += 1
         else:
             style = method_style(method)

@@ -415,8 +415,8 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
         table = attach_utility(table, usum)
     paths = []
     for task in table["task"].unique():
-        for name, make in (("compute", compute_figure), ("medshift-ablation", ablation_figure)):
-            fig = make(table, task)
+        for name, fig in (("compute", compute_figure(table, task)),
+                          ("medshift-ablation", ablation_figure(table, task, df))):
             if fig is not None:
                 paths += _save(fig, out_dir, f"{name}-{task}")
     return paths

@@ -175,18 +175,18 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
     return add_ranks(out)
 
 
-def validation_choice(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame:
+def validation_choice(df: pd.DataFrame, valid_realism: dict | None = None, variants: bool = False) -> pd.DataFrame:
     """One row per (dataset, preset, task, method): each seed's test records at the knob value *its own* validation
     chose, aggregated as `summary` aggregates one knob value (mean over seeds, interval over test subjects and seeds),
     and ranked among themselves: DomainBed's reading of a selection made per seed, where the seeds' choices differ.
     `knob_value` names the choices in seed order ("0.3/0.15/0.45"; a seed whose sources chose differently "0.3+0.45");
-    the configured methods only (no `--set` variants). Empty without validation choices."""
+    the configured methods only (no `--set` variants) unless `variants`. Empty without validation choices."""
     recs = test_records(df)
     if recs.empty or "val_choice" not in recs:
         return pd.DataFrame()
     recs = recs.assign(knob=recs["knob"].fillna(""))
-    recs = recs[recs["val_choice"].fillna(False).astype(bool) & (recs["setting"].fillna("") == "")
-                if "setting" in recs else recs["val_choice"].fillna(False).astype(bool)]
+    chosen = recs["val_choice"].fillna(False).astype(bool)
+    recs = recs[chosen & (recs["setting"].fillna("") == "") if "setting" in recs and not variants else chosen]
     if recs.empty:
         return pd.DataFrame()
 
