@@ -188,8 +188,8 @@ def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None
                     if r["knob"] else f"{label} ({r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})")
     ax.set_xlabel(label_of(x) + "  (realism)")
     ax.set_ylabel(label_of("ssim_gt") + "  (fidelity)")
-    ax.set_title(f"MedShift ablation, {chosen['dataset'].iloc[0]}/{chosen['preset'].iloc[0]} {task}: each at its "
-                 "validation-chosen knob", fontsize=9)
+    ax.set_title(f"MedShift ablation, {chosen['dataset'].iloc[0]}/{chosen['preset'].iloc[0]} {task}: each seed at its "
+                 "own validation-chosen knob", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
     fig.tight_layout()
