@@ -95,3 +95,24 @@ def test_the_table_and_figure_exist_only_with_variants(both, tmp_path):
     plain = summary(records({k: v for k, v in CONFIGS.items() if k[1] in ("", "budget=6.3e+13")}))
     assert write_ablation(plain, None, tmp_path) == [] and not path.exists()  # a stale one is removed
     assert ablation_figure(plain, "sim2real") is None
+
+
+def test_validation_picks_among_configurations_on_the_seeds_they_share():
+    """val SSIM (gt) is each seed's best knob value's mean validation SSIM (gt) over the sources (what its knob
+    choice maximised), and validation's pick compares the configurations on the seeds all of them have: the
+    default's seed 2 (1.0) would make it the best over all its seeds, but on the shared seed 0 space=latent wins."""
+    recs = records(CONFIGS)
+    val = []
+    for method, per_seed in (("medshift", {0: 0.80, 1: 0.80, 2: 1.0}), ("medshift (space=latent)", {0: 0.85})):
+        for seed, top in per_seed.items():
+            for source, d in (("syn_low", -0.01), ("syn_high", 0.01)):
+                for knob, v in ((0.3, top), (0.6, top - 0.1)):
+                    val.append(dict(recs.iloc[0].to_dict(), method=method, setting=method[10:-1], seed=seed,
+                                    source=source, split="val", step="selected", knob_value=knob, ssim_gt=v + d,
+                                    val_choice=None))
+    recs = pd.concat([recs, pd.DataFrame(val)], ignore_index=True)
+    t = ablation_table(summary(recs), recs).set_index("configuration")
+    assert t.loc["space=latent (validation's pick)", "val SSIM (gt)"] == "0.850"  # one seed: no interval
+    half = stats.t.ppf(0.975, 2) * np.std([0.8, 0.8, 1.0], ddof=1) / np.sqrt(3)
+    assert t.loc["default", "val SSIM (gt)"] == f"0.867 ± {half:.3f}"
+    assert t.loc["cyclegan", "val SSIM (gt)"] == "–"
