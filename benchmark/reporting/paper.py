@@ -1,5 +1,6 @@
-"""The paper's Table 1 (LaTeX, one per task: each method at its headline knob value, the MedShift paper's columns)
-and the convergence table (does a method still improve on validation at the end of its budget)."""
+"""The paper's Table 1 (LaTeX, one per task: each method at its headline knob value, the MedShift paper's columns),
+the convergence table (does a method still improve on validation at the end of its budget), the two checkpoint rules
+side by side and the sampling choice (every sampling candidate's validation scores)."""
 from __future__ import annotations
 
 import numpy as np
@@ -162,4 +163,35 @@ def selections(df: pd.DataFrame) -> pd.DataFrame:
             row[f"by_{rule}_{realism}"] = at[realism].mean()
             row[f"by_{rule}_ssim_gt"] = at["ssim_gt"].mean()
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sampling_choices(df: pd.DataFrame) -> pd.DataFrame:
+    """Every sampling candidate a method's runs scored on validation (`validation.sampling_candidates`, at the default
+    knob value on the whole validation split): per (task, method, candidate), the validation fidelity (`ssim_gt`) and
+    realism (`validation.checkpoint_metric`), means over the task's sources and then over seeds, each seed's fidelity,
+    and how many seeds' runs used the candidate (read from their chosen test records' `sampling`). The configured
+    methods only (a `--set` variant pins what it sets). Empty without sampling records."""
+    from benchmark.protocol.validation import SAMPLING_STEP, checkpoint_metric, sampling_label
+
+    if "split" not in df or "sampling" not in df:
+        return pd.DataFrame()
+    steps = df["step"].astype(str)
+    val = df[(df["split"] == "val") & steps.str.startswith(SAMPLING_STEP + " ")
+             & (df.get("setting", pd.Series("", index=df.index)).fillna("") == "")]
+    chosen = df[(df["split"] == "test") & df.get("val_choice", pd.Series(False, index=df.index)).fillna(False)
+                .astype(bool)]
+    rows = []
+    for (task, method), g in val.groupby(["task", "method"], sort=False):
+        realism = checkpoint_metric(g.to_dict("records"))
+        used = chosen[(chosen["task"] == task) & (chosen["method"] == method)]
+        used = {seed: {sampling_label(s) for s in u["sampling"] if isinstance(s, dict)}
+                for seed, u in used.groupby("seed")}
+        for label, c in g.groupby("step", sort=False):
+            per_seed = c.groupby("seed", sort=True)[["ssim_gt", realism]].mean()
+            rows.append({"task": task, "method": method, "candidate": label[len(SAMPLING_STEP) + 1:],
+                         "seeds": len(per_seed), "val_ssim_gt": per_seed["ssim_gt"].mean(),
+                         f"val_{realism}": per_seed[realism].mean(),
+                         "val_ssim_gt_per_seed": "/".join(f"{v:.3f}" for v in per_seed["ssim_gt"]),
+                         "used_by": f"{sum(label in u for u in used.values())}/{len(used)}"})
     return pd.DataFrame(rows)

@@ -12,7 +12,7 @@ from benchmark.reporting.ablation import write_ablation
 from benchmark.reporting.compute import write_compute
 from benchmark.reporting.distillation import write_distillation
 from benchmark.reporting.load import method_group
-from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, selections
+from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, sampling_choices, selections
 from benchmark.reporting.tables import SAMPLES, formatted, headline, markdown
 from benchmark.reporting.utility_tables import paired_gap
 
@@ -182,6 +182,12 @@ def _record_tables(configured: pd.DataFrame) -> list[tuple]:
          "aligned image), with each rule's validation realism and fidelity (means over seeds). `rule_used` is the "
          "rule the run's test records rest on (realism for every learned method since protocol 3; under protocol 2 "
          "fidelity for the paired upper bounds). Test records exist only at the checkpoint the rule used."),
+        ("sampling.md", sampling_choices,
+         "The sampling choice on validation: every candidate of a method's sampling grid (MedShift: guidance, solver, "
+         "step size), scored after checkpoint selection at the default knob value on the whole validation split, "
+         "with its validation SSIM (gt) and realism (means over sources, then seeds; per seed in seed order). "
+         "Each seed's run uses the candidate best by the knob rule (`validation.best_sampling`); `used_by` counts "
+         "the seeds whose test records used it. A `--set` variant pins what it sets and is not listed."),
     ]
 
 
