@@ -38,8 +38,12 @@ DIFFERENCED = ("ssim_gt", STRUCTURE_GAP)
 FOOTER = (
     "Each configuration with each seed at the knob value its own validation chose (`knob (per seed)`, in seed order), "
     "mean over seeds ± half-width of the 95% interval over test subjects and seeds. Δ = the configuration "
-    "minus the default with the 95% interval of that difference (replicate by replicate on the shared test subjects; "
-    "seeds independent); bold where it excludes 0. Round trip: the target's real test images encoded to tau under "
+    "minus the default on the seeds the configuration has, seed by seed (the default's fit of the same seed: a "
+    "sampling variant re-uses it, a fit variant starts from the same seed) and replicate by replicate on the shared "
+    "test subjects, with the 95% interval of that difference (`stats.seed_paired_difference`; with one seed it covers "
+    "test-set sampling only); CycleGAN's against the default's seeds as independent; bold where it excludes 0 "
+    "with two seeds or more. "
+    "Round trip: the target's real test images encoded to tau under "
     "their own label and decoded under it (SSIM / PSNR to themselves; 1 / ∞ is a perfect inversion), mean over "
     "seeds. Autoencoder SSIM: a latent configuration's first stage alone, decode(encode(x)) of the same images, the "
     "ceiling its round trip and fidelity sit under (– in pixel space). val SSIM (gt): the criterion each seed's "
@@ -123,14 +127,27 @@ def validation_pick(scores: dict, task: str, methods) -> str | None:
     return max(means, key=means.get)
 
 
-def _delta(row: pd.Series, default: pd.Series, metric: str) -> str:
+def matched_default(table: pd.DataFrame, records: pd.DataFrame | None, task: str, seeds) -> pd.Series | None:
+    """The default configuration's row on `seeds` only (each at its own choice), for a seed-paired difference; None
+    without records or where the default lacks one of them."""
+    if records is None or "val_choice" not in records:
+        return None
+    keep = records["method"].isin([ABLATED, "identity"]) & (records["task"] == task) & records["seed"].isin(seeds)
+    own = validation_choice(records[keep], table.attrs.get("valid_realism"))
+    own = own[own["method"] == ABLATED]
+    return own.iloc[0] if len(own) and own.iloc[0]["n_seeds"] == len(seeds) else None
+
+
+def _delta(row: pd.Series, default: pd.Series, metric: str, seed_paired: bool = False) -> str:
     a, b = row[SAMPLES].get(metric), default[SAMPLES].get(metric)
     if a is None or b is None or not np.isfinite(a.mean) or not np.isfinite(b.mean):
         return "n/a"
-    iv = S.difference(a, b)
+    iv = S.seed_paired_difference(a, b) if seed_paired else S.difference(a, b)
     if not np.isfinite(iv.lo):
         return f"{iv.estimate:+.3f}"
     text = f"{iv.estimate:+.3f} [{iv.lo:+.3f}, {iv.hi:+.3f}]"
+    if min(a.n, b.n) < 2:  # one seed: the interval leaves training noise out, so it proves nothing apart
+        return text
     return f"**{text}**" if iv.lo > 0 or iv.hi < 0 else text
 
 
@@ -158,9 +175,14 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
             row["seeds"] = f"{r['n_seeds']:g}"
             for m in shown:
                 row[label_of(m)] = format_cell(r[m], r.get(f"{m}_ci"), m, digits=3)
+            # a variant against the default on the same seeds, paired seed by seed; CycleGAN against all of them
+            seeds = sorted(records[(records["task"] == task) & (records["method"] == method)]["seed"].unique()) \
+                if records is not None and is_ablation(method) else []
+            matched = matched_default(table, records, task, seeds) if seeds else None
             for m in ([realism] if realism else []) + list(DIFFERENCED):
                 if m in chosen:
-                    row[f"Δ {spec_of(m).label}"] = "–" if method == ABLATED else _delta(r, default, m)
+                    row[f"Δ {spec_of(m).label}"] = "–" if method == ABLATED else _delta(r, default, m) \
+                        if matched is None else _delta(r, matched, m, seed_paired=True)
             trip = rt.get((task, method))
             row["round trip SSIM"] = format_cell(*trip["ssim"], "ssim_gt") if trip else "–"
             row["round trip PSNR"] = format_cell(*trip["psnr"], "psnr_gt") if trip else "–"

@@ -138,6 +138,20 @@ def difference(a: Sample, b: Sample, level: float = LEVEL) -> Interval:
     return _interval(a.mean - b.mean, [(a.seed_var(), a.n), (b.seed_var(), b.n)], test_var, level)
 
 
+def seed_paired_difference(a: Sample, b: Sample, level: float = LEVEL) -> Interval:
+    """Interval of mean(a) - mean(b) where seed i of `a` and of `b` is the same seed (a configuration and its
+    default refit or resampled with that seed): Student t over the per-seed differences (their own spread, so a
+    training noise the two share cancels) and the test-set part from the replicate-by-replicate difference where
+    the two rows share their subject draws. With one seed only test-set sampling is covered."""
+    if len(a.seeds) != len(b.seeds):
+        raise ValueError(f"seed-paired rows need the same seeds: {len(a.seeds)} against {len(b.seeds)}")
+    if paired(a, b):
+        return interval(Sample(a.seeds - b.seeds, np.asarray(a.replicates) - np.asarray(b.replicates)), level)
+    d = Sample(a.seeds - b.seeds)
+    test_var = _test_var(a.seed_mean_replicates()) + _test_var(b.seed_mean_replicates())
+    return _interval(d.mean, [(d.seed_var(), d.n)], test_var, level)
+
+
 def difference_ranks(samples: list[Sample], higher_is_better: bool, level: float = LEVEL) -> np.ndarray:
     """1 + the number of rows whose difference to this row has an interval entirely on the better side (rows not
     surely apart share a rank)."""

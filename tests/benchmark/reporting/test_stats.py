@@ -156,3 +156,47 @@ def test_both_checkpoint_rules_are_reported_side_by_side():
     assert out["by_realism_steps"] == "200/300" and out["by_fidelity_steps"] == "100/100"
     assert out["by_realism_nps_dist"] == pytest.approx(0.1) and out["by_realism_ssim_gt"] == pytest.approx(0.8)
     assert out["by_fidelity_nps_dist"] == pytest.approx(0.5) and out["by_fidelity_ssim_gt"] == pytest.approx(0.9)
+
+
+def _paired_experiments(n_exp, n_seeds, sd_shared, sd_own, rng, delta=0.1, n_subjects=30, n_boot=200):
+    """Two configurations run with the same seeds on the same test subjects: a seed effect both share (the same
+    initialisation and batches), one of each configuration's own, shared subject effects, own image noise.
+    Returns (E, n) seed values and (E, n, B) replicates of each, the true difference `delta`."""
+    u = rng.normal(0, sd_shared, (n_exp, n_seeds, 1))
+    v = rng.normal(0, 0.5, (n_exp, 1, n_subjects))
+    draws = rng.integers(0, n_subjects, (n_boot, n_subjects))
+    rows = []
+    for shift in (delta, 0.0):
+        own = rng.normal(0, sd_own, (n_exp, n_seeds, 1))
+        per_subject = shift + u + own + v + rng.normal(0, 0.3, (n_exp, n_seeds, n_subjects))
+        rows.append((per_subject.mean(axis=2), per_subject[:, :, draws].mean(axis=3)))
+    return rows
+
+
+@pytest.mark.parametrize("n_seeds", [3, 5])
+@pytest.mark.parametrize("sd_shared, sd_own", [(1.0, 0.05), (0.05, 0.3), (0.0, 0.0)])
+def test_seed_paired_differences_cover_the_truth(n_seeds, sd_shared, sd_own):
+    """At least 90 % of nominal 95 % seed-paired intervals contain the true difference, whether the two
+    configurations share most of their training noise, little of it, or have none (test-set sampling only); where
+    they share it, the paired interval is far narrower than the one that treats the seeds as independent."""
+    from benchmark.reporting.stats import seed_paired_difference
+
+    rng = np.random.default_rng(hash((n_seeds, sd_shared, sd_own)) % 2**32)
+    (sa, ra), (sb, rb) = _paired_experiments(600, n_seeds, sd_shared, sd_own, rng)
+    pairs = list(zip(zip(sa, ra, strict=True), zip(sb, rb, strict=True), strict=True))
+    ivs = [seed_paired_difference(Sample(*a), Sample(*b)) for a, b in pairs]
+    covered = np.mean([iv.lo <= 0.1 <= iv.hi for iv in ivs])
+    assert covered >= 0.90, covered
+    if sd_shared > 10 * sd_own:
+        unpaired = [difference(Sample(*a), Sample(*b)) for a, b in pairs]
+        assert np.median([iv.half for iv in ivs]) < 0.2 * np.median([iv.half for iv in unpaired])
+
+
+def test_a_seed_paired_difference_of_one_seed_covers_test_sampling_only_and_needs_the_same_seeds():
+    from benchmark.reporting.stats import seed_paired_difference
+
+    reps = np.random.default_rng(4).normal(0, 0.01, (1, 4000))
+    iv = seed_paired_difference(Sample(np.array([0.6]), reps + 0.6), Sample(np.array([0.5]), 0.5 + 0 * reps))
+    assert iv.estimate == pytest.approx(0.1) and iv.half == pytest.approx(1.96 * reps.std(ddof=1), rel=1e-3)
+    with pytest.raises(ValueError, match="same seeds"):
+        seed_paired_difference(Sample(np.array([0.6])), Sample(np.array([0.5, 0.4])))
