@@ -190,7 +190,7 @@ def ablation_table(table: pd.DataFrame, records: pd.DataFrame | None = None) -> 
             score = vs.get((task, method))
             row["val SSIM (gt)"] = "–" if score is None else format_cell(
                 *mean_ci_over_seeds(score.to_numpy(float)), "ssim_gt")
-            row["nfe"] = f"{r['nfe']:g}" if pd.notna(r.get("nfe")) else "n/a"
+            row["nfe"] = f"{r['nfe']:.3g}" if pd.notna(r.get("nfe")) else "n/a"
             row["params"] = f"{r['n_params'] / 1e6:.2f}M" if pd.notna(r.get("n_params")) else "n/a"
             rows.append(row)
     return pd.DataFrame(rows)
