@@ -215,6 +215,11 @@ class TranslationMethod(L.LightningModule):
         """
         raise NotImplementedError
 
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
+        """A latent method's first stage alone, decode(encode(images)): the ceiling of its translations, recorded
+        beside the round trip (`Evaluator.round_trip`). None for a method without one."""
+        return None
+
     def apply_sampling(self) -> None:
         """Called after the runner changed sampling settings in `hparams` (`sampling_grid`): a method that built
         something from them at construction rebuilds it here (its translate otherwise reads `hparams` each call)."""

@@ -186,6 +186,12 @@ class MedShift(TranslationMethod):
             x_hat = self.first_stage.decode(x_hat)
         return x_hat.clamp(-1.0, 1.0)
 
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor | None:
+        """The autoencoder's reconstruction in latent space (None in pixel space)."""
+        if self.first_stage is None:
+            return None
+        return self.first_stage.decode(self.first_stage.encode(images.float()))
+
     def _encode_guidance(self, w: float) -> float:
         """The encoding leg's guidance: `encode_guidance` where set (an ablation), else the decoding leg's, as in the
         authors' GenerativeZoo code."""

@@ -23,16 +23,26 @@ EVAL_BATCH = 16
 
 
 @torch.no_grad()
-def translate(method, x: torch.Tensor, source: str, target: str, knob,
-               batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, float]:
-    """Translate in batches of `EVAL_BATCH`; returns the translations and the seconds per image."""
+def in_batches(fn, method, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor | None, float]:
+    """`fn(batch on the method's device)` over `x` in batches of `EVAL_BATCH`, gathered on the CPU (None where `fn`
+    returns None); returns it and the seconds per image."""
     device = method.device
     t0 = time.perf_counter()
-    out = [method.translate(x[i:i + batch_size].to(device), source, target, knob).float().cpu()
-           for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        y = fn(x[i:i + batch_size].to(device))
+        if y is None:
+            return None, 0.0
+        out.append(y.float().cpu())
     if device.type == "cuda":
         torch.cuda.synchronize()
     return torch.cat(out), (time.perf_counter() - t0) / max(len(x), 1)
+
+
+def translate(method, x: torch.Tensor, source: str, target: str, knob,
+              batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, float]:
+    """Translate in batches of `EVAL_BATCH`; returns the translations and the seconds per image."""
+    return in_batches(lambda b: method.translate(b, source, target, knob), method, x, batch_size)
 
 
 def _reference_images(dataset, target: str) -> torch.Tensor:
@@ -311,9 +321,9 @@ class Evaluator:
     def round_trip(self, task_name: str, source: str, knob) -> dict:
         """{"roundtrip_ssim", "roundtrip_psnr"}: the mean SSIM and PSNR between the target domain's test images and
         their round trip `translate(x, target, target, knob)` with the point's sampling settings, for a method whose
-        class declares `round_trip` (empty for the others; None where the target has no test images); a method with
-        a first stage (latent MedShift) adds "ae_recon_ssim", "ae_recon_psnr": its autoencoder's reconstruction of
-        the same images, the ceiling every latent translation sits under. Needs no
+        class declares `round_trip` (empty for the others; None where the target has no test images); a method whose
+        `reconstruct` returns one (latent MedShift) adds "ae_recon_ssim", "ae_recon_psnr": its first stage's
+        reconstruction of the same images, the ceiling every latent translation sits under. Needs no
         pairs; made once per (task, knob, sampling settings), shared by the task's sources. On aligned data the
         target's test images are the aligned counterparts the points already loaded (the sources' scenes together:
         each test scene is translated once), so the test split is not read again."""
@@ -337,11 +347,8 @@ class Evaluator:
             a, b = to_unit(x_rt), to_unit(x_real)
             self.round_trips[key] = dict(roundtrip_ssim=float(ssim(a, b).mean()),
                                          roundtrip_psnr=float(psnr(a, b).mean()))
-            stage = getattr(self.method, "first_stage", None)
-            if stage is not None:  # a latent method's ceiling: its autoencoder alone, decode(encode(x)) against x
-                dev = self.method.device
-                x_ae = torch.cat([stage.decode(stage.encode(x_real[i:i + EVAL_BATCH].float().to(dev))).float().cpu()
-                                  for i in range(0, len(x_real), EVAL_BATCH)])
+            x_ae, _ = in_batches(self.method.reconstruct, self.method, x_real)
+            if x_ae is not None:  # a latent method's ceiling: its first stage alone (`TranslationMethod.reconstruct`)
                 a = to_unit(x_ae)
                 self.round_trips[key].update(ae_recon_ssim=float(ssim(a, b).mean()),
                                              ae_recon_psnr=float(psnr(a, b).mean()))
