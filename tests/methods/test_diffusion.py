@@ -88,6 +88,35 @@ def test_sampler_with_exact_noise_prediction_recovers_the_start_image(sampler):
     torch.testing.assert_close(out, x_0, atol=1e-4, rtol=0)
 
 
+def test_a_single_step_makes_the_ancestral_and_ddim_samplers_the_same_map():
+    """Where round(n_steps * strength) is 1 (SDEdit's 10-step candidates at its default strength 0.1), both samplers
+    take one step from t0 to x_0 and return the clipped x_0 prediction (x_t0 - sqrt(1 - a) eps) / sqrt(a): diffusers'
+    ancestral step to alpha_bar_prev = 1 has zero variance and weight 0 on x_t. This is why sampling.md shows
+    ddpm-10 and ddim-10 with identical validation scores; with two or more steps they differ."""
+    x = torch.rand(2, 1, 8, 8) * 2 - 1
+    seen = []
+
+    def eps_model(x_t, t):  # any prediction will do; records what it was asked
+        seen.append((x_t.clone(), None if t is None else int(t[0])))
+        return 0.3 * x_t + 0.1
+
+    out = {}
+    for sampler in ("ddpm", "ddim"):
+        core = DiffusionCore(sampler=sampler, num_inference_steps=10)
+        seen.clear()
+        out[sampler] = core.denoise_from(eps_model, x, 0.1, torch.Generator().manual_seed(3))
+        assert [t for _, t in seen] == [100]
+    x_t, _ = seen[0]
+    a = core.alphas_cumprod[100]
+    x0_hat = ((x_t - (1 - a).sqrt() * eps_model(x_t, None)) / a.sqrt()).clamp(-1, 1)
+    torch.testing.assert_close(out["ddpm"], x0_hat, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["ddim"], x0_hat, atol=1e-5, rtol=0)
+    two = {s: DiffusionCore(sampler=s, num_inference_steps=20).denoise_from(eps_model, x, 0.1,
+                                                                            torch.Generator().manual_seed(3))
+           for s in ("ddpm", "ddim")}
+    assert (two["ddpm"] - two["ddim"]).abs().max() > 1e-3
+
+
 def test_contours_find_the_skull_outline_and_nothing_on_constant(tiny):
     x, rows = tiny.images("real_high", "test")
     edges = contour_map(x[:4]) > 0
