@@ -209,13 +209,20 @@ def write_ablation(table: pd.DataFrame, records: pd.DataFrame | None, out_dir: P
     return [path]
 
 
+#: (colour, marker) of the variants in the ablation figure, in table order: none is the default's (red circle) or
+#: CycleGAN's (blue triangle), and no two repeat within the first 10 variants.
+ABLATION_STYLES = (("tab:orange", "s"), ("tab:brown", "D"), ("tab:pink", "P"), ("tab:olive", "X"),
+                   ("tab:cyan", "v"), ("tab:purple", "*"), ("tab:gray", "h"), ("gold", "p"), ("black", "<"),
+                   ("tab:green", ">"))
+
+
 def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None = None):
     """medshift-ablation-<task>: realism (x) against fidelity (SSIM (gt), y), one point per configuration (each seed
     at its own chosen knob, `configurations`) with its intervals on both axes; the default and CycleGAN drawn apart.
     None without variants."""
     import matplotlib.pyplot as plt
 
-    from benchmark.reporting.styles import VARIANT_COLORS, method_style
+    from benchmark.reporting.styles import method_style
 
     chosen = configurations(table, records, task)
     if chosen.empty:
@@ -226,7 +233,7 @@ def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None
     for _, r in chosen.iterrows():
         method = r["method"]
         if is_ablation(method):
-            color, marker = VARIANT_COLORS[n % len(VARIANT_COLORS)], "osD^vP*X"[n % 8]
+            color, marker = ABLATION_STYLES[n % len(ABLATION_STYLES)]
             label = setting_of(method)
             n += 1
         else:
@@ -240,6 +247,8 @@ def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None
                     zorder=3 if method in (ABLATED, BESIDE) else 2,
                     label=f"{label} ({r['knob']}={r['knob_value']}, {r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})"
                     if r["knob"] else f"{label} ({r['n_seeds']:g} seed{'s' * (r['n_seeds'] > 1)})")
+    if ax.get_ylim()[1] > 1.0:  # SSIM is at most 1: an interval of few seeds reaching past it runs off the frame
+        ax.set_ylim(top=1.0)
     ax.set_xlabel(label_of(x) + "  (realism)")
     ax.set_ylabel(label_of("ssim_gt") + "  (fidelity)")
     ax.set_title(f"MedShift ablation, {chosen['dataset'].iloc[0]}/{chosen['preset'].iloc[0]} {task}: each seed at its "

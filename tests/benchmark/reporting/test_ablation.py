@@ -105,6 +105,27 @@ def test_the_table_and_figure_exist_only_with_variants(both, tmp_path):
     assert ablation_figure(plain, "sim2real") is None
 
 
+def test_the_figure_draws_every_configuration_apart_and_within_ssims_range():
+    """Each configuration has its own colour and marker, none the default's or CycleGAN's (two variants once shared
+    orange), and a two-seed interval reaching past SSIM 1 (t with 1 df) is cut at the frame, not drawn up to 1.1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    wide = (-0.08, 0.08)
+    configs = {**CONFIGS, ("medshift", "solver=heun"): (0.93, 0.3, 2, 0.99, wide),
+               **{("medshift", f"guidance={g}"): (0.8, 0.3, 1, 0.95) for g in (3.0, 4.0, 5.0, 6.0)}}
+    recs = records(configs)
+    fig = ablation_figure(summary(recs), "sim2real", recs)
+    ax = fig.axes[0]
+    handles, labels = ax.get_legend_handles_labels()
+    looks = [(matplotlib.colors.to_hex(h.lines[0].get_color()), h.lines[0].get_marker()) for h in handles]
+    assert len(labels) == 1 + 1 + 7  # the default, CycleGAN, seven variants
+    assert len({c for c, _ in looks}) == len(looks), looks  # a colour each: two orange variants read as one
+    assert ("#d62728", "o") not in looks[2:] and ("#1f77b4", "^") not in looks[2:]  # the default's, CycleGAN's
+    tops = [max(y for seg in h.lines[2][-1].get_segments() for _, y in seg) for h in handles]
+    assert max(tops) > 1.0 and ax.get_ylim()[1] == 1.0  # Heun's interval passes 1; the frame stops there
+
+
 def test_validation_picks_among_configurations_on_the_seeds_they_share():
     """val SSIM (gt) is each seed's best knob value's mean validation SSIM (gt) over the sources (what its knob
     choice maximised), and validation's pick compares the configurations on the seeds all of them have: the
