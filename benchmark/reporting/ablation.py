@@ -209,20 +209,13 @@ def write_ablation(table: pd.DataFrame, records: pd.DataFrame | None, out_dir: P
     return [path]
 
 
-#: (colour, marker) of the variants in the ablation figure, in table order: none is the default's (red circle) or
-#: CycleGAN's (blue triangle), and no two repeat within the first 10 variants.
-ABLATION_STYLES = (("tab:orange", "s"), ("tab:brown", "D"), ("tab:pink", "P"), ("tab:olive", "X"),
-                   ("tab:cyan", "v"), ("tab:purple", "*"), ("tab:gray", "h"), ("gold", "p"), ("black", "<"),
-                   ("tab:green", ">"))
-
-
 def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None = None):
     """medshift-ablation-<task>: realism (x) against fidelity (SSIM (gt), y), one point per configuration (each seed
     at its own chosen knob, `configurations`) with its intervals on both axes; the default and CycleGAN drawn apart.
     None without variants."""
     import matplotlib.pyplot as plt
 
-    from benchmark.reporting.styles import method_style
+    from benchmark.reporting.styles import VARIANT_STYLES, method_style
 
     chosen = configurations(table, records, task)
     if chosen.empty:
@@ -233,7 +226,7 @@ def ablation_figure(table: pd.DataFrame, task: str, records: pd.DataFrame | None
     for _, r in chosen.iterrows():
         method = r["method"]
         if is_ablation(method):
-            color, marker = ABLATION_STYLES[n % len(ABLATION_STYLES)]
+            color, marker = VARIANT_STYLES[n % len(VARIANT_STYLES)]
             label = setting_of(method)
             n += 1
         else:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from benchmark.reporting.load import base_method, method_info
 
-VARIANT_COLORS = ("tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+#: (colour, marker) of a method's variants, in order: none is MedShift's or CycleGAN's look, and no colour repeats
+#: within the first 10 (with 5 colours the sixth variant took the first's colour, and in the variants figure, which
+#: keeps the method's marker, its whole look).
+VARIANT_STYLES = (("tab:orange", "s"), ("tab:brown", "D"), ("tab:pink", "P"), ("tab:olive", "X"),
+                  ("tab:cyan", "v"), ("tab:purple", "*"), ("tab:gray", "h"), ("gold", "p"), ("black", "<"),
+                  ("tab:green", ">"))
+VARIANT_COLORS = tuple(c for c, _ in VARIANT_STYLES)
 
 
 def method_style(method: str, n_variant: int = 0) -> dict:

@@ -126,6 +126,16 @@ def test_the_figure_draws_every_configuration_apart_and_within_ssims_range():
     assert max(tops) > 1.0 and ax.get_ylim()[1] == 1.0  # Heun's interval passes 1; the frame stops there
 
 
+def test_a_methods_variants_each_get_a_colour_of_their_own():
+    """The trade-off figure of variants keeps the method's marker, so a variant is told apart by colour alone: the
+    first ten variants differ from each other and from the method (with five colours the sixth, MedShift's
+    `encode_guidance`, was drawn exactly like the first, Heun)."""
+    from benchmark.reporting.styles import method_style
+
+    looks = [method_style("medshift")] + [method_style(f"medshift (setting={i})", i) for i in range(10)]
+    assert len({(s["color"], s["marker"]) for s in looks}) == len(looks)
+
+
 def test_validation_picks_among_configurations_on_the_seeds_they_share():
     """val SSIM (gt) is each seed's best knob value's mean validation SSIM (gt) over the sources (what its knob
     choice maximised), and validation's pick compares the configurations on the seeds all of them have: the
