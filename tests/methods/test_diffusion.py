@@ -96,19 +96,20 @@ def test_a_single_step_makes_the_ancestral_and_ddim_samplers_the_same_map():
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     seen = []
 
-    def eps_model(x_t, t):  # any prediction will do; records what it was asked
-        seen.append((x_t.clone(), None if t is None else int(t[0])))
-        return 0.3 * x_t + 0.1
+    def eps_model(x_t, t):  # any prediction will do; records what it was asked and what it answered
+        eps = 0.3 * x_t + 0.1
+        seen.append((x_t.clone(), int(t[0]), eps))
+        return eps
 
     out = {}
     for sampler in ("ddpm", "ddim"):
         core = DiffusionCore(sampler=sampler, num_inference_steps=10)
         seen.clear()
         out[sampler] = core.denoise_from(eps_model, x, 0.1, torch.Generator().manual_seed(3))
-        assert [t for _, t in seen] == [100]
-    x_t, _ = seen[0]
+        assert [t for _, t, _ in seen] == [100]
+    x_t, _, eps = seen[0]
     a = core.alphas_cumprod[100]
-    x0_hat = ((x_t - (1 - a).sqrt() * eps_model(x_t, None)) / a.sqrt()).clamp(-1, 1)
+    x0_hat = ((x_t - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
     torch.testing.assert_close(out["ddpm"], x0_hat, atol=1e-5, rtol=0)
     torch.testing.assert_close(out["ddim"], x0_hat, atol=1e-5, rtol=0)
     two = {s: DiffusionCore(sampler=s, num_inference_steps=20).denoise_from(eps_model, x, 0.1,
