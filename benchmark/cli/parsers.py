@@ -64,6 +64,9 @@ def _fit(p) -> None:
                         "(collect: results/tables/compute.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method config override")
     p.add_argument("--curve", action="store_true", help="also sweep the dense knob grid (for figures)")
+    p.add_argument("--knobs", nargs="+", type=float, default=[], metavar="V",
+                   help="also score these knob values on the test split (not part of the run's identity: on a "
+                        "finished run it adds the points; none is a choice)")
     p.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"])
     p.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed on a GPU")
     p.add_argument("--devices", type=int, default=1,

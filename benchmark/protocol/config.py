@@ -27,8 +27,9 @@ DATA_ARGS = ("domains", "sources", "target", "image_size")
 class RunSpec:
     """One fit of one method (frozen; its hash names the run folder).
 
-    `curve` (also evaluate the dense knob sweep) does not change any number, so it is not part of the run's
-    identity: `--curve` on a finished run adds the missing points to the same folder. The data enter it through
+    `curve` (also evaluate the dense knob sweep) and `knobs` (also evaluate these knob values) do not change any
+    number, so they are not part of the run's identity: `--curve` or `--knobs` on a finished run adds the missing
+    points to the same folder. The data enter it through
     `datasets.dataset_identity` (skull-sim's generator version, wherever its data root is; a folder dataset's
     config content and data root); the files' fingerprint is recorded in config.json and checked on reuse.
 
@@ -48,6 +49,7 @@ class RunSpec:
     budget: float | None = None
     overrides: tuple[tuple[str, object], ...] = ()
     curve: bool = False
+    knobs: tuple[float, ...] = ()
     accelerator: str = "cpu"
     precision: str = "32-true"
     dataset_config: str | None = None
@@ -68,8 +70,8 @@ class RunSpec:
     @property
     def run_id(self) -> str:
         d = identity_fields(asdict(self))
-        for k in ("data_root", "curve"):
-            d.pop(k)
+        for k in ("data_root", "curve", "knobs"):
+            d.pop(k, None)
         d["dataset"] = config_scope(d["dataset"])  # skull-sim-v2 is skull-sim's version 2: the version says it
         d["data"] = self.data_identity
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -312,7 +314,7 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     cls = get_method(spec["method"])
     task = get_task(spec["tasks"][0], tuple(domains))
     sampling = set(cls.sampling_settings)
-    d = {k: v for k, v in identity_fields(spec).items() if k not in ("data_root", "curve", "overrides", "tasks")}
+    d = {k: v for k, v in identity_fields(spec).items() if k not in ("data_root", "curve", "knobs", "overrides", "tasks")}
     d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target, method_config))
     d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
@@ -361,6 +363,18 @@ def finished_specs(results_dir: Path, methods: list[str] | None = None) -> list[
     return specs
 
 
+def check_knobs(name: str, cls, knobs) -> None:
+    """`--knobs` values a method can be scored at: it has a knob, and each value lies within its `knob_bounds`."""
+    if not knobs:
+        return
+    if cls.knob_name is None:
+        raise RunError(f"--knobs: {name} has no knob to set (it is scored at one point); drop --knobs for it")
+    lo, hi = cls.knob_bounds if cls.knob_bounds is not None else (-float("inf"), float("inf"))
+    for value in knobs:
+        if not lo <= float(value) <= hi:
+            raise RunError(f"--knobs {value:g}: {name}'s {cls.knob_name} must lie in [{lo:g}, {hi:g}]")
+
+
 def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[str, ...], **common) -> list[RunSpec]:
     """Run specs: one per (method, seed, group of tasks that share training domains)."""
     from datasets import get_task
@@ -377,6 +391,7 @@ def plan(methods: list[str], seeds: list[int], tasks: list[str], domains: tuple[
     specs = []
     for name in names:
         cls = get_method(name)
+        check_knobs(name, cls, common.get("knobs", ()))
         # a --set key applies to the selected methods that have the setting (`--method all --set lr=...`)
         mine = tuple((k, v) for k, v in overrides if k in has[name])
         config = resolve_config(RunSpec(method=name, overrides=mine, **common))

@@ -356,12 +356,15 @@ class Evaluator:
 
 
 def test_points(spec: RunSpec, method, dataset) -> list[tuple[str, str, object]]:
-    """(task, source, knob value) test points: the table grid, plus the dense curve with `--curve`."""
+    """(task, source, knob value) test points: the table grid, plus the dense curve with `--curve` and the values of
+    `--knobs` (a knob value off the grid, e.g. one a distilled student was not trained on)."""
     from datasets import get_task
 
     grid = tuple(method.knob_grid)
     if spec.curve and method.knob_curve:
         grid = tuple(dict.fromkeys(grid + tuple(method.knob_curve)))
+    if spec.knobs:
+        grid = tuple(dict.fromkeys(grid + tuple(float(k) for k in spec.knobs)))
     points = []
     for t in spec.tasks:
         task = get_task(t, dataset.domains)

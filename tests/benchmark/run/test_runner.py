@@ -55,6 +55,39 @@ def test_rerun_skips_and_resume_recomputes_only_missing(ctx, micro):
     assert [r["knob_value"] for r in again] == [r["knob_value"] for r in first]
 
 
+def test_knobs_add_test_points_to_a_finished_run_without_changing_it(ctx, micro):
+    """`--knobs` (a knob value off the grid) is outside the run's identity: the same folder, its records kept as they
+    were, the new values' test points appended and scored like the grid's; a value outside the knob's bounds or a
+    method without a knob is refused in one line."""
+    from dataclasses import replace
+
+    from benchmark.protocol.config import plan
+
+    spec = RunSpec("histmatch", preset="micro", data_root=str(micro.root.parent.parent))
+    first = run_one(spec, ctx)
+    wider = replace(spec, knobs=(0.25,))
+    assert wider.run_id == spec.run_id and wider.folder(ctx.results_dir) == spec.folder(ctx.results_dir)
+    again = run_one(wider, ctx)
+    assert again[:len(first)] == first
+    added = [r for r in again[len(first):] if r["split"] == "test"]
+    assert sorted({r["knob_value"] for r in added}) == [0.25] and len(added) == len(micro_sources(micro))
+    by = {(r["source"], r["knob_value"]): r["hist_w1"] for r in of_split(again)}
+    for (source, knob), w1 in by.items():  # a quarter blend lies between no matching and the half blend
+        if knob == 0.25:
+            assert by[(source, 0.5)] < w1
+    domains = micro.domains
+    with pytest.raises(RunError, match=r"--knobs 1\.5: histmatch's blend must lie in \[0, 1\]"):
+        plan(["histmatch"], [0], ["sim2real"], domains, preset="micro", knobs=(1.5,))
+    with pytest.raises(RunError, match="identity has no knob"):
+        plan(["identity"], [0], ["sim2real"], domains, preset="micro", knobs=(0.5,))
+
+
+def micro_sources(micro):
+    from datasets import get_task
+
+    return get_task("sim2real", micro.domains).sources
+
+
 def test_edited_record_is_rejected(ctx, micro):
     spec = RunSpec("identity", preset="micro", data_root=str(micro.root.parent.parent))
     run_one(spec, ctx)
