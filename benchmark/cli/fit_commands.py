@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
         specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
                  for spec in plan(args.method, args.seeds, args.task, domains, dataset=args.dataset,
                                   preset=args.preset, data_seed=args.data_seed, max_steps=args.max_steps,
-                                  budget=budget, overrides=parse_set(args.set), curve=args.curve, knobs=tuple(args.knobs),
+                                  budget=budget, overrides=parse_set(args.set), curve=args.curve,
+                                  knobs=tuple(args.knobs),
                                   accelerator=args.accelerator, precision=args.precision,
                                   dataset_config=args.dataset_config, data_root=args.data_root, devices=args.devices,
                                   strategy=_strategy(args), speedups=tuple(args.speedup),
@@ -179,7 +180,8 @@ def cmd_sweep(args) -> int:
         specs = [spec for budget in budget_values(args.budgets, args.dataset, args.preset, args.budget)
                  for spec in S.expand(args.method, args.seeds, args.task, domains, args.vary, parse_set(args.set),
                                       dataset=args.dataset, preset=args.preset, data_seed=args.data_seed,
-                                      max_steps=args.max_steps, budget=budget, curve=args.curve, knobs=tuple(args.knobs),
+                                      max_steps=args.max_steps, budget=budget, curve=args.curve,
+                                      knobs=tuple(args.knobs),
                                       accelerator=args.accelerator, precision=args.precision,
                                       dataset_config=args.dataset_config, data_root=args.data_root,
                                       devices=args.devices, strategy=_strategy(args), speedups=tuple(args.speedup),

@@ -314,7 +314,8 @@ def fit_key(spec: dict, method_config: dict, domains: tuple[str, ...]) -> str:
     cls = get_method(spec["method"])
     task = get_task(spec["tasks"][0], tuple(domains))
     sampling = set(cls.sampling_settings)
-    d = {k: v for k, v in identity_fields(spec).items() if k not in ("data_root", "curve", "knobs", "overrides", "tasks")}
+    outside = ("data_root", "curve", "knobs", "overrides", "tasks")
+    d = {k: v for k, v in identity_fields(spec).items() if k not in outside}
     d["training_domains"] = list(cls.training_domains(tuple(domains), task.sources, task.target, method_config))
     d["config"] = {k: v for k, v in method_config.items() if k not in sampling}
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]

@@ -160,7 +160,23 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         if len(v):
             parts.append(markdown(v.drop(columns="task"), index=False) + "\n")
         parts.append(f"Ranking: {ranking_settles(rows, task)}.\n")
+        hours = training_hours(part)
+        if hours:
+            parts.append(hours + "\n")
     return "\n".join(parts)
+
+
+def training_hours(part: pd.DataFrame) -> str:
+    """One line: the recorded training wall-clock of a task's rows (`train_sec`, per seed) summed over methods and
+    seeds, per budget multiple and in all; "" where no row recorded it. Hours of CPU time where each fit ran on one
+    thread, as the suite's sweeps do."""
+    if "train_sec" not in part or not part["train_sec"].notna().any():
+        return ""
+    known = part[part["train_sec"].notna()]
+    per = (known["train_sec"] * known["n_seeds"]).groupby(known["multiple"]).sum() / 3600
+    cells = ", ".join(f"{m:g}×: {h:.2f} h" for m, h in per.items())
+    return (f"Training time of these fits (recorded wall-clock per fit × seeds, summed over methods; CPU-hours where "
+            f"each fit ran on one thread): {cells}; {per.sum():.2f} h in all.")
 
 
 def write_compute(table: pd.DataFrame, out_dir: Path) -> list[Path]:

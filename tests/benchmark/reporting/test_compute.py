@@ -27,7 +27,7 @@ def records(values: dict) -> pd.DataFrame:
                                      setting=setting, seed=seed, source=source, split="test", step=None,
                                      knob="tau" if method == "medshift" else "", knob_value=knob,
                                      val_choice=chosen, nps_dist=nps + d + worse, ssim_gt=gt + d - worse,
-                                     ssim_src=0.7 + d, protocol=3))
+                                     ssim_src=0.7 + d, protocol=3, train_sec=100.0 * multiple))
     return pd.DataFrame(rows)
 
 
@@ -77,6 +77,8 @@ def test_compute_table_and_figure_are_written_only_with_a_budget_axis(table, tmp
     paths = write_compute(table, tmp_path)
     text = paths[0].read_text()
     assert "| medshift" in text and "still changing" in text and "stops changing" in text
+    # 100 s per fit per 1x, 3 seeds: 1x cyclegan+medshift+unet 900 s, 3x 2700 s, 9x cyclegan+medshift 5400 s
+    assert "1×: 0.25 h, 3×: 0.75 h, 9×: 1.50 h; 2.50 h in all" in text
     assert compute_figure(table, "sim2real") is not None
     one = summary(records({k: v for k, v in VALUES.items() if k[1] == 1}))
     assert write_compute(one, tmp_path) == [] and not (tmp_path / "compute.md").exists()
