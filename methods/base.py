@@ -157,9 +157,13 @@ class TranslationMethod(L.LightningModule):
 
     @classmethod
     def group(cls) -> str:
-        """The table group: "reference" (shown, unranked), "paired" (upper bounds, ranked among themselves) or
-        "unpaired" (the methods the benchmark ranks)."""
-        return "reference" if cls.reference_row else "paired" if cls.pairing == "paired" else "unpaired"
+        """The table group: "reference" (shown, unranked), "paired" (upper bounds, ranked among themselves),
+        "distilled" (a student of a finished fit, `teacher`: its compute is the teacher's budget and its own, so it is
+        ranked among the students and compared with its teacher in `distillation.md`) or "unpaired" (the methods the
+        benchmark ranks)."""
+        if cls.reference_row:
+            return "reference"
+        return "distilled" if cls.teacher else "paired" if cls.pairing == "paired" else "unpaired"
 
     # ------------------------------------------------------------------ declared by every method
     @classmethod

@@ -51,7 +51,7 @@ def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
     setting = table["method"].str.extract(r" \((.*)\)$")[0].fillna("")
     base = table["method"].map(base_method)
     group = base.map(method_group)
-    rows = table.assign(base=base, _setting=setting)[group.isin(("unpaired", "paired"))]
+    rows = table.assign(base=base, _setting=setting)[group.isin(("unpaired", "distilled", "paired"))]
     rows = rows[(rows["_setting"] == "") | rows["_setting"].str.match(_BUDGET)]
     if rows.empty:
         return rows.assign(budget=[], multiple=[])

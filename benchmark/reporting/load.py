@@ -216,15 +216,21 @@ def is_reference(method: str) -> bool:
 
 #: Table groups in display order: the unpaired methods the benchmark ranks, translations made outside the suite
 #: (`python -m benchmark score`: their compute is not the suite's budget, so they are ranked among themselves), the
-#: paired upper bounds (ranked among themselves), the reference rows (unranked).
-GROUPS = ("unpaired", "external", "paired", "reference")
+#: students distilled from a finished fit (their compute is their teacher's budget and their own: ranked among
+#: themselves, compared with their teacher in distillation.md), the paired upper bounds (ranked among themselves), the
+#: reference rows (unranked).
+GROUPS = ("unpaired", "external", "distilled", "paired", "reference")
 
 
-GROUP_LABELS = {"unpaired": "unpaired", "external": "external (own budget)", "paired": "paired (upper bound)",
+GROUP_LABELS = {"unpaired": "unpaired", "external": "external (own budget)",
+                "distilled": "distilled (teacher's budget + own)", "paired": "paired (upper bound)",
                 "reference": "reference"}
 
 
 def method_group(method: str) -> str:
-    """A method's table group (`TranslationMethod.group`; runs from before it was recorded: from `reference_row`)."""
+    """A method's table group (`TranslationMethod.group`; runs from before it was recorded: from `reference_row`; a
+    student's runs from before the "distilled" group existed: from its recorded `teacher`)."""
     info = method_info(method)
+    if info.get("teacher"):
+        return "distilled"
     return info.get("group") or ("reference" if info.get("reference_row") else "unpaired")

@@ -99,3 +99,22 @@ def test_a_value_only_one_seed_went_to_counts_that_seed_only_in_the_share_of_cho
     table = summary(pd.concat([recs, extra], ignore_index=True)).set_index("knob_value")
     assert table.loc[0.15, "val_choice"] == pytest.approx(1 / 3)
     assert table.loc[0.3, "val_choice"] == pytest.approx(2 / 3) and table.loc[0.6, "val_choice"] == 0
+
+
+def test_students_are_ranked_among_themselves_never_among_the_unpaired_methods(table):
+    """A student's compute is its teacher's budget and its own: it sits in the "distilled" group, ranked among the
+    students, and neither takes nor shares an unpaired method's rank nor enters the unpaired leaders' sentences."""
+    from benchmark.reporting.load import GROUP_LABELS, method_group
+    from benchmark.reporting.report import leaders
+    from benchmark.reporting.tables import add_ranks, formatted
+
+    assert method_group("medshift-fewstep (jumps=1)") == method_group("medshift-onestep") == "distilled"
+    assert method_group("medshift") == method_group("cyclegan") == "unpaired"
+    ranked = add_ranks(table).set_index(["method", "knob_value"])["fidelity_rank"]
+    # unpaired alone: cyclegan (0.9) first, medshift's 0.80 and 0.75 after it, whatever the students score
+    assert ranked[("cyclegan", "")] == 1 and ranked[("medshift", 0.3)] == 2 and ranked[("medshift", 0.6)] == 3
+    # students alone: the jumps=1 student's 0.79 at tau 0.6 leads them
+    assert ranked[("medshift-fewstep (jumps=1)", 0.6)] == 1
+    groups = set(formatted(add_ranks(table))["group"])
+    assert GROUP_LABELS["distilled"] in groups and GROUP_LABELS["unpaired"] in groups
+    assert not any("fewstep" in sentence for sentence in leaders(add_ranks(table)))
