@@ -200,10 +200,11 @@ def _same_value(a, b) -> bool:
 
 
 def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, min_methods: int = 4) -> pd.DataFrame:
-    """Does an image metric rank the translation methods (unpaired and paired) as downstream utility does? Per task
-    and metric (default: the table's realism, fidelity and structure metrics): Spearman's rank correlation of the
-    metric (sign flipped where lower is better, so +1 = the same order) with utility, over the methods at the setting
-    their validation chose (`attach_utility`) that have the metric, when there are at least `min_methods`."""
+    """Does an image metric rank the translation methods (unpaired and paired; not the distilled students, copies of
+    one of them) as downstream utility does? Per task and metric (default: the table's realism, fidelity and structure
+    metrics): Spearman's rank correlation of the metric (sign flipped where lower is better, so +1 = the same order)
+    with utility, over the methods at the setting their validation chose (`attach_utility`) that have the metric,
+    when there are at least `min_methods`."""
     from scipy.stats import spearmanr
 
     rows = []
@@ -212,7 +213,7 @@ def utility_correlations(table: pd.DataFrame, metrics: list[str] | None = None, 
     shown = metrics or [m for m in TABLE_METRICS if METRICS[m].axis in ("realism", "fidelity", "structure")]
     headline = table["method"] == table["method"].map(base_method)  # no budget variants (compute.md has those)
     for task, part in table[table["dice"].notna() & headline].groupby("task", sort=False):
-        learned = part[part["method"].map(method_group) != "reference"]
+        learned = part[~part["method"].map(method_group).isin(("reference", "distilled"))]
         for m in shown:
             if m not in learned or learned[m].notna().sum() < min_methods:
                 continue

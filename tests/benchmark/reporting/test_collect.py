@@ -229,12 +229,14 @@ def test_the_gap_to_the_paired_bound_uses_paired_replicates():
 def test_utility_correlations_are_signed_so_that_one_means_the_same_order():
     from benchmark.reporting.utility_tables import utility_correlations
 
-    table = pd.DataFrame(dict(task="t", method=["cyclegan", "medshift", "sdedit", "contourdiff", "identity"],
-                              dice=[0.9, 0.8, 0.7, 0.6, 0.5], frd=[5.0, 6.0, 7.0, 8.0, 1.0],
-                              ssim_src=[0.1, 0.2, 0.3, 0.4, 1.0]))
-    corr = utility_correlations(table).set_index("metric")["spearman_rho"]
-    assert corr["FRD ↓"] == pytest.approx(1.0)  # lower FRD, higher utility: the same order
-    assert corr["SSIM (src) ↑"] == pytest.approx(-1.0)  # identity (a reference row) is left out
+    table = pd.DataFrame(dict(task="t", method=["cyclegan", "medshift", "sdedit", "contourdiff", "identity",
+                                                "medshift-onestep"],
+                              dice=[0.9, 0.8, 0.7, 0.6, 0.5, 0.1], frd=[5.0, 6.0, 7.0, 8.0, 1.0, 1.0],
+                              ssim_src=[0.1, 0.2, 0.3, 0.4, 1.0, 1.0]))
+    corr = utility_correlations(table).set_index("metric")
+    assert corr.loc["FRD ↓", "spearman_rho"] == pytest.approx(1.0)  # lower FRD, higher utility: the same order
+    # identity (a reference row) and the student (a copy of MedShift, distilled) are left out
+    assert corr.loc["SSIM (src) ↑", "spearman_rho"] == pytest.approx(-1.0) and (corr["methods"] == 4).all()
 
 
 def test_structure_is_ranked_by_its_distance_to_the_ideal_point(tmp_path):
