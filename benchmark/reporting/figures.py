@@ -15,7 +15,7 @@ from benchmark.reporting.load import (
     split_variants,
     test_records,
 )
-from benchmark.reporting.styles import VARIANT_COLORS, method_style  # noqa: F401  (figures' public names)
+from benchmark.reporting.styles import method_style
 from benchmark.reporting.tables import REALISM_RANK_ORDER, TEXTURE_RANK_ORDER, realism_metric, summary
 from benchmark.reporting.utility_tables import (
     ORACLE,

@@ -10,7 +10,6 @@ from benchmark.reporting.load import base_method, method_info
 VARIANT_STYLES = (("tab:orange", "s"), ("tab:brown", "D"), ("tab:pink", "P"), ("tab:olive", "X"),
                   ("tab:cyan", "v"), ("tab:purple", "*"), ("tab:gray", "h"), ("gold", "p"), ("black", "<"),
                   ("tab:green", ">"))
-VARIANT_COLORS = tuple(c for c, _ in VARIANT_STYLES)
 
 
 def method_style(method: str, n_variant: int = 0) -> dict:
@@ -22,4 +21,4 @@ def method_style(method: str, n_variant: int = 0) -> dict:
         base["label"] += " (external)"
     if info and method == base_method(method):
         return base
-    return dict(base, color=VARIANT_COLORS[n_variant % len(VARIANT_COLORS)], label=method)
+    return dict(base, color=VARIANT_STYLES[n_variant % len(VARIANT_STYLES)][0], label=method)
