@@ -62,6 +62,7 @@ def test_knobs_add_test_points_to_a_finished_run_without_changing_it(ctx, micro)
     from dataclasses import replace
 
     from benchmark.protocol.config import plan
+    from datasets import get_task
 
     spec = RunSpec("histmatch", preset="micro", data_root=str(micro.root.parent.parent))
     first = run_one(spec, ctx)
@@ -70,22 +71,16 @@ def test_knobs_add_test_points_to_a_finished_run_without_changing_it(ctx, micro)
     again = run_one(wider, ctx)
     assert again[:len(first)] == first
     added = [r for r in again[len(first):] if r["split"] == "test"]
-    assert sorted({r["knob_value"] for r in added}) == [0.25] and len(added) == len(micro_sources(micro))
+    sources = get_task("sim2real", micro.domains).sources
+    assert sorted({r["knob_value"] for r in added}) == [0.25] and len(added) == len(sources)
     by = {(r["source"], r["knob_value"]): r["hist_w1"] for r in of_split(again)}
     for (source, knob), w1 in by.items():  # a quarter blend lies between no matching and the half blend
         if knob == 0.25:
             assert by[(source, 0.5)] < w1
-    domains = micro.domains
     with pytest.raises(RunError, match=r"--knobs 1\.5: histmatch's blend must lie in \[0, 1\]"):
-        plan(["histmatch"], [0], ["sim2real"], domains, preset="micro", knobs=(1.5,))
+        plan(["histmatch"], [0], ["sim2real"], micro.domains, preset="micro", knobs=(1.5,))
     with pytest.raises(RunError, match="identity has no knob"):
-        plan(["identity"], [0], ["sim2real"], domains, preset="micro", knobs=(0.5,))
-
-
-def micro_sources(micro):
-    from datasets import get_task
-
-    return get_task("sim2real", micro.domains).sources
+        plan(["identity"], [0], ["sim2real"], micro.domains, preset="micro", knobs=(0.5,))
 
 
 def test_edited_record_is_rejected(ctx, micro):
