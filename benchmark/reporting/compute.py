@@ -94,6 +94,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
         if len(budgets) < 2:
             continue
         lo_row, hi_row = (g[g["budget"] == b].iloc[0] for b in budgets[-2:])
+        span = " → ".join(_multiple(r) for r in (lo_row, hi_row))
         moved, changes = [], []
         for m in metrics_of(g):
             a, b = hi_row[SAMPLES].get(m), lo_row[SAMPLES].get(m)
@@ -106,9 +107,33 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
                 moved.append(f"{m} {'better' if better else 'worse'}")
         verdict = ("converged" if not moved else "still changing (" + ", ".join(moved) + ")") if changes else \
             "no interval (one seed without bootstrap replicates)"
-        out.append(dict(task=task, method=base, budgets=f"{budgets[-2]:.2g} → {budgets[-1]:.2g}",
+        out.append(dict(task=task, method=base, budgets=f"{budgets[-2]:.2g} → {budgets[-1]:.2g}", span=span,
                         change="; ".join(changes), verdict=verdict))
     return pd.DataFrame(out)
+
+
+def _multiple(row) -> str:
+    """A budget as a multiple of the preset's ("3×"), or in FLOPs where the preset has none."""
+    return f"{row['multiple']:g}×" if np.isfinite(row["multiple"]) else f"{row['budget']:.2g}"
+
+
+def convergence_labels(table: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(task, method) -> the headline's `compute` cell, for each learned method, where some method of `table` has
+    two budgets or more (else {}): the verdict between its two largest budgets ("converged 3× → 9×", "still changing
+    1× → 3×: ssim_gt better") or "one budget (1×)" for a method fitted at one budget only."""
+    rows = budget_rows(table)
+    if not has_budget_axis(rows):
+        return {}
+    labels = {(t, b): f"one budget ({', '.join(_multiple(r) for _, r in g.iterrows())})"
+              for (t, b), g in rows.groupby(["task", "base"], sort=False)}
+    for _, v in verdicts(rows).iterrows():
+        verdict = v["verdict"]
+        if verdict.startswith("still changing ("):
+            verdict = f"still changing {v['span']}: {verdict[len('still changing ('):-1]}"
+        elif verdict == "converged":
+            verdict = f"converged {v['span']}"
+        labels[(v["task"], v["method"])] = verdict
+    return labels
 
 
 def ranking_settles(rows: pd.DataFrame, task: str, column: str = "avg_rank") -> str:
@@ -132,6 +157,30 @@ def ranking_settles(rows: pd.DataFrame, task: str, column: str = "avg_rank") -> 
         return (f"the ranking ({column}) of {names} still changes at the largest budget ({budgets[-1]:.2g} FLOPs): "
                 "it has not settled")
     return f"the ranking ({column}) of {names} stops changing from {settle:.2g} FLOPs on"
+
+
+def with_compute_verdicts(shown: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """The headline's formatted rows (`tables.formatted`) with a `compute` column after `seeds`: each learned
+    method's `convergence_labels` on its task ("–" for rows without training); `shown` unchanged without a budget
+    axis."""
+    labels = convergence_labels(table)
+    if not labels or shown.empty:
+        return shown
+    cells = [labels.get((t, base_method(m)), "–" if method_group(m) not in ("unpaired", "distilled", "paired") else
+                        "n/a") for t, m in zip(shown["task"], shown["method"], strict=True)]
+    at = list(shown.columns).index("seeds") + 1 if "seeds" in shown else len(shown.columns)
+    out = shown.copy()
+    out.insert(at, "compute", cells)
+    return out
+
+
+def compute_note(table: pd.DataFrame) -> str:
+    """The headline's footnote for its `compute` column ("" where it has none)."""
+    if not convergence_labels(table):
+        return ""
+    return ("\ncompute: each learned method's realism, fidelity and structure gap between its two largest training "
+            "budgets (fits of their own, × the preset's budget; compute.md): *converged* where no change lies beyond "
+            "its 95 % interval, else *still changing* with what moved; the rows above are the 1× fits.\n")
 
 
 def compute_markdown(rows: pd.DataFrame) -> str:
@@ -158,7 +207,7 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
-            parts.append(markdown(v.drop(columns="task"), index=False) + "\n")
+            parts.append(markdown(v.drop(columns="task").rename(columns={"span": "× preset"}), index=False) + "\n")
         parts.append(f"Ranking: {ranking_settles(rows, task)}.\n")
         hours = training_hours(part)
         if hours:

@@ -5,7 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.reporting.compute import budget_rows, compute_figure, ranking_settles, verdicts, write_compute
+from benchmark.reporting.compute import (
+    budget_rows,
+    compute_figure,
+    convergence_labels,
+    ranking_settles,
+    verdicts,
+    write_compute,
+)
 from benchmark.reporting.tables import summary
 
 BASE = 2.1e13  # skull-sim/tiny in budgets.yaml
@@ -84,3 +91,26 @@ def test_compute_table_and_figure_are_written_only_with_a_budget_axis(table, tmp
     assert write_compute(one, tmp_path) == [] and not (tmp_path / "compute.md").exists()
     assert compute_figure(one, "sim2real") is None
     assert np.isfinite(budget_rows(table)["ssim_gt_lo"]).all()
+
+
+def test_the_headline_says_which_methods_converged(table, tmp_path):
+    from benchmark.reporting.report import write_tables
+
+    labels = convergence_labels(table)
+    assert labels[("sim2real", "cyclegan")] == "converged 3× → 9×"
+    assert labels[("sim2real", "medshift")].startswith("still changing 3× → 9×: ")
+    assert "ssim_gt better" in labels[("sim2real", "medshift")]
+    assert labels[("sim2real", "unet-regression")] == "converged 1× → 3×"
+    partial = summary(records({k: v for k, v in VALUES.items() if k[0] != "medshift" or k[1] == 1}))
+    assert convergence_labels(partial)[("sim2real", "medshift")] == "one budget (1×)"
+    write_tables(table, tmp_path / "a")
+    text = (tmp_path / "a" / "headline.md").read_text()
+    lines = text.splitlines()
+    column = [c.strip() for c in lines[0].split("|")].index("compute")
+    cells = {row[3].strip(): row[column].strip()
+             for row in (line.split("|") for line in lines[2:] if line.startswith("| sim2real"))}
+    assert cells["cyclegan"] == "converged 3× → 9×" and cells["unet-regression"] == "converged 1× → 3×"
+    assert cells["identity"] == "–" and "\ncompute: " in text  # no training: no verdict
+    write_tables(summary(records({k: v for k, v in VALUES.items() if k[1] == 1})), tmp_path / "b")
+    text = (tmp_path / "b" / "headline.md").read_text()
+    assert "compute" not in text.splitlines()[0] and "\ncompute: " not in text
