@@ -243,7 +243,8 @@ def write_compute(table: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def compute_figure(table: pd.DataFrame, task: str):
     """compute-<task>: each metric against training FLOPs (log axis), one line per learned method with its
-    intervals; the references (no training) as horizontal lines. None without a budget axis."""
+    intervals (points dodged sideways by a few hundredths of a decade); the references (no training) and the paired
+    bounds fitted at one budget only as horizontal lines. None without a budget axis."""
     import matplotlib.pyplot as plt
 
     from benchmark.reporting.styles import method_style
@@ -255,14 +256,23 @@ def compute_figure(table: pd.DataFrame, task: str):
     metrics = metrics_of(rows)
     refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
+    groups = list(rows.groupby("base", sort=False))
+    drawn = [b for b, g in groups if not (method_group(b) == "paired" and g["budget"].nunique() == 1)]
     for ax, m in zip(axes[0], metrics, strict=True):
-        for base, g in rows.groupby("base", sort=False):
+        for base, g in groups:
             style = method_style(base)
             paired = method_group(base) == "paired"
-            ax.errorbar(g["budget"], g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
+            label = style["label"] + (" (upper bound)" if paired and "paired" not in style["label"] else "")
+            if base not in drawn:  # a paired bound fitted at one budget: a line to compare against, as a reference
+                if np.isfinite(g[m].iloc[0]):
+                    ax.axhline(g[m].iloc[0], color=style.get("color"), linestyle="--", linewidth=1,
+                               label=f"{label}, {_multiple(g.iloc[0])} only")
+                continue
+            # each method's points shifted by a few hundredths of a decade, so that their intervals do not overlap
+            dodge = 10 ** (0.02 * (drawn.index(base) - (len(drawn) - 1) / 2))
+            ax.errorbar(g["budget"] * dodge, g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
                         color=style.get("color"), marker=style.get("marker", "o"), capsize=3,
-                        linestyle="--" if paired else "-",
-                        label=style["label"] + (" (upper bound)" if paired and "paired" not in style["label"] else ""))
+                        linestyle="--" if paired else "-", label=label)
         for _, r in refs.drop_duplicates("method").iterrows():
             if np.isfinite(r.get(m, np.nan)):
                 style = method_style(r["method"])
