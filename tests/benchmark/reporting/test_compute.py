@@ -114,3 +114,18 @@ def test_the_headline_says_which_methods_converged(table, tmp_path):
     write_tables(summary(records({k: v for k, v in VALUES.items() if k[1] == 1})), tmp_path / "b")
     text = (tmp_path / "b" / "headline.md").read_text()
     assert "compute" not in text.splitlines()[0] and "\ncompute: " not in text
+
+
+def test_a_paired_bound_at_one_budget_is_a_horizontal_line_in_the_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = compute_figure(summary(records({**VALUES, ("pix2pix", 1): (0.13, 0.92)})), "sim2real")
+    ax = fig.axes[0]  # the realism metric (nps_dist here)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    flat = next(line for label, line in lines.items() if label.startswith("pix2pix") and label.endswith("1× only"))
+    assert np.allclose(flat.get_ydata(), 0.13)  # drawn across the axis at its 1x value
+    assert not any(label.startswith("pix2pix") and "only" not in label for label in lines)
+    # every method with two budgets or more stays a line of points, shifted by less than a tenth of a decade
+    medshift = next(line for label, line in lines.items() if label.startswith("MedShift"))
+    assert np.allclose(np.log10(medshift.get_xdata() / (BASE * np.array([1, 3, 9]))), 0, atol=0.1)
