@@ -76,9 +76,11 @@ def paper_table(configured: pd.DataFrame, task: str) -> str:
 #: A learning curve's verdict over the last quarter of the budget, per metric, from the 95 % interval of the change
 #: between 3/4 of the budget and its end (over seeds and the validation subjects, `stats.difference`, paired
 #: replicate by replicate): "improving" when the change is surely an improvement and larger than the threshold
-#: (REL_CHANGE of the realism value, ABS_CHANGE of SSIM (gt)); "flat" when the whole interval lies within the
-#: threshold either way; "undecided" otherwise (the seeds and subjects cannot tell). The curve is "still improving"
-#: when either metric is, "flat" when both are.
+#: (REL_CHANGE of the realism value, ABS_CHANGE of SSIM (gt)); "worsening" when it is surely a loss larger than the
+#: threshold; "flat" when the whole interval lies within the threshold either way; "undecided" otherwise (the seeds
+#: and subjects cannot tell). The curve is "still improving" when one metric improves and none worsens, "past its
+#: best" when one worsens and none improves, "trading" when one improves while the other worsens, "flat" when both
+#: are flat.
 REL_CHANGE, ABS_CHANGE = 0.05, 0.01
 
 
@@ -102,9 +104,25 @@ def _verdict(change, threshold: float, lower_is_better: bool) -> str:
     lo, hi = (-change.hi, -change.lo) if lower_is_better else (change.lo, change.hi)  # > 0: improved
     if lo > 0 and (lo + hi) / 2 > threshold:
         return "improving"
+    if hi < 0 and -(lo + hi) / 2 > threshold:
+        return "worsening"
     if -threshold < lo and hi < threshold:
         return "flat"
     return "undecided"
+
+
+def _curve_verdict(realism: str, fidelity: str) -> str:
+    """A learning curve's verdict from its realism and fidelity verdicts (see REL_CHANGE)."""
+    both = (realism, fidelity)
+    if "improving" in both and "worsening" in both:
+        return f"trading (realism {realism}, fidelity {fidelity})"
+    if "improving" in both:
+        return "still improving"
+    if "worsening" in both:
+        return "past its best (worsening over the last quarter)"
+    if both == ("flat", "flat"):
+        return "flat over the last quarter"
+    return "undecided (within the seeds' and subjects' noise)"
 
 
 def convergence(df: pd.DataFrame) -> pd.DataFrame:
@@ -122,8 +140,7 @@ def convergence(df: pd.DataFrame) -> pd.DataFrame:
         fidelity = _change(g, q3_step, end_step, "ssim_gt") if pd.notna(end["ssim_gt"]) else None
         verdicts = (_verdict(realism, REL_CHANGE * abs(q3["nps_dist"]), True),
                     _verdict(fidelity, ABS_CHANGE, False) if fidelity is not None else "flat")
-        verdict = "still improving" if "improving" in verdicts else "flat over the last quarter" \
-            if verdicts == ("flat", "flat") else "undecided (within the seeds' and subjects' noise)"
+        verdict = _curve_verdict(*verdicts)
 
         def iv(change):
             return f"[{change.lo:+.3f}, {change.hi:+.3f}]" if change is not None and np.isfinite(change.lo) else "n/a"

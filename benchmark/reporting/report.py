@@ -175,8 +175,10 @@ def _record_tables(configured: pd.DataFrame) -> list[tuple]:
          "aligned image at 3/4 of the training budget and at its end, with the 95% interval of each change (end minus "
          "3/4; over seeds and the validation subjects, paired replicate by replicate). Per metric: improving = surely "
          f"better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); flat = the whole "
-         "interval within that either way; else undecided. Still improving = either metric improving; flat = both "
-         "flat."),
+         "interval within that either way; worsening = surely worse by more than that; else undecided. Still "
+         "improving = a metric improving and none worsening; past its best = a metric worsening and none improving "
+         "(the checkpoint validation chose is then earlier than the end); trading = one improving, the other "
+         "worsening; flat = both flat."),
         ("selection.md", selections,
          "Both checkpoint rules side by side, from the validation learning curves alone (the records' curve scenes; "
          "steps per seed): by realism (the spectrum distance, or FID where recorded) and by fidelity (SSIM to the "

@@ -130,6 +130,8 @@ def _curve(change: float, seed_sd: float, subject_sd: float, metric="ssim_gt", b
     (0.05, 0.002, "still improving"),  # surely better by more than 0.01
     (0.0, 0.0005, "flat over the last quarter"),  # surely within +-0.01
     (0.02, 0.03, "undecided (within the seeds' and subjects' noise)"),  # a mean move the seeds cannot confirm
+    (-0.05, 0.002, "past its best (worsening over the last quarter)"),  # surely worse by more than 0.01
+    (-0.005, 0.0005, "flat over the last quarter"),  # surely worse, but within the threshold
 ])
 def test_the_convergence_verdict_reads_the_interval_of_the_change(change, seed_sd, verdict):
     """The old verdict compared two means against 5 % / 0.01 and called a noisy 0.02 move "still improving"."""
@@ -137,6 +139,18 @@ def test_the_convergence_verdict_reads_the_interval_of_the_change(change, seed_s
 
     out = convergence(_curve(change, seed_sd, 0.001))
     assert out["verdict"].iloc[0] == verdict, out.to_dict("records")
+
+
+@pytest.mark.parametrize("realism, fidelity, verdict", [
+    ("improving", "worsening", "trading (realism improving, fidelity worsening)"),
+    ("improving", "undecided", "still improving"),
+    ("undecided", "worsening", "past its best (worsening over the last quarter)"),
+    ("flat", "undecided", "undecided (within the seeds' and subjects' noise)"),
+])
+def test_a_curve_that_gains_on_one_axis_and_loses_on_the_other_is_not_called_improving(realism, fidelity, verdict):
+    from benchmark.reporting.paper import _curve_verdict
+
+    assert _curve_verdict(realism, fidelity) == verdict
 
 
 def test_both_checkpoint_rules_are_reported_side_by_side():
