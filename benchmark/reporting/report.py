@@ -177,8 +177,8 @@ def _record_tables(configured: pd.DataFrame) -> list[tuple]:
          f"better by more than {REL_CHANGE:.0%} of the realism value or {ABS_CHANGE} SSIM (gt); flat = the whole "
          "interval within that either way; worsening = surely worse by more than that; else undecided. Still "
          "improving = a metric improving and none worsening; past its best = a metric worsening and none improving "
-         "(where the checkpoint rule reads that metric, it chooses one before the end); trading = one improving, the other "
-         "worsening; flat = both flat."),
+         "(where the checkpoint rule reads that metric, it chooses one before the end); trading = one improving, "
+         "the other worsening; flat = both flat."),
         ("selection.md", selections,
          "Both checkpoint rules side by side, from the validation learning curves alone (the records' curve scenes; "
          "steps per seed): by realism (the spectrum distance, or FID where recorded) and by fidelity (SSIM to the "
