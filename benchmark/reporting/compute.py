@@ -208,7 +208,9 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         v = verdicts(part)
         if len(v):
             parts.append(markdown(v.drop(columns="task").rename(columns={"span": "× preset"}), index=False) + "\n")
-        parts.append(f"Ranking: {ranking_settles(rows, task)}.\n")
+        parts.append("Ranking, per axis:\n\n" + "\n".join(
+            f"* {ranking_settles(rows, task, c)}." for c in RANK_COLUMNS if c in part and part[c].notna().any())
+            + "\n")
         hours = training_hours(part)
         if hours:
             parts.append(hours + "\n")
