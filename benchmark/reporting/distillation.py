@@ -4,10 +4,13 @@ inside it, and whether the order over tau of each metric is the teacher's.
 
 The pass criterion the README states: every point of the student inside the teacher's interval and the order over
 tau preserved, on every metric shown. A pure function of the summary table (`tables.summary`); the students are the
-registered methods that declare a `teacher` (`TranslationMethod.teacher`), their rows at the configured setting.
+registered methods that declare a `teacher` (`TranslationMethod.teacher`), their rows at the configured setting;
+a student fitted at another budget (`run --budgets 3x`) stands beside its teacher at that budget, which it learnt
+from.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +66,8 @@ def distillation_table(table: pd.DataFrame) -> pd.DataFrame:
         teacher = teacher_of(method)
         if teacher is None:
             continue
+        budget = re.search(r"budget=[^,)]+", method)  # a student at a budget learns from its teacher at that budget
+        teacher = f"{teacher} ({budget.group(0)})" if budget else teacher
         t_part = table[(table["task"] == task) & (table["method"] == teacher)]
         common = sorted(set(part["knob_value"].astype(float)) & set(t_part["knob_value"].astype(float)), reverse=True)
         if not common:

@@ -118,3 +118,14 @@ def test_students_are_ranked_among_themselves_never_among_the_unpaired_methods(t
     groups = set(formatted(add_ranks(table))["group"])
     assert GROUP_LABELS["distilled"] in groups and GROUP_LABELS["unpaired"] in groups
     assert not any("fewstep" in sentence for sentence in leaders(add_ranks(table)))
+
+
+def test_a_student_at_a_budget_is_held_against_its_teacher_at_that_budget():
+    """`run --budgets 3x` distils the 3x student from the 3x teacher (the headline fit of the same budget); its row
+    is compared with that teacher's, not with the 1x teacher's."""
+    recs = records({("medshift", ""): {0.6: 0.60, 0.3: 0.65},
+                    ("medshift", "budget=6.3e+13"): {0.6: 0.75, 0.3: 0.80},
+                    ("medshift-fewstep", "budget=6.3e+13"): {0.6: 0.75, 0.3: 0.80}})
+    t = distillation_table(summary(recs)).set_index("tau")
+    assert set(t["teacher"]) == {"medshift (budget=6.3e+13)"}
+    assert t.loc["0.3", "SSIM (gt) ↑"] == f"0.800 vs 0.800 ± {HALF:.3f} ✓" and (t["pass"] == "yes").all()
