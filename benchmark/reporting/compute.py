@@ -4,7 +4,8 @@ each budget a fit of its own whose schedule ends at that budget), read from the 
 A method at a budget is its row at the knob value validation chose (the row most seeds x sources chose), so every
 point is a headline point. At each budget the methods are ranked as in the headline (`tables.add_ranks`: unpaired
 among themselves, paired among themselves, from the interval of each pair's difference). A method's verdict compares
-its two largest budgets on the ranking's realism metric, fidelity (`ssim_gt`) and the structure gap: *converged*
+its two largest budgets on the ranking's realism and noise-texture metrics, fidelity (`ssim_gt`) and the structure
+gap: *converged*
 where no change between them lies beyond its 95 % interval (`stats.difference`: independent fits, the same test
 subjects), else *still changing* with the metrics that moved. The ranking *stops changing* at the smallest budget
 from which the rank of every method present at all budgets is the same at every larger budget.
@@ -33,7 +34,7 @@ from benchmark.reporting.tables import (
 )
 
 _BUDGET = re.compile(r"^budget=([0-9.eE+-]+)$")
-RANK_COLUMNS = ("realism_rank", "structure_rank", "fidelity_rank", "avg_rank")
+RANK_COLUMNS = ("realism_rank", "texture_rank", "structure_rank", "fidelity_rank", "avg_rank")
 
 
 def _preset_budget(dataset: str, preset: str) -> float | None:
@@ -79,10 +80,13 @@ def has_budget_axis(rows: pd.DataFrame) -> bool:
 
 
 def metrics_of(part: pd.DataFrame) -> list[str]:
-    """The metrics the table and the figure show: the ranking's realism metric, fidelity, the structure gap and,
-    where some point has it, downstream utility."""
-    realism = next((m for m in part.get("realism_by", pd.Series(dtype=object)).dropna().unique()), None)
-    return [m for m in (realism, "ssim_gt", STRUCTURE_GAP, UTILITY) if m and m in part and part[m].notna().any()]
+    """The metrics the table and the figure show: the ranking's realism metric and its noise-texture metric (the
+    headline's two realism axes, each where one passed validity), fidelity, the structure gap and, where some point
+    has it, downstream utility."""
+    realism, texture = (next(iter(part.get(f"{axis}_by", pd.Series(dtype=object)).dropna().unique()), None)
+                        for axis in ("realism", "texture"))
+    return [m for m in (realism, texture, "ssim_gt", STRUCTURE_GAP, UTILITY)
+            if m and m in part and part[m].notna().any()]
 
 
 def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
