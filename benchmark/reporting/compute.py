@@ -6,8 +6,8 @@ point is a headline point. At each budget the methods are ranked as in the headl
 among themselves, paired among themselves, from the interval of each pair's difference). A method's verdict compares
 its two largest budgets on the ranking's realism and noise-texture metrics, fidelity (`ssim_gt`) and the structure
 gap: *converged* where no change between them lies beyond its 95 % interval (`stats.difference`: independent fits,
-the same test subjects), else *still changing* with the metrics that moved. The ranking *stops changing* at the smallest budget
-from which the rank of every method present at all budgets is the same at every larger budget.
+the same test subjects), else *still changing* with the metrics that moved. The ranking *stops changing* at the
+smallest budget from which the rank of every method present at all budgets is the same at every larger budget.
 Translations made outside the suite have no budget here; reference rows (no training) are drawn as lines.
 """
 from __future__ import annotations
@@ -181,9 +181,10 @@ def compute_note(table: pd.DataFrame) -> str:
     """The headline's footnote for its `compute` column ("" where it has none)."""
     if not convergence_labels(table):
         return ""
-    return ("\ncompute: each learned method's realism, noise texture, fidelity and structure gap between its two largest training "
-            "budgets (fits of their own, × the preset's budget; compute.md): *converged* where no change lies beyond "
-            "its 95 % interval, else *still changing* with what moved; the rows above are the 1× fits.\n")
+    return ("\ncompute: each learned method's realism, noise texture, fidelity and structure gap between its two "
+            "largest training budgets (fits of their own, × the preset's budget; compute.md): *converged* where no "
+            "change lies beyond its 95 % interval, else *still changing* with what moved; the rows above are the 1× "
+            "fits.\n")
 
 
 def compute_markdown(rows: pd.DataFrame) -> str:
