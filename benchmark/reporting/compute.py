@@ -111,7 +111,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
         verdict = ("converged" if not moved else "still changing (" + ", ".join(moved) + ")") if changes else \
             "no interval (one seed without bootstrap replicates)"
         out.append(dict(task=task, method=base, budgets=f"{budgets[-2]:.2g} → {budgets[-1]:.2g}", span=span,
-                        change="; ".join(changes), verdict=verdict))
+                        change="; ".join(changes), verdict=verdict, moved=", ".join(moved) if changes else None))
     return pd.DataFrame(out)
 
 
@@ -130,12 +130,8 @@ def convergence_labels(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     labels = {(t, b): f"one budget ({', '.join(_multiple(r) for _, r in g.iterrows())})"
               for (t, b), g in rows.groupby(["task", "base"], sort=False)}
     for _, v in verdicts(rows).iterrows():
-        verdict = v["verdict"]
-        if verdict.startswith("still changing ("):
-            verdict = f"still changing {v['span']}: {verdict[len('still changing ('):-1]}"
-        elif verdict == "converged":
-            verdict = f"converged {v['span']}"
-        labels[(v["task"], v["method"])] = verdict
+        labels[(v["task"], v["method"])] = (v["verdict"] if v["moved"] is None else f"converged {v['span']}"
+                                            if not v["moved"] else f"still changing {v['span']}: {v['moved']}")
     return labels
 
 
@@ -211,7 +207,8 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
-            parts.append(markdown(v.drop(columns="task").rename(columns={"span": "× preset"}), index=False) + "\n")
+            parts.append(markdown(v.drop(columns=["task", "moved"]).rename(columns={"span": "× preset"}), index=False)
+                         + "\n")
         parts.append("Ranking, per axis:\n\n" + "\n".join(
             f"* {ranking_settles(rows, task, c)}." for c in RANK_COLUMNS if c in part and part[c].notna().any())
             + "\n")
