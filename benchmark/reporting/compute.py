@@ -158,11 +158,10 @@ def ranking_settles(rows: pd.DataFrame, task: str, column: str = "avg_rank") -> 
     return f"the ranking ({column}) of {names} stops changing from {settle:.2g} FLOPs on"
 
 
-def with_compute_verdicts(shown: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+def with_compute_verdicts(shown: pd.DataFrame, labels: dict[tuple[str, str], str]) -> pd.DataFrame:
     """The headline's formatted rows (`tables.formatted`) with a `compute` column after `seeds`: each learned
-    method's `convergence_labels` on its task ("–" for rows without training); `shown` unchanged without a budget
-    axis."""
-    labels = convergence_labels(table)
+    method's label (`convergence_labels`) on its task ("–" for rows without training); `shown` unchanged without
+    labels (no budget axis)."""
     if not labels or shown.empty:
         return shown
     cells = [labels.get((t, base_method(m)), "–" if method_group(m) not in ("unpaired", "distilled", "paired") else
@@ -173,9 +172,9 @@ def with_compute_verdicts(shown: pd.DataFrame, table: pd.DataFrame) -> pd.DataFr
     return out
 
 
-def compute_note(table: pd.DataFrame) -> str:
-    """The headline's footnote for its `compute` column ("" where it has none)."""
-    if not convergence_labels(table):
+def compute_note(labels: dict[tuple[str, str], str]) -> str:
+    """The headline's footnote for its `compute` column ("" where it has none: no `convergence_labels`)."""
+    if not labels:
         return ""
     return ("\ncompute: each learned method's realism, noise texture, fidelity and structure gap between its two "
             "largest training budgets (fits of their own, × the preset's budget; compute.md): *converged* where no "

@@ -9,7 +9,7 @@ import pandas as pd
 
 from benchmark.protocol.records import atomic_write
 from benchmark.reporting.ablation import write_ablation
-from benchmark.reporting.compute import compute_note, with_compute_verdicts, write_compute
+from benchmark.reporting.compute import compute_note, convergence_labels, with_compute_verdicts, write_compute
 from benchmark.reporting.distillation import write_distillation
 from benchmark.reporting.load import method_group
 from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, sampling_choices, selections
@@ -91,8 +91,9 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
-    atomic_write(paths[3], markdown(with_compute_verdicts(formatted(configured), table), index=False)
-                 + note(configured) + compute_note(table)
+    labels = convergence_labels(table)  # the headline's compute column and its footnote
+    atomic_write(paths[3], markdown(with_compute_verdicts(formatted(configured), labels), index=False)
+                 + note(configured) + compute_note(labels)
                  + "\n" + "\n".join(f"* {line}" for line in leaders(configured)) + "\n")
     variants_path = paths.pop()
     for task in configured["task"].unique():
