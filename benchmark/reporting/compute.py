@@ -182,9 +182,10 @@ def compute_note(labels: dict[tuple[str, str], str]) -> str:
             "fits.\n")
 
 
-def compute_markdown(rows: pd.DataFrame) -> str:
+def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> str:
     """results/tables/compute.md: every method at every budget with intervals and its rank at that budget, the
-    verdicts and where each task's ranking settles."""
+    verdicts and where each task's ranking settles; with the utility summary `usum`, a note giving the utility of
+    the rows whose seeds chose different knob values (`own_choice_utility`)."""
     parts = ["# Rank against training compute\n",
              "Each row: a method at one training budget (a fit of its own), at the knob value validation chose; mean "
              "± half-width of the 95 % interval over test subjects and seeds; ranks among the methods at the same "
@@ -208,13 +209,38 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         if len(v):
             parts.append(markdown(v.drop(columns=["task", "moved"]).rename(columns={"span": "× preset"}), index=False)
                          + "\n")
-        parts.append("Ranking, per axis:\n\n" + "\n".join(
-            f"* {ranking_settles(rows, task, c)}." for c in RANK_COLUMNS if c in part and part[c].notna().any())
-            + "\n")
+        own = own_choice_utility(part, usum)
+        if own:
+            parts.append("Utility n/a above: the seeds' validation chose different knob values, so the segmenter's "
+                         "Dice belongs to no one row; over those seeds, each at its own choice: " + "; ".join(own)
+                         + ".\n")
+        settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in part and part[c].notna().any()]
+        if settles:
+            parts.append(f"Ranking across budgets: {settles[0]}.\n" if len(set(settles)) == 1 else
+                         "Ranking, per axis:\n\n" + "\n".join(f"* {s}." for s in settles) + "\n")
         hours = training_hours(part)
         if hours:
             parts.append(hours + "\n")
     return "\n".join(parts)
+
+
+def own_choice_utility(part: pd.DataFrame, usum: pd.DataFrame | None) -> list[str]:
+    """For each row of a task's budget rows without utility whose method at that budget has utility records at
+    several knob values (`utility_summary`: each seed at its own validation choice, which `attach_utility` puts on
+    no row): "medshift at 1×: 0.849 ± 0.012 (tau=0.3/0.15/0.45, 3 seeds)"."""
+    if usum is None or usum.empty or UTILITY not in part:
+        return []
+    out = []
+    for _, r in part[part[UTILITY].isna()].iterrows():
+        u = usum[(usum["dataset"] == r["dataset"]) & (usum["preset"] == r["preset"]) & (usum["task"] == r["task"])
+                 & (usum["method"] == r["method"])]
+        if len(u) != 1 or len(u.iloc[0].get("knob_values") or ()) < 2:
+            continue
+        u = u.iloc[0]
+        out.append(f"{r['base']} at {_multiple(r)}: {format_cell(u[UTILITY], u[f'{UTILITY}_ci'], UTILITY)} "
+                   f"({r['knob']}={'/'.join(f'{v:g}' if isinstance(v, float) else str(v) for v in u['knob_values'])}"
+                   f", {u['n_seeds']:g} seeds)")
+    return out
 
 
 def training_hours(part: pd.DataFrame) -> str:
@@ -230,8 +256,9 @@ def training_hours(part: pd.DataFrame) -> str:
             f"each fit ran on one thread): {cells}; {per.sum():.2f} h in all.")
 
 
-def write_compute(table: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """compute.md where some method has two budgets or more (else none, and a stale one is removed)."""
+def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None = None) -> list[Path]:
+    """compute.md where some method has two budgets or more (else none, and a stale one is removed); `usum`, the
+    utility summary, for the rows whose seeds chose different knob values."""
     from benchmark.protocol.records import atomic_write
 
     path = Path(out_dir) / "compute.md"
@@ -239,7 +266,7 @@ def write_compute(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     if not has_budget_axis(rows):
         path.unlink(missing_ok=True)
         return []
-    atomic_write(path, compute_markdown(rows))
+    atomic_write(path, compute_markdown(rows, usum))
     return [path]
 
 

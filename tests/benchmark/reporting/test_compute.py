@@ -139,3 +139,25 @@ def test_a_paired_bound_at_one_budget_is_a_horizontal_line_in_the_figure():
         assert np.allclose(shift, shift[0]) and abs(shift[0]) < 0.1, c.get_label()
         shifts.append(round(shift[0], 6))
     assert len(shifts) == 3 and len(set(shifts)) == 3
+
+
+def test_utility_of_seeds_that_chose_apart_is_given_beside_the_table(table, tmp_path):
+    """attach_utility puts a utility measured at several knob values (each seed at its own choice) on no row; compute.md
+    gives it in a note instead of leaving the method's utility n/a without a word."""
+    from benchmark.reporting.utility_tables import attach_utility
+
+    usum = pd.DataFrame([
+        dict(dataset="skull-sim", preset="tiny", task="sim2real", method="medshift", n_seeds=3,
+             knob_values=(0.3, 0.6, 0.3), dice=0.849, dice_lo=0.821, dice_hi=0.877, dice_ci=0.028, utility_rank=1.0),
+        dict(dataset="skull-sim", preset="tiny", task="sim2real", method=f"medshift (budget={3 * BASE:g})", n_seeds=1,
+             knob_values=(0.3,), dice=0.84, dice_lo=0.833, dice_hi=0.847, dice_ci=0.007, utility_rank=1.0)])
+    text = write_compute(attach_utility(table, usum), tmp_path, usum)[0].read_text()
+    assert "medshift at 1×: 0.849 ± 0.028 (tau=0.3/0.6/0.3, 3 seeds)" in text
+    assert "medshift at 3×" not in text and "0.840 ± 0.007" in text  # one choice: on its row of the table
+    assert "Utility n/a above" not in write_compute(table, tmp_path)[0].read_text()  # no utility, no note
+
+
+def test_one_sentence_where_every_axis_says_the_same(tmp_path):
+    one_method = summary(records({k: v for k, v in VALUES.items() if k[0] in ("identity", "medshift")}))
+    text = write_compute(one_method, tmp_path)[0].read_text()
+    assert text.count("no ranking to compare") == 1 and "Ranking across budgets: fewer than two" in text
