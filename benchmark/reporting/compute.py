@@ -184,8 +184,8 @@ def compute_note(labels: dict[tuple[str, str], str]) -> str:
 
 def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> str:
     """results/tables/compute.md: every method at every budget with intervals and its rank at that budget, the
-    verdicts and where each task's ranking settles; with the utility summary `usum`, a note giving the utility of
-    the rows whose seeds chose different knob values (`own_choice_utility`)."""
+    verdicts and where each task's ranking settles; with the utility summary `usum`, the utility of rows whose
+    seeds chose different knob values (`with_own_choice_utility`), marked †."""
     parts = ["# Rank against training compute\n",
              "Each row: a method at one training budget (a fit of its own), at the knob value validation chose; mean "
              "± half-width of the 95 % interval over test subjects and seeds; ranks among the methods at the same "
@@ -193,6 +193,7 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
              "`benchmark/reporting/compute.py` says how verdicts are made. Utility (Dice), where shown: the "
              "downstream segmenter of `python -m benchmark utility --budgets ...` on the same fits (the seeds it ran; "
              "not part of the verdicts).\n"]
+    rows = with_own_choice_utility(rows, usum)
     for task, part in rows.groupby("task", sort=False):
         metrics = metrics_of(part)
         table = pd.DataFrame({
@@ -201,19 +202,20 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
             "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
             "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
                 part["knob"], part["knob_value"], strict=True)],
-            **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
-               for m in metrics},
+            **{label_of(m): [format_cell(v, h, m) + (" †" if m == UTILITY and own else "") for v, h, own in zip(
+                part[m], part[f"{m}_ci"], part.get("utility_own_choice", pd.Series(False, part.index)),
+                strict=True)] for m in metrics},
             **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
         parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
             parts.append(markdown(v.drop(columns=["task", "moved"]).rename(columns={"span": "× preset"}), index=False)
                          + "\n")
-        own = own_choice_utility(part, usum)
-        if own:
-            parts.append("Utility n/a above: the seeds' validation chose different knob values, so the segmenter's "
-                         "Dice belongs to no one row; over those seeds, each at its own choice: " + "; ".join(own)
-                         + ".\n")
+        own = part[part["utility_own_choice"]] if "utility_own_choice" in part else part[:0]
+        if len(own):
+            parts.append("† Utility over the seeds each at its own validation choice, which differ here (" + "; ".join(
+                f"{r['base']} at {_multiple(r)}: {r['utility_knobs']}" for _, r in own.iterrows())
+                         + "), not at the row's knob value.\n")
         settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in part and part[c].notna().any()]
         if settles:
             parts.append(f"Ranking across budgets: {settles[0]}.\n" if len(set(settles)) == 1 else
@@ -224,23 +226,26 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
     return "\n".join(parts)
 
 
-def own_choice_utility(part: pd.DataFrame, usum: pd.DataFrame | None) -> list[str]:
-    """For each row of a task's budget rows without utility whose method at that budget has utility records at
-    several knob values (`utility_summary`: each seed at its own validation choice, which `attach_utility` puts on
-    no row): "medshift at 1×: 0.849 ± 0.012 (tau=0.3/0.15/0.45, 3 seeds)"."""
-    if usum is None or usum.empty or UTILITY not in part:
-        return []
-    out = []
-    for _, r in part[part[UTILITY].isna()].iterrows():
+def with_own_choice_utility(rows: pd.DataFrame, usum: pd.DataFrame | None) -> pd.DataFrame:
+    """`rows` (`budget_rows`) with utility filled in where a method at a budget has none on its row because its
+    seeds' validation chose different knob values (`attach_utility` puts such a utility on no row): the utility
+    summary's mean over those seeds, each at its own choice, flagged in `utility_own_choice` with the values chosen
+    in `utility_knobs` ("tau=0.3/0.15/0.45, 3 seeds")."""
+    rows = rows.assign(utility_own_choice=False, utility_knobs=None)
+    if usum is None or usum.empty or UTILITY not in rows:
+        return rows
+    for i, r in rows[rows[UTILITY].isna()].iterrows():
         u = usum[(usum["dataset"] == r["dataset"]) & (usum["preset"] == r["preset"]) & (usum["task"] == r["task"])
                  & (usum["method"] == r["method"])]
         if len(u) != 1 or len(u.iloc[0].get("knob_values") or ()) < 2:
             continue
         u = u.iloc[0]
-        out.append(f"{r['base']} at {_multiple(r)}: {format_cell(u[UTILITY], u[f'{UTILITY}_ci'], UTILITY)} "
-                   f"({r['knob']}={'/'.join(f'{v:g}' if isinstance(v, float) else str(v) for v in u['knob_values'])}"
-                   f", {u['n_seeds']:g} seeds)")
-    return out
+        for col in (UTILITY, f"{UTILITY}_lo", f"{UTILITY}_hi", f"{UTILITY}_ci"):
+            rows.loc[i, col] = u[col]
+        rows.loc[i, "utility_own_choice"] = True
+        rows.loc[i, "utility_knobs"] = f"{r['knob']}=" + "/".join(
+            f"{v:g}" if isinstance(v, float) else str(v) for v in u["knob_values"]) + f", {u['n_seeds']:g} seeds"
+    return rows
 
 
 def training_hours(part: pd.DataFrame) -> str:
@@ -270,10 +275,11 @@ def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None 
     return [path]
 
 
-def compute_figure(table: pd.DataFrame, task: str):
+def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = None):
     """compute-<task>: each metric against training FLOPs (log axis), one line per learned method with its
     intervals (points dodged sideways by a few hundredths of a decade); the references (no training) and the paired
-    bounds fitted at one budget only as horizontal lines. None without a budget axis."""
+    bounds fitted at one budget only as horizontal lines; with the utility summary `usum`, the utility of seeds that
+    chose different knob values (`with_own_choice_utility`) as hollow points. None without a budget axis."""
     import matplotlib.pyplot as plt
 
     from benchmark.reporting.styles import method_style
@@ -282,6 +288,7 @@ def compute_figure(table: pd.DataFrame, task: str):
     rows = rows[rows["task"] == task]
     if not has_budget_axis(rows):
         return None
+    rows = with_own_choice_utility(rows, usum)
     metrics = metrics_of(rows)
     refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
@@ -302,6 +309,10 @@ def compute_figure(table: pd.DataFrame, task: str):
             ax.errorbar(g["budget"] * dodge, g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
                         color=style.get("color"), marker=style.get("marker", "o"), capsize=3,
                         linestyle="--" if paired else "-", label=label)
+            own = g[g["utility_own_choice"]] if m == UTILITY else g[:0]
+            if len(own):  # the seeds at their own, different, choices: hollow
+                ax.plot(own["budget"] * dodge, own[m], linestyle="none", marker=style.get("marker", "o"),
+                        color=style.get("color"), markerfacecolor="white", zorder=3)
         for _, r in refs.drop_duplicates("method").iterrows():
             if np.isfinite(r.get(m, np.nan)):
                 style = method_style(r["method"])
@@ -317,6 +328,11 @@ def compute_figure(table: pd.DataFrame, task: str):
         ax.set_title(f"{rows['dataset'].iloc[0]}/{rows['preset'].iloc[0]} {task}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    if UTILITY in metrics and rows["utility_own_choice"].any():
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white"))
+        labels.append("utility, hollow: seeds at different knob values")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.80, 1))
     return fig

@@ -415,7 +415,7 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
         table = attach_utility(table, usum)
     paths = []
     for task in table["task"].unique():
-        for name, fig in (("compute", compute_figure(table, task)),
+        for name, fig in (("compute", compute_figure(table, task, usum)),
                           ("medshift-ablation", ablation_figure(table, task, df))):
             if fig is not None:
                 paths += _save(fig, out_dir, f"{name}-{task}")

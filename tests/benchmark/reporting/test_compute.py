@@ -141,20 +141,31 @@ def test_a_paired_bound_at_one_budget_is_a_horizontal_line_in_the_figure():
     assert len(shifts) == 3 and len(set(shifts)) == 3
 
 
-def test_utility_of_seeds_that_chose_apart_is_given_beside_the_table(table, tmp_path):
+def test_utility_of_seeds_that_chose_apart_is_shown_and_marked(table, tmp_path):
     """attach_utility puts a utility measured at several knob values (each seed at its own choice) on no row; compute.md
-    gives it in a note instead of leaving the method's utility n/a without a word."""
+    and its figure show it on the method's row at that budget, marked, instead of a bare n/a."""
+    import matplotlib
+
     from benchmark.reporting.utility_tables import attach_utility
 
+    matplotlib.use("Agg")
     usum = pd.DataFrame([
         dict(dataset="skull-sim", preset="tiny", task="sim2real", method="medshift", n_seeds=3,
              knob_values=(0.3, 0.6, 0.3), dice=0.849, dice_lo=0.821, dice_hi=0.877, dice_ci=0.028, utility_rank=1.0),
         dict(dataset="skull-sim", preset="tiny", task="sim2real", method=f"medshift (budget={3 * BASE:g})", n_seeds=1,
              knob_values=(0.3,), dice=0.84, dice_lo=0.833, dice_hi=0.847, dice_ci=0.007, utility_rank=1.0)])
-    text = write_compute(attach_utility(table, usum), tmp_path, usum)[0].read_text()
-    assert "medshift at 1×: 0.849 ± 0.028 (tau=0.3/0.6/0.3, 3 seeds)" in text
-    assert "medshift at 3×" not in text and "0.840 ± 0.007" in text  # one choice: on its row of the table
-    assert "Utility n/a above" not in write_compute(table, tmp_path)[0].read_text()  # no utility, no note
+    joined = attach_utility(table, usum)
+    text = write_compute(joined, tmp_path, usum)[0].read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 2.1e+13 |" in line)
+    assert "| 0.849 ± 0.028 † " in row
+    assert "† Utility over the seeds each at its own validation choice, which differ here (medshift at 1×: " \
+           "tau=0.3/0.6/0.3, 3 seeds)" in text
+    row3 = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 6.3e+13 |" in line)
+    assert "| 0.840 ± 0.007 " in row3 and "†" not in row3  # one choice: on its own row, unmarked
+    assert "†" not in write_compute(joined, tmp_path)[0].read_text()  # without the summary: n/a, as attached
+    ax = compute_figure(joined, "sim2real", usum).axes[-1]  # the utility panel
+    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
+    assert len(hollow) == 1 and np.allclose(hollow[0].get_ydata(), 0.849)
 
 
 def test_one_sentence_where_every_axis_says_the_same(tmp_path):
