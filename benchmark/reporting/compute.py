@@ -5,8 +5,11 @@ A method at a budget is its row at the knob value validation chose (the row most
 point is a headline point. At each budget the methods are ranked as in the headline (`tables.add_ranks`: unpaired
 among themselves, paired among themselves, from the interval of each pair's difference). A method's verdict compares
 its two largest budgets on the ranking's realism and noise-texture metrics, fidelity (`ssim_gt`) and the structure
-gap: *converged* where no change between them lies beyond its 95 % interval (`stats.difference`: independent fits,
-the same test subjects), else *still changing* with the metrics that moved. The ranking *stops changing* at the
+gap, each change with its 95 % interval (`stats.difference`: independent fits, the same test subjects), against the
+thresholds `convergence.md` judges learning curves by (`paper.REL_CHANGE` of a realism value, `paper.ABS_CHANGE` of
+an SSIM): *still changing* where some metric surely moved by more than its threshold (named, better or worse);
+*converged* where every change's whole interval lies within its threshold; else *undecided*, naming the metrics
+whose interval is too wide to tell (too few seeds, or noisy ones). The ranking *stops changing* at the
 smallest budget from which the rank of every method present at all budgets is the same at every larger budget.
 Translations made outside the suite have no budget here; reference rows (no training) are drawn as lines.
 """
@@ -20,6 +23,7 @@ import pandas as pd
 
 import benchmark.reporting.stats as S
 from benchmark.reporting.load import base_method, method_group
+from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, change_verdict
 from benchmark.reporting.tables import (
     SAMPLES,
     STRUCTURE_GAP,
@@ -98,20 +102,26 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
             continue
         lo_row, hi_row = (g[g["budget"] == b].iloc[0] for b in budgets[-2:])
         span = " → ".join(_multiple(r) for r in (lo_row, hi_row))
-        moved, changes = [], []
+        moved, unsure, changes = [], [], []
         for m in metrics_of(g):
             a, b = hi_row[SAMPLES].get(m), lo_row[SAMPLES].get(m)
             if a is None or b is None:
                 continue
             d = S.difference(a, b)
-            better = d.estimate < 0 if not spec_of(m).higher_is_better else d.estimate > 0
             changes.append(f"{m} {d.estimate:+.3g} [{d.lo:+.3g}, {d.hi:+.3g}]")
-            if np.isfinite(d.lo) and (d.lo > 0 or d.hi < 0):
-                moved.append(f"{m} {'better' if better else 'worse'}")
-        verdict = ("converged" if not moved else "still changing (" + ", ".join(moved) + ")") if changes else \
-            "no interval (one seed without bootstrap replicates)"
+            threshold = ABS_CHANGE if m in ("ssim_gt", STRUCTURE_GAP) else REL_CHANGE * abs(lo_row[m])
+            state = change_verdict(d, threshold, not spec_of(m).higher_is_better)
+            if state in ("improving", "worsening"):
+                moved.append(f"{m} {'better' if state == 'improving' else 'worse'}")
+            elif state != "flat":
+                unsure.append(m)
+        verdict = ("no interval (one seed without bootstrap replicates)" if not changes else
+                   "still changing (" + ", ".join(moved) + ")" if moved else
+                   "undecided (interval wider than the threshold: " + ", ".join(unsure) + ")" if unsure else
+                   "converged")
         out.append(dict(task=task, method=base, budgets=f"{budgets[-2]:.2g} → {budgets[-1]:.2g}", span=span,
-                        change="; ".join(changes), verdict=verdict, moved=", ".join(moved) if changes else None))
+                        change="; ".join(changes), verdict=verdict, moved=", ".join(moved) if changes else None,
+                        unsure=", ".join(unsure)))
     return pd.DataFrame(out)
 
 
@@ -123,15 +133,17 @@ def _multiple(row) -> str:
 def convergence_labels(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     """(task, method) -> the headline's `compute` cell, for each learned method, where some method of `table` has
     two budgets or more (else {}): the verdict between its two largest budgets ("converged 3× → 9×", "still changing
-    1× → 3×: ssim_gt better") or "one budget (1×)" for a method fitted at one budget only."""
+    1× → 3×: ssim_gt better", "undecided 1× → 3×: frd, ssim_gt too wide") or "one budget (1×)" for a method fitted at
+    one budget only."""
     rows = budget_rows(table)
     if not has_budget_axis(rows):
         return {}
     labels = {(t, b): f"one budget ({', '.join(_multiple(r) for _, r in g.iterrows())})"
               for (t, b), g in rows.groupby(["task", "base"], sort=False)}
     for _, v in verdicts(rows).iterrows():
-        labels[(v["task"], v["method"])] = (v["verdict"] if v["moved"] is None else f"converged {v['span']}"
-                                            if not v["moved"] else f"still changing {v['span']}: {v['moved']}")
+        labels[(v["task"], v["method"])] = (
+            v["verdict"] if v["moved"] is None else f"still changing {v['span']}: {v['moved']}" if v["moved"] else
+            f"undecided {v['span']}: {v['unsure']} too wide" if v["unsure"] else f"converged {v['span']}")
     return labels
 
 
@@ -177,8 +189,10 @@ def compute_note(labels: dict[tuple[str, str], str]) -> str:
     if not labels:
         return ""
     return ("\ncompute: each learned method's realism, noise texture, fidelity and structure gap between its two "
-            "largest training budgets (fits of their own, × the preset's budget; compute.md): *converged* where no "
-            "change lies beyond its 95 % interval, else *still changing* with what moved; the rows above are the 1× "
+            "largest training budgets (fits of their own, × the preset's budget; compute.md): *still changing* where "
+            "some change is sure and larger than convergence.md's threshold (5 % of a realism value, 0.01 SSIM), "
+            "*converged* where every change's 95 % interval lies within it, else *undecided* (the metrics whose "
+            "interval is too wide); the rows above are the 1× "
             "fits.\n")
 
 
@@ -209,8 +223,8 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
         parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
-            parts.append(markdown(v.drop(columns=["task", "moved"]).rename(columns={"span": "× preset"}), index=False)
-                         + "\n")
+            shown = v.drop(columns=["task", "moved", "unsure"]).rename(columns={"span": "× preset"})
+            parts.append(markdown(shown, index=False) + "\n")
         own = part[part["utility_own_choice"]] if "utility_own_choice" in part else part[:0]
         if len(own):
             parts.append("† Utility over the seeds each at its own validation choice, which differ here (" + "; ".join(

@@ -98,7 +98,9 @@ def _change(g: pd.DataFrame, step_a, step_b, metric: str):
     return S.difference(samples[1], samples[0])
 
 
-def _verdict(change, threshold: float, lower_is_better: bool) -> str:
+def change_verdict(change, threshold: float, lower_is_better: bool) -> str:
+    """"improving", "worsening", "flat" or "undecided": a change (`stats.difference`) against its threshold, as the
+    comment above REL_CHANGE says (also `compute.verdicts`' rule between budgets)."""
     if change is None or not np.isfinite(change.lo):
         return "undecided"
     lo, hi = (-change.hi, -change.lo) if lower_is_better else (change.lo, change.hi)  # > 0: improved
@@ -138,8 +140,8 @@ def convergence(df: pd.DataFrame) -> pd.DataFrame:
         q3, end = means.loc[q3_step], means.loc[end_step]
         realism = _change(g, q3_step, end_step, "nps_dist")
         fidelity = _change(g, q3_step, end_step, "ssim_gt") if pd.notna(end["ssim_gt"]) else None
-        verdicts = (_verdict(realism, REL_CHANGE * abs(q3["nps_dist"]), True),
-                    _verdict(fidelity, ABS_CHANGE, False) if fidelity is not None else "flat")
+        verdicts = (change_verdict(realism, REL_CHANGE * abs(q3["nps_dist"]), True),
+                    change_verdict(fidelity, ABS_CHANGE, False) if fidelity is not None else "flat")
         verdict = _curve_verdict(*verdicts)
 
         def iv(change):
