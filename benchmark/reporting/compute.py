@@ -164,10 +164,30 @@ def ranking_settles(rows: pd.DataFrame, task: str, column: str = "avg_rank") -> 
     names = ", ".join(sorted(everywhere))
     if settle == budgets[0]:
         return f"the ranking ({column}) of {names} is the same at every budget ({budgets[0]:.2g} to {budgets[-1]:.2g})"
+    passes = reversals(part[part["base"].isin(everywhere)], column)
+    how = (" (" + "; ".join(passes) + ")" if passes else
+           " (no method passes another: only which of them are surely apart differs)")
     if settle == budgets[-1]:
         return (f"the ranking ({column}) of {names} still changes at the largest budget ({budgets[-1]:.2g} FLOPs): "
-                "it has not settled")
-    return f"the ranking ({column}) of {names} stops changing from {settle:.2g} FLOPs on"
+                f"it has not settled{how}")
+    return f"the ranking ({column}) of {names} stops changing from {settle:.2g} FLOPs on{how}"
+
+
+def reversals(part: pd.DataFrame, column: str) -> list[str]:
+    """Each pair of methods whose order on `column` reverses between two budgets (one ranked strictly ahead at the
+    smaller budget, strictly behind at the larger: a tie at either is no reversal), "medshift passes cyclegan
+    (2.1e+13 → 6.3e+13 FLOPs)"; the first budget pair where it happens."""
+    rank = {(r["base"], r["budget"]): r[column] for _, r in part.iterrows()}
+    budgets, methods = sorted(part["budget"].unique()), sorted(part["base"].unique())
+    out = []
+    for a in methods:
+        for b in methods:
+            for i, x in enumerate(budgets):
+                later = [y for y in budgets[i + 1:] if rank[(a, x)] > rank[(b, x)] and rank[(a, y)] < rank[(b, y)]]
+                if later:
+                    out.append(f"{a} passes {b} ({x:.2g} → {later[0]:.2g} FLOPs)")
+                    break
+    return out
 
 
 def with_compute_verdicts(shown: pd.DataFrame, labels: dict[tuple[str, str], str]) -> pd.DataFrame:

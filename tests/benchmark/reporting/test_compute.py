@@ -11,6 +11,7 @@ from benchmark.reporting.compute import (
     compute_figure,
     convergence_labels,
     ranking_settles,
+    reversals,
     verdicts,
     write_compute,
 )
@@ -81,6 +82,14 @@ def test_verdicts_from_the_two_largest_budgets(table):
 def test_the_ranking_settles_where_it_stops_changing(table):
     rows = budget_rows(table)
     assert "stops changing from 6.3e+13" in ranking_settles(rows, "sim2real")
+    # CycleGAN ahead on realism at 1x, MedShift ahead from 3x: a reversal, named
+    assert "medshift passes cyclegan (2.1e+13 → 6.3e+13 FLOPs)" in ranking_settles(rows, "sim2real", "realism_rank")
+    assert reversals(rows[rows["base"].isin(["cyclegan", "medshift"])], "realism_rank") == [
+        "medshift passes cyclegan (2.1e+13 → 6.3e+13 FLOPs)"]
+    # apart at one budget, tied at another: the ranking changes, but no method passes another
+    tied = budget_rows(summary(records({("cyclegan", 1): (0.20, 0.85), ("cyclegan", 3): (0.20, 0.85),
+                                        ("medshift", 1): (0.30, 0.70), ("medshift", 3): (0.20, 0.85)})))
+    assert "no method passes another" in ranking_settles(tied, "sim2real", "realism_rank")
     flat = budget_rows(summary(records({k: v for k, v in VALUES.items() if k[1] != 1 or k[0] == "identity"})))
     assert "the same at every budget" in ranking_settles(flat, "sim2real")
 
