@@ -247,9 +247,10 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
             parts.append(markdown(shown, index=False) + "\n")
         own = part[part["utility_own_choice"]] if "utility_own_choice" in part else part[:0]
         if len(own):
-            parts.append("† Utility over the seeds each at its own validation choice, which differ here (" + "; ".join(
+            parts.append("† Utility of the seeds it ran on, each at its own validation choice, not at the row's knob "
+                         "value (" + "; ".join(
                 f"{r['base']} at {_multiple(r)}: {r['utility_knobs']}" for _, r in own.iterrows())
-                         + "), not at the row's knob value.\n")
+                         + ").\n")
         settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in part and part[c].notna().any()]
         if settles:
             parts.append(f"Ranking across budgets: {settles[0]}.\n" if len(set(settles)) == 1 else
@@ -261,24 +262,26 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
 
 
 def with_own_choice_utility(rows: pd.DataFrame, usum: pd.DataFrame | None) -> pd.DataFrame:
-    """`rows` (`budget_rows`) with utility filled in where a method at a budget has none on its row because its
-    seeds' validation chose different knob values (`attach_utility` puts such a utility on no row): the utility
-    summary's mean over those seeds, each at its own choice, flagged in `utility_own_choice` with the values chosen
-    in `utility_knobs` ("tau=0.3/0.15/0.45, 3 seeds")."""
+    """`rows` (`budget_rows`) with utility filled in where a method at a budget has none on its row because the
+    seeds its utility ran on chose another knob value or several (`attach_utility` puts such a utility on that
+    value's row or on none, and the row here is the value most seeds chose): the utility summary's mean over those
+    seeds, each at its own choice, flagged in `utility_own_choice` with the values chosen in `utility_knobs`
+    ("tau=0.3/0.15/0.45, 3 seeds")."""
     rows = rows.assign(utility_own_choice=False, utility_knobs=None)
     if usum is None or usum.empty or UTILITY not in rows:
         return rows
     for i, r in rows[rows[UTILITY].isna()].iterrows():
         u = usum[(usum["dataset"] == r["dataset"]) & (usum["preset"] == r["preset"]) & (usum["task"] == r["task"])
                  & (usum["method"] == r["method"])]
-        if len(u) != 1 or len(u.iloc[0].get("knob_values") or ()) < 2:
+        if len(u) != 1:
             continue
         u = u.iloc[0]
         for col in (UTILITY, f"{UTILITY}_lo", f"{UTILITY}_hi", f"{UTILITY}_ci"):
             rows.loc[i, col] = u[col]
         rows.loc[i, "utility_own_choice"] = True
-        rows.loc[i, "utility_knobs"] = f"{r['knob']}=" + "/".join(
-            f"{v:g}" if isinstance(v, float) else str(v) for v in u["knob_values"]) + f", {u['n_seeds']:g} seeds"
+        values = "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in u["knob_values"])
+        seeds = f"{u['n_seeds']:g} seed" + ("s" if u["n_seeds"] != 1 else "")
+        rows.loc[i, "utility_knobs"] = f"{r['knob']}={values}, {seeds}"
     return rows
 
 

@@ -175,11 +175,16 @@ def test_utility_of_seeds_that_chose_apart_is_shown_and_marked(table, tmp_path):
     text = write_compute(joined, tmp_path, usum)[0].read_text()
     row = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 2.1e+13 |" in line)
     assert "| 0.849 ± 0.028 † " in row
-    assert "† Utility over the seeds each at its own validation choice, which differ here (medshift at 1×: " \
-           "tau=0.3/0.6/0.3, 3 seeds)" in text
+    assert "† Utility of the seeds it ran on, each at its own validation choice, not at the row's knob value " \
+           "(medshift at 1×: tau=0.3/0.6/0.3, 3 seeds)" in text
     row3 = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 6.3e+13 |" in line)
     assert "| 0.840 ± 0.007 " in row3 and "†" not in row3  # one choice: on its own row, unmarked
     assert "†" not in write_compute(joined, tmp_path)[0].read_text()  # without the summary: n/a, as attached
+    # one seed's utility at a value other than the one most seeds chose (the row shown): on the row, marked
+    other = usum.assign(knob_values=[(0.3, 0.6, 0.3), (0.6,)])
+    text = write_compute(attach_utility(table, other), tmp_path, other)[0].read_text()
+    row3 = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 6.3e+13 |" in line)
+    assert "| 0.840 ± 0.007 † " in row3 and "medshift at 3×: tau=0.6, 1 seed)" in text
     ax = compute_figure(joined, "sim2real", usum).axes[-1]  # the utility panel
     hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
     assert len(hollow) == 1 and np.allclose(hollow[0].get_ydata(), 0.849)
