@@ -46,10 +46,27 @@ def _preset_budget(dataset: str, preset: str) -> float | None:
     return preset_budget(dataset, preset)
 
 
-def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
+def own_choices(records: pd.DataFrame | None, valid_realism: dict | None = None,
+                usum: pd.DataFrame | None = None) -> pd.DataFrame | None:
+    """Each method and budget variant at each seed's own validation choice (`tables.validation_choice`, with the
+    utility of the same choices where `usum` has it), for `budget_rows`; None without records."""
+    from benchmark.reporting.tables import validation_choice
+    from benchmark.reporting.utility_tables import attach_utility
+
+    if records is None or records.empty:
+        return None
+    chosen = validation_choice(records, valid_realism, variants=True)
+    if len(chosen) and usum is not None and len(usum):
+        chosen = attach_utility(chosen, usum, own_choices=True)
+    return chosen
+
+
+def budget_rows(table: pd.DataFrame, chosen: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary's rows of each learned method at each budget (its configured runs and its `--budget` variants
     and nothing else), at the validation-chosen knob value, with `base` (the method), `budget` (FLOPs) and `multiple`
-    (of the preset's budget); ranked among the methods at the same budget."""
+    (of the preset's budget); ranked among the methods at the same budget. Where a method's seeds chose different
+    values and `chosen` (`own_choices`) has it, its row is each seed at its own choice (knob "0.3/0.15/0.45"), as
+    chosen.md reads it, not the value most seeds chose (which on a tie is only the first)."""
     if table.empty:
         return table.assign(base=[], budget=[], multiple=[])
     setting = table["method"].str.extract(r" \((.*)\)$")[0].fillna("")
@@ -67,6 +84,8 @@ def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
     rows = rows.assign(multiple=[b / default[(d, p)] if default[(d, p)] else np.nan
                                  for b, d, p in zip(rows["budget"], rows["dataset"], rows["preset"], strict=True)])
     rows = most_chosen(rows, ["dataset", "preset", "task", "base", "budget"]).drop(columns=["_setting"])
+    if chosen is not None and len(chosen) and "val_choice" in rows:
+        rows = _at_own_choices(rows, chosen)
     out = []
     for _, part in rows.groupby(["dataset", "preset", "task", "budget"], sort=False):
         ranked = add_ranks(part.assign(method=part["base"]).reset_index(drop=True))
@@ -75,6 +94,23 @@ def budget_rows(table: pd.DataFrame) -> pd.DataFrame:
     ranked = pd.concat(out, ignore_index=True)
     ranked.attrs["valid_realism"] = table.attrs.get("valid_realism", {})
     return ranked.sort_values(["task", "base", "budget"], kind="stable").reset_index(drop=True)
+
+
+def _at_own_choices(rows: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
+    """`rows` with each row whose seeds did not all choose its value replaced by `chosen`'s row of the same method
+    (each seed at its own choice), keeping `base`, `budget` and `multiple`."""
+    key = ["dataset", "preset", "task", "method"]
+    index = {k: i for i, k in enumerate(chosen[key].itertuples(index=False, name=None))}
+    out = []
+    for _, r in rows.iterrows():
+        k = tuple(r[key])
+        if float(r["val_choice"]) < 1 and k in index:
+            own = chosen.iloc[index[k]].copy()
+            for c in ("base", "budget", "multiple"):
+                own[c] = r[c]
+            r = own
+        out.append(r)
+    return pd.DataFrame(out).reset_index(drop=True)
 
 
 def has_budget_axis(rows: pd.DataFrame) -> bool:
@@ -130,12 +166,12 @@ def _multiple(row) -> str:
     return f"{row['multiple']:g}×" if np.isfinite(row["multiple"]) else f"{row['budget']:.2g}"
 
 
-def convergence_labels(table: pd.DataFrame) -> dict[tuple[str, str], str]:
+def convergence_labels(table: pd.DataFrame, chosen: pd.DataFrame | None = None) -> dict[tuple[str, str], str]:
     """(task, method) -> the headline's `compute` cell, for each learned method, where some method of `table` has
     two budgets or more (else {}): the verdict between its two largest budgets ("converged 3× → 9×", "still changing
     1× → 3×: ssim_gt better", "undecided 1× → 3×: frd, ssim_gt too wide") or "one budget (1×)" for a method fitted at
-    one budget only."""
-    rows = budget_rows(table)
+    one budget only. `chosen`: as for `budget_rows`."""
+    rows = budget_rows(table, chosen)
     if not has_budget_axis(rows):
         return {}
     labels = {(t, b): f"one budget ({', '.join(_multiple(r) for _, r in g.iterrows())})"
@@ -298,13 +334,14 @@ def training_hours(part: pd.DataFrame) -> str:
             f"each fit ran on one thread): {cells}; {per.sum():.2f} h in all.")
 
 
-def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None = None) -> list[Path]:
+def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None = None,
+                  chosen: pd.DataFrame | None = None) -> list[Path]:
     """compute.md where some method has two budgets or more (else none, and a stale one is removed); `usum`, the
-    utility summary, for the rows whose seeds chose different knob values."""
+    utility summary, for the rows whose seeds chose different knob values; `chosen`, as for `budget_rows`."""
     from benchmark.protocol.records import atomic_write
 
     path = Path(out_dir) / "compute.md"
-    rows = budget_rows(table)
+    rows = budget_rows(table, chosen)
     if not has_budget_axis(rows):
         path.unlink(missing_ok=True)
         return []
@@ -312,16 +349,18 @@ def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None 
     return [path]
 
 
-def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = None):
+def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = None,
+                   chosen: pd.DataFrame | None = None):
     """compute-<task>: each metric against training FLOPs (log axis), one line per learned method with its
     intervals (points dodged sideways by a few hundredths of a decade); the references (no training) and the paired
     bounds fitted at one budget only as horizontal lines; with the utility summary `usum`, the utility of seeds that
-    chose different knob values (`with_own_choice_utility`) as hollow points. None without a budget axis."""
+    chose different knob values (`with_own_choice_utility`) as hollow points; `chosen`, as for `budget_rows`. None
+    without a budget axis."""
     import matplotlib.pyplot as plt
 
     from benchmark.reporting.styles import method_style
 
-    rows = budget_rows(table)
+    rows = budget_rows(table, chosen)
     rows = rows[rows["task"] == task]
     if not has_budget_axis(rows):
         return None

@@ -401,7 +401,7 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
     """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`) and
     medshift-ablation-<task> where MedShift has variants (`benchmark.reporting.ablation`): figures of the summary."""
     from benchmark.reporting.ablation import ablation_figure, has_ablation
-    from benchmark.reporting.compute import compute_figure
+    from benchmark.reporting.compute import compute_figure, own_choices
 
     budgets = df["setting"].astype(str).str.contains("budget=").any()
     if not budgets and not has_ablation(df.drop_duplicates("method")):
@@ -413,9 +413,10 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
     table = summary(df, {k: v for k, v in valid.items() if v is not None})
     if usum is not None and len(usum):
         table = attach_utility(table, usum)
+    chosen = own_choices(df, table.attrs.get("valid_realism"), usum) if budgets else None
     paths = []
     for task in table["task"].unique():
-        for name, fig in (("compute", compute_figure(table, task, usum)),
+        for name, fig in (("compute", compute_figure(table, task, usum, chosen)),
                           ("medshift-ablation", ablation_figure(table, task, df))):
             if fig is not None:
                 paths += _save(fig, out_dir, f"{name}-{task}")

@@ -9,7 +9,13 @@ import pandas as pd
 
 from benchmark.protocol.records import atomic_write
 from benchmark.reporting.ablation import write_ablation
-from benchmark.reporting.compute import compute_note, convergence_labels, with_compute_verdicts, write_compute
+from benchmark.reporting.compute import (
+    compute_note,
+    convergence_labels,
+    own_choices,
+    with_compute_verdicts,
+    write_compute,
+)
 from benchmark.reporting.distillation import write_distillation
 from benchmark.reporting.load import method_group
 from benchmark.reporting.paper import ABS_CHANGE, REL_CHANGE, convergence, paper_table, sampling_choices, selections
@@ -91,7 +97,8 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
     atomic_write(paths[2], tex.replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
                  .replace("–", "--").replace("_", r"\_"))
     configured = headline(table)
-    labels = convergence_labels(table)  # the headline's compute column and its footnote
+    chosen = own_choices(records, table.attrs.get("valid_realism"), usum)  # compute's rows where seeds chose apart
+    labels = convergence_labels(table, chosen)  # the headline's compute column and its footnote
     atomic_write(paths[3], markdown(with_compute_verdicts(formatted(configured), labels), index=False)
                  + note(configured) + compute_note(labels)
                  + "\n" + "\n".join(f"* {line}" for line in leaders(configured)) + "\n")
@@ -106,7 +113,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
             atomic_write(paths[-1], markdown(part, index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     if records is not None:
         paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir, usum)
-    paths += write_compute(table, out_dir, usum)
+    paths += write_compute(table, out_dir, usum, chosen)
     paths += write_ablation(table, records, out_dir)
     paths += write_distillation(table, out_dir)
     paths.append(variants_path)

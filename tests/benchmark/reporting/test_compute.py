@@ -194,3 +194,23 @@ def test_one_sentence_where_every_axis_says_the_same(tmp_path):
     one_method = summary(records({k: v for k, v in VALUES.items() if k[0] in ("identity", "medshift")}))
     text = write_compute(one_method, tmp_path)[0].read_text()
     assert text.count("no ranking to compare") == 1 and "Ranking across budgets: fewer than two" in text
+
+
+def test_a_method_whose_seeds_chose_apart_is_read_at_each_seeds_own_choice():
+    """Seed 1 of MedShift at 1x chooses tau 0.6 (worse by 0.05 SSIM (gt)): with `own_choices`, its point is the
+    mean of each seed at its own choice, as chosen.md reads it; without, the value most seeds chose."""
+    from benchmark.reporting.compute import own_choices
+
+    recs = records(VALUES)
+    apart = (recs["method"] == "medshift") & (recs["seed"] == 1)
+    recs.loc[apart, "val_choice"] = recs.loc[apart, "knob_value"] == 0.6
+    at1 = (lambda rows: rows[(rows["base"] == "medshift") & (rows["multiple"] == 1)].iloc[0])
+    plain = at1(budget_rows(summary(recs)))
+    assert plain["knob_value"] == 0.3 and plain["ssim_gt"] == pytest.approx(0.70)
+    own = at1(budget_rows(summary(recs), own_choices(recs)))
+    assert own["knob_value"] == "0.3/0.6/0.3" and own["budget"] == BASE
+    assert own["ssim_gt"] == pytest.approx((0.696 + 0.65 + 0.704) / 3)
+    # the seeds that agree keep their row; the ranks are made again over the replaced rows
+    rows = budget_rows(summary(recs), own_choices(recs))
+    assert (rows.loc[(rows["base"] == "medshift") & (rows["multiple"] > 1), "knob_value"] == 0.3).all()
+    assert rows["realism_rank"].notna().all()
