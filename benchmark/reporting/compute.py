@@ -252,10 +252,9 @@ def compute_note(labels: dict[tuple[str, str], str]) -> str:
             "fits.\n")
 
 
-def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> str:
-    """results/tables/compute.md: every method at every budget with intervals and its rank at that budget, the
-    verdicts and where each task's ranking settles; with the utility summary `usum`, the utility of rows whose
-    seeds chose different knob values (`with_own_choice_utility`), marked †."""
+def compute_markdown(rows: pd.DataFrame) -> str:
+    """results/tables/compute.md: every method at every budget (`budget_rows`) with intervals and its rank at that
+    budget, the verdicts and where each task's ranking settles."""
     parts = ["# Rank against training compute\n",
              "Each row: a method at one training budget (a fit of its own), at the knob value validation chose; mean "
              "± half-width of the 95 % interval over test subjects and seeds; ranks among the methods at the same "
@@ -263,7 +262,6 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
              "`benchmark/reporting/compute.py` says how verdicts are made. Utility (Dice), where shown: the "
              "downstream segmenter of `python -m benchmark utility --budgets ...` on the same fits (the seeds it ran; "
              "not part of the verdicts).\n"]
-    rows = with_own_choice_utility(rows, usum)
     for task, part in rows.groupby("task", sort=False):
         metrics = metrics_of(part)
         table = pd.DataFrame({
@@ -272,21 +270,14 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
             "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
             "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
                 part["knob"], part["knob_value"], strict=True)],
-            **{label_of(m): [format_cell(v, h, m) + (" †" if m == UTILITY and own else "") for v, h, own in zip(
-                part[m], part[f"{m}_ci"], part.get("utility_own_choice", pd.Series(False, part.index)),
-                strict=True)] for m in metrics},
+            **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
+               for m in metrics},
             **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
         parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
         v = verdicts(part)
         if len(v):
             shown = v.drop(columns=["task", "moved", "unsure"]).rename(columns={"span": "× preset"})
             parts.append(markdown(shown, index=False) + "\n")
-        own = part[part["utility_own_choice"]] if "utility_own_choice" in part else part[:0]
-        if len(own):
-            parts.append("† Utility of the seeds it ran on, each at its own validation choice, not at the row's knob "
-                         "value (" + "; ".join(
-                f"{r['base']} at {_multiple(r)}: {r['utility_knobs']}" for _, r in own.iterrows())
-                         + ").\n")
         settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in part and part[c].notna().any()]
         if settles:
             parts.append(f"Ranking across budgets: {settles[0]}.\n" if len(set(settles)) == 1 else
@@ -295,30 +286,6 @@ def compute_markdown(rows: pd.DataFrame, usum: pd.DataFrame | None = None) -> st
         if hours:
             parts.append(hours + "\n")
     return "\n".join(parts)
-
-
-def with_own_choice_utility(rows: pd.DataFrame, usum: pd.DataFrame | None) -> pd.DataFrame:
-    """`rows` (`budget_rows`) with utility filled in where a method at a budget has none on its row because the
-    seeds its utility ran on chose another knob value or several (`attach_utility` puts such a utility on that
-    value's row or on none, and the row here is the value most seeds chose): the utility summary's mean over those
-    seeds, each at its own choice, flagged in `utility_own_choice` with the values chosen in `utility_knobs`
-    ("tau=0.3/0.15/0.45, 3 seeds")."""
-    rows = rows.assign(utility_own_choice=False, utility_knobs=None)
-    if usum is None or usum.empty or UTILITY not in rows:
-        return rows
-    for i, r in rows[rows[UTILITY].isna()].iterrows():
-        u = usum[(usum["dataset"] == r["dataset"]) & (usum["preset"] == r["preset"]) & (usum["task"] == r["task"])
-                 & (usum["method"] == r["method"])]
-        if len(u) != 1:
-            continue
-        u = u.iloc[0]
-        for col in (UTILITY, f"{UTILITY}_lo", f"{UTILITY}_hi", f"{UTILITY}_ci"):
-            rows.loc[i, col] = u[col]
-        rows.loc[i, "utility_own_choice"] = True
-        values = "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in u["knob_values"])
-        seeds = f"{u['n_seeds']:g} seed" + ("s" if u["n_seeds"] != 1 else "")
-        rows.loc[i, "utility_knobs"] = f"{r['knob']}={values}, {seeds}"
-    return rows
 
 
 def training_hours(part: pd.DataFrame) -> str:
@@ -334,10 +301,9 @@ def training_hours(part: pd.DataFrame) -> str:
             f"each fit ran on one thread): {cells}; {per.sum():.2f} h in all.")
 
 
-def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None = None,
-                  chosen: pd.DataFrame | None = None) -> list[Path]:
-    """compute.md where some method has two budgets or more (else none, and a stale one is removed); `usum`, the
-    utility summary, for the rows whose seeds chose different knob values; `chosen`, as for `budget_rows`."""
+def write_compute(table: pd.DataFrame, out_dir: Path, chosen: pd.DataFrame | None = None) -> list[Path]:
+    """compute.md where some method has two budgets or more (else none, and a stale one is removed); `chosen`, as
+    for `budget_rows` (`own_choices`, which carries the utility of rows whose seeds chose different knob values)."""
     from benchmark.protocol.records import atomic_write
 
     path = Path(out_dir) / "compute.md"
@@ -345,17 +311,15 @@ def write_compute(table: pd.DataFrame, out_dir: Path, usum: pd.DataFrame | None 
     if not has_budget_axis(rows):
         path.unlink(missing_ok=True)
         return []
-    atomic_write(path, compute_markdown(rows, usum))
+    atomic_write(path, compute_markdown(rows))
     return [path]
 
 
-def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = None,
-                   chosen: pd.DataFrame | None = None):
+def compute_figure(table: pd.DataFrame, task: str, chosen: pd.DataFrame | None = None):
     """compute-<task>: each metric against training FLOPs (log axis), one line per learned method with its
     intervals (points dodged sideways by a few hundredths of a decade); the references (no training) and the paired
-    bounds fitted at one budget only as horizontal lines; with the utility summary `usum`, the utility of seeds that
-    chose different knob values (`with_own_choice_utility`) as hollow points; `chosen`, as for `budget_rows`. None
-    without a budget axis."""
+    bounds fitted at one budget only as horizontal lines; `chosen`, as for `budget_rows`. None without a budget
+    axis."""
     import matplotlib.pyplot as plt
 
     from benchmark.reporting.styles import method_style
@@ -364,7 +328,6 @@ def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = N
     rows = rows[rows["task"] == task]
     if not has_budget_axis(rows):
         return None
-    rows = with_own_choice_utility(rows, usum)
     metrics = metrics_of(rows)
     refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
@@ -385,10 +348,6 @@ def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = N
             ax.errorbar(g["budget"] * dodge, g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
                         color=style.get("color"), marker=style.get("marker", "o"), capsize=3,
                         linestyle="--" if paired else "-", label=label)
-            own = g[g["utility_own_choice"]] if m == UTILITY else g[:0]
-            if len(own):  # the seeds at their own, different, choices: hollow
-                ax.plot(own["budget"] * dodge, own[m], linestyle="none", marker=style.get("marker", "o"),
-                        color=style.get("color"), markerfacecolor="white", zorder=3)
         for _, r in refs.drop_duplicates("method").iterrows():
             if np.isfinite(r.get(m, np.nan)):
                 style = method_style(r["method"])
@@ -404,11 +363,6 @@ def compute_figure(table: pd.DataFrame, task: str, usum: pd.DataFrame | None = N
         ax.set_title(f"{rows['dataset'].iloc[0]}/{rows['preset'].iloc[0]} {task}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    if UTILITY in metrics and rows["utility_own_choice"].any():
-        from matplotlib.lines import Line2D
-
-        handles.append(Line2D([], [], linestyle="none", marker="o", color="0.3", markerfacecolor="white"))
-        labels.append("utility, hollow: seeds at different knob values")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.80, 1))
     return fig

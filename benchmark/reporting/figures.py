@@ -416,7 +416,7 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
     chosen = own_choices(df, table.attrs.get("valid_realism"), usum) if budgets else None
     paths = []
     for task in table["task"].unique():
-        for name, fig in (("compute", compute_figure(table, task, usum, chosen)),
+        for name, fig in (("compute", compute_figure(table, task, chosen)),
                           ("medshift-ablation", ablation_figure(table, task, df))):
             if fig is not None:
                 paths += _save(fig, out_dir, f"{name}-{task}")

@@ -113,7 +113,7 @@ def write_tables(table: pd.DataFrame, out_dir: Path, records: pd.DataFrame | Non
             atomic_write(paths[-1], markdown(part, index=False, floatfmt=".3f") + "\n\n" + footer + "\n")
     if records is not None:
         paths += write_chosen(records, table.attrs.get("valid_realism"), out_dir, usum)
-    paths += write_compute(table, out_dir, usum, chosen)
+    paths += write_compute(table, out_dir, chosen)
     paths += write_ablation(table, records, out_dir)
     paths += write_distillation(table, out_dir)
     paths.append(variants_path)

@@ -158,36 +158,46 @@ def test_a_paired_bound_at_one_budget_is_a_horizontal_line_in_the_figure():
     assert len(shifts) == 3 and len(set(shifts)) == 3
 
 
-def test_utility_of_seeds_that_chose_apart_is_shown_and_marked(table, tmp_path):
-    """attach_utility puts a utility measured at several knob values (each seed at its own choice) on no row; compute.md
-    and its figure show it on the method's row at that budget, marked, instead of a bare n/a."""
+def test_utility_of_seeds_that_chose_apart_is_read_at_their_own_choices(tmp_path):
+    """attach_utility puts a utility measured at several knob values (each seed at its own choice) on no row of the
+    per-value summary; compute.md and its figure read such a method at each seed's own choice (`own_choices`), where
+    that utility belongs, instead of showing n/a."""
     import matplotlib
 
+    from benchmark.reporting.compute import own_choices
     from benchmark.reporting.utility_tables import attach_utility
 
     matplotlib.use("Agg")
+    recs = records(VALUES)
+    at = (recs["method"] == "medshift") & (recs["seed"] == 1)  # 1x: seed 1 chose tau 0.6
+    recs.loc[at, "val_choice"] = recs.loc[at, "knob_value"] == 0.6
+    at = (recs["method"] == f"medshift (budget={3 * BASE:g})") & (recs["seed"] == 0)  # 3x: seed 0 chose 0.6
+    recs.loc[at, "val_choice"] = recs.loc[at, "knob_value"] == 0.6
     usum = pd.DataFrame([
         dict(dataset="skull-sim", preset="tiny", task="sim2real", method="medshift", n_seeds=3,
              knob_values=(0.3, 0.6, 0.3), dice=0.849, dice_lo=0.821, dice_hi=0.877, dice_ci=0.028, utility_rank=1.0),
         dict(dataset="skull-sim", preset="tiny", task="sim2real", method=f"medshift (budget={3 * BASE:g})", n_seeds=1,
-             knob_values=(0.3,), dice=0.84, dice_lo=0.833, dice_hi=0.847, dice_ci=0.007, utility_rank=1.0)])
-    joined = attach_utility(table, usum)
-    text = write_compute(joined, tmp_path, usum)[0].read_text()
-    row = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 2.1e+13 |" in line)
-    assert "| 0.849 ± 0.028 † " in row
-    assert "† Utility of the seeds it ran on, each at its own validation choice, not at the row's knob value " \
-           "(medshift at 1×: tau=0.3/0.6/0.3, 3 seeds)" in text
-    row3 = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 6.3e+13 |" in line)
-    assert "| 0.840 ± 0.007 " in row3 and "†" not in row3  # one choice: on its own row, unmarked
-    assert "†" not in write_compute(joined, tmp_path)[0].read_text()  # without the summary: n/a, as attached
-    # one seed's utility at a value other than the one most seeds chose (the row shown): on the row, marked
-    other = usum.assign(knob_values=[(0.3, 0.6, 0.3), (0.6,)])
-    text = write_compute(attach_utility(table, other), tmp_path, other)[0].read_text()
-    row3 = next(line for line in text.splitlines() if line.startswith("| medshift ") and " 6.3e+13 |" in line)
-    assert "| 0.840 ± 0.007 † " in row3 and "medshift at 3×: tau=0.6, 1 seed)" in text
-    ax = compute_figure(joined, "sim2real", usum).axes[-1]  # the utility panel
-    hollow = [line for line in ax.get_lines() if line.get_markerfacecolor() == "white"]
-    assert len(hollow) == 1 and np.allclose(hollow[0].get_ydata(), 0.849)
+             knob_values=(0.6,), dice=0.84, dice_lo=0.833, dice_hi=0.847, dice_ci=0.007, utility_rank=1.0)])
+    joined = attach_utility(summary(recs), usum)
+    # the three seeds' utility on no per-value row; seed 0's at 3x on the tau 0.6 row, not the one most seeds chose
+    assert joined.loc[joined["method"] == "medshift", "dice"].isna().all()
+    at3 = joined[joined["method"] == f"medshift (budget={3 * BASE:g})"].set_index("knob_value")["dice"]
+    assert at3[0.6] == 0.84 and np.isnan(at3[0.3])
+
+    def medshift_rows(text):
+        return [next(line for line in text.splitlines() if line.startswith("| medshift ") and f" {b} |" in line)
+                for b in ("2.1e+13", "6.3e+13")]
+
+    at1, at3 = medshift_rows(write_compute(joined, tmp_path, own_choices(recs, None, usum))[0].read_text())
+    assert "| 0.3/0.6/0.3 |" in at1.replace("tau=", "") and "| 0.849 ± 0.028 " in at1
+    assert "| 0.6/0.3/0.3 |" in at3.replace("tau=", "") and "| 0.840 ± 0.007 " in at3
+    at1, at3 = medshift_rows(write_compute(joined, tmp_path)[0].read_text())  # without: the most-chosen value, n/a
+    assert "0.849" not in at1 and "0.840" not in at3
+    ax = compute_figure(joined, "sim2real", own_choices(recs, None, usum)).axes[-1]  # the utility panel
+    from benchmark.reporting.styles import method_style
+
+    medshift = next(c for c in ax.containers if c.get_label() == method_style("medshift")["label"])
+    assert np.allclose(np.asarray(medshift.lines[0].get_ydata(), dtype=float), [0.849, 0.84, np.nan], equal_nan=True)
 
 
 def test_one_sentence_where_every_axis_says_the_same(tmp_path):
