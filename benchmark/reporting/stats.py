@@ -43,10 +43,12 @@ class Sample:
         seeds: (n,) per-seed values (each the mean over the task's sources).
         replicates: (n, B) subject-bootstrap replicates of each seed's value (the same subject draw b for every seed
             and, on one test set, for every method), or None where the records have none.
+        ids: the seed numbers of `seeds`, in their order, where known (None: unknown).
     """
 
     seeds: np.ndarray
     replicates: np.ndarray | None = None
+    ids: tuple[int, ...] | None = None
 
     def __eq__(self, other) -> bool:  # arrays: equal values (NaN equal to NaN), not elementwise truth
         if not isinstance(other, Sample):
@@ -70,6 +72,14 @@ class Sample:
         """s^2 / n, the variance of the mean over seeds from training noise (NaN with one seed: unknown)."""
         v = self.seeds[np.isfinite(self.seeds)]
         return float(v.var(ddof=1) / len(v)) if len(v) > 1 else float("nan")
+
+    def on_seeds(self, ids) -> Sample:
+        """The sample restricted to the seeds `ids` (a subset of its own `ids`), in its own order."""
+        if self.ids is None or not set(ids) <= set(self.ids):
+            raise ValueError(f"seeds {sorted(ids)} are not all among this sample's {self.ids}")
+        keep = [i for i, s in enumerate(self.ids) if s in set(ids)]
+        reps = None if self.replicates is None else np.asarray(self.replicates)[keep]
+        return Sample(np.asarray(self.seeds)[keep], reps, tuple(self.ids[i] for i in keep))
 
     def seed_mean_replicates(self) -> np.ndarray | None:
         """(B,) replicate b of the mean over seeds."""

@@ -163,7 +163,10 @@ def summary(df: pd.DataFrame, valid_realism: dict | None = None) -> pd.DataFrame
             if m not in METRICS:  # cost columns: mean and seed spread only
                 continue
             reps = seed_replicates(records[key], m) if np.isfinite(mean) else None
-            samples[m] = sample = Sample(g.sort_values("seed")[m].to_numpy(np.float64), reps)
+            by_seed = g.sort_values("seed")
+            ids = pd.to_numeric(by_seed["seed"], errors="coerce")
+            samples[m] = sample = Sample(by_seed[m].to_numpy(np.float64), reps,
+                                         tuple(int(x) for x in ids) if ids.notna().all() else None)
             iv = S.interval(sample)
             if not np.isfinite(iv.half):  # one seed without replicates: no spread to show
                 iv = S.Interval(mean, mean - half, mean + half, float("nan"))
@@ -225,7 +228,7 @@ def add_structure_gap(out: pd.DataFrame) -> pd.DataFrame:
             reps = None
             if src.replicates is not None and ideal_reps is not None and src.replicates.shape[1] == len(ideal_reps):
                 reps = np.abs(np.asarray(src.replicates, np.float64) - ideal_reps[None, :])
-            gap = Sample(np.abs(src.seeds - ideal.mean), reps)
+            gap = Sample(np.abs(src.seeds - ideal.mean), reps, src.ids)
             iv = S.interval(gap)
             out.at[i, STRUCTURE_GAP] = gap.mean
             out.at[i, f"{STRUCTURE_GAP}_lo"], out.at[i, f"{STRUCTURE_GAP}_hi"] = iv.lo, iv.hi

@@ -224,3 +224,42 @@ def test_a_method_whose_seeds_chose_apart_is_read_at_each_seeds_own_choice():
     rows = budget_rows(summary(recs), own_choices(recs))
     assert (rows.loc[(rows["base"] == "medshift") & (rows["multiple"] > 1), "knob_value"] == 0.3).all()
     assert rows["realism_rank"].notna().all()
+
+
+def test_a_budget_fitted_on_fewer_seeds_is_compared_on_the_seeds_both_have(tmp_path):
+    """9x on seed 0 only, 3x on seeds 0-2, seed 0 scoring 0.06 SSIM (gt) above seeds 1-2 at 3x and the same at 9x:
+    compute did not change seed 0, so the change is taken seed 0 against seed 0 (zero, within the threshold), not
+    seed 0 against the mean of three (+0.04, seed 0's own offset read as a change of compute)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for multiple, seeds in ((1, (0, 1, 2)), (3, (0, 1, 2)), (9, (0,))):
+        setting = "" if multiple == 1 else f"budget={BASE * multiple:g}"
+        for seed in seeds:
+            gt = 0.90 + (0.06 if seed == 0 else 0.0) + (0.0 if multiple > 1 else -0.05)
+            for source in ("syn_low", "syn_high"):
+                value = dict(nps_dist=0.30, nps_flat=0.30, ssim_gt=gt, ssim_src=0.70)
+                rows.append(dict(dataset="skull-sim", preset="tiny", task="sim2real", method="medshift" + (
+                    f" ({setting})" if setting else ""), setting=setting, seed=seed, source=source, split="test",
+                    step=None, knob="", knob_value="", val_choice=True, protocol=3, train_sec=100.0 * multiple,
+                    boot={k: list(v + rng.normal(0, 0.001, 50)) for k, v in value.items()}, **value))
+    table = summary(pd.DataFrame(rows))
+    v = verdicts(budget_rows(table)).iloc[0]
+    assert v["× preset" if "× preset" in v else "span"] == "3× → 9×" and v["seeds"].startswith("seed 0 only")
+    change = (lambda verdict: float(verdict["change"].split("ssim_gt ")[1].split()[0]))
+    assert abs(change(v)) < 0.002 and v["verdict"] == "converged"
+    assert convergence_labels(table)[("sim2real", "medshift")] == "converged 3× → 9× (seed 0)"
+    text = write_compute(table, tmp_path)[0].read_text()
+    assert "Rows of one seed (medshift at 9×)" in text and "seed 0 only: training noise not covered" in text
+    # the same seeds at both budgets (1x -> 3x, all three): compared as they are, seed noise included
+    both = verdicts(budget_rows(summary(pd.DataFrame([r for r in rows if "1.89e+14" not in r["setting"]])))).iloc[0]
+    assert both["seeds"] == "–" and change(both) == pytest.approx(0.05, abs=0.002)
+
+
+def test_a_sample_restricted_to_some_of_its_seeds():
+    from benchmark.reporting.stats import Sample
+
+    s = Sample(np.array([0.1, 0.2, 0.3]), np.arange(6.0).reshape(3, 2), (0, 1, 2))
+    sub = s.on_seeds((2, 0))
+    assert sub.ids == (0, 2) and np.allclose(sub.seeds, [0.1, 0.3]) and np.allclose(sub.replicates, [[0, 1], [4, 5]])
+    with pytest.raises(ValueError, match="seeds \\[3\\] are not all among"):
+        s.on_seeds((3,))
