@@ -87,14 +87,59 @@ def budget_rows(table: pd.DataFrame, chosen: pd.DataFrame | None = None) -> pd.D
     rows = most_chosen(rows, ["dataset", "preset", "task", "base", "budget"]).drop(columns=["_setting"])
     if chosen is not None and len(chosen) and "val_choice" in rows:
         rows = _at_own_choices(rows, chosen)
+    return _ranked_per_budget(rows, table.attrs.get("valid_realism", {}))
+
+
+def _ranked_per_budget(rows: pd.DataFrame, valid_realism: dict) -> pd.DataFrame:
+    """`rows` ranked among the methods at the same budget (`tables.add_ranks`), sorted by task, method and budget."""
     out = []
     for _, part in rows.groupby(["dataset", "preset", "task", "budget"], sort=False):
-        ranked = add_ranks(part.assign(method=part["base"]).reset_index(drop=True))
+        part = part.reset_index(drop=True)
+        ranked = add_ranks(part.assign(method=part["base"]))
         ranked.attrs = {}
         out.append(ranked.assign(method=part["method"].to_numpy()))
     ranked = pd.concat(out, ignore_index=True)
-    ranked.attrs["valid_realism"] = table.attrs.get("valid_realism", {})
+    ranked.attrs["valid_realism"] = valid_realism
     return ranked.sort_values(["task", "base", "budget"], kind="stable").reset_index(drop=True)
+
+
+def on_shared_seeds(rows: pd.DataFrame) -> pd.DataFrame | None:
+    """`budget_rows` of one task restricted to the seeds that every method present at all its budgets was fitted
+    on at every budget (seed 0 where 9× has seed 0 only), each value, interval and rank made again from those seeds
+    alone: the ranking across budgets on the same seeds, so that a change of rank between budgets is not a change of
+    seeds. Utility is left out (it was run on its own seeds). None where there is no such seed or where every row
+    already has exactly those seeds (`budget_rows` says the same)."""
+    budgets = rows["budget"].unique()
+    every = [b for b, g in rows.groupby("base") if g["budget"].nunique() == len(budgets)]
+    part = rows[rows["base"].isin(every)]
+    ids = [_ids(r) for _, r in part.iterrows()]
+    if len(budgets) < 2 or not part.size or any(i is None for i in ids):
+        return None
+    shared = set.intersection(*(set(i) for i in ids))
+    if not shared or all(set(i) == shared for i in ids):
+        return None
+    out = []
+    for _, r in part.iterrows():
+        r = r.copy()
+        samples = {m: s.on_seeds(shared) for m, s in r[SAMPLES].items() if s.ids is not None}
+        for m, sample in samples.items():
+            iv = S.interval(sample)
+            r[m], r[f"{m}_lo"], r[f"{m}_hi"], r[f"{m}_ci"] = sample.mean, iv.lo, iv.hi, iv.half
+        for col in (UTILITY, f"{UTILITY}_lo", f"{UTILITY}_hi", f"{UTILITY}_ci"):
+            if col in r:
+                r[col] = np.nan
+        own = str(r["knob_value"]).split("/")  # each seed's own choice, in seed order (`validation_choice`)
+        if len(own) > 1 and len(own) == len(_ids(r)):
+            r["knob_value"] = "/".join(v for v, i in zip(own, _ids(r), strict=True) if i in shared)
+        r[SAMPLES], r["n_seeds"] = samples, len(shared)
+        out.append(r)
+    return _ranked_per_budget(pd.DataFrame(out), rows.attrs.get("valid_realism", {}))
+
+
+def _ids(row) -> tuple[int, ...] | None:
+    """The seeds of a row (those of its samples), or None where unknown."""
+    known = [s.ids for s in row[SAMPLES].values() if s.ids is not None] if isinstance(row[SAMPLES], dict) else []
+    return known[0] if known else None
 
 
 def _at_own_choices(rows: pd.DataFrame, chosen: pd.DataFrame) -> pd.DataFrame:
@@ -286,17 +331,7 @@ def compute_markdown(rows: pd.DataFrame) -> str:
              "downstream segmenter of `python -m benchmark utility --budgets ...` on the same fits (the seeds it ran; "
              "not part of the verdicts).\n"]
     for task, part in rows.groupby("task", sort=False):
-        metrics = metrics_of(part)
-        table = pd.DataFrame({
-            "method": part["base"], "group": part["base"].map(method_group),
-            "budget (FLOPs)": [f"{b:.2g}" for b in part["budget"]],
-            "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
-            "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
-                part["knob"], part["knob_value"], strict=True)],
-            **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
-               for m in metrics},
-            **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
-        parts.append(f"## {task}\n\n" + markdown(table, index=False) + "\n")
+        parts.append(f"## {task}\n\n" + _points_table(part, metrics_of(part)) + "\n")
         single = part[part["n_seeds"] == 1]
         if len(single):
             names = ", ".join(f"{r['base']} at {_multiple(r)}" for _, r in single.iterrows())
@@ -306,14 +341,44 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         if len(v):
             shown = v.drop(columns=["task", "moved", "unsure", "on"]).rename(columns={"span": "× preset"})
             parts.append(markdown(shown, index=False) + "\n")
-        settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in part and part[c].notna().any()]
-        if settles:
-            parts.append(f"Ranking across budgets: {settles[0]}.\n" if len(set(settles)) == 1 else
-                         "Ranking, per axis:\n\n" + "\n".join(f"* {s}." for s in settles) + "\n")
+        parts += _settles(part, task, "Ranking across budgets")
+        same = on_shared_seeds(part)
+        if same is not None:
+            seeds = sorted(set(_ids(same.iloc[0])))
+            name = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+            parts.append(f"### On {name} alone at every budget\n\nThe methods fitted at every budget, each point, "
+                         f"interval and rank made again from {name} only (the seeds every such fit shares), so that "
+                         "a change of rank between budgets is not a change of seeds. With one seed the intervals and "
+                         "ranks cover test-set sampling only.\n")
+            parts.append(_points_table(same, [m for m in metrics_of(part) if m != UTILITY]) + "\n")
+            parts += _settles(same, task, f"Ranking across budgets on {name}")
         hours = training_hours(part)
         if hours:
             parts.append(hours + "\n")
     return "\n".join(parts)
+
+
+def _points_table(part: pd.DataFrame, metrics: list[str]) -> str:
+    """compute.md's table of a task's points: method, budget, seeds, knob, each metric with its interval, ranks."""
+    table = pd.DataFrame({
+        "method": part["base"], "group": part["base"].map(method_group),
+        "budget (FLOPs)": [f"{b:.2g}" for b in part["budget"]],
+        "× preset": [f"{m:g}" if np.isfinite(m) else "" for m in part["multiple"]],
+        "seeds": part["n_seeds"], "knob": [f"{k}={v}" if k else "–" for k, v in zip(
+            part["knob"], part["knob_value"], strict=True)],
+        **{label_of(m): [format_cell(v, h, m) for v, h in zip(part[m], part[f"{m}_ci"], strict=True)]
+           for m in metrics},
+        **{c.replace("_", " "): part[c] for c in RANK_COLUMNS if c in part}})
+    return markdown(table, index=False)
+
+
+def _settles(rows: pd.DataFrame, task: str, lead: str) -> list[str]:
+    """compute.md's lines on where the ranking of `rows` settles: one sentence where every axis says the same."""
+    settles = [ranking_settles(rows, task, c) for c in RANK_COLUMNS if c in rows and rows[c].notna().any()]
+    if not settles:
+        return []
+    return [f"{lead}: {settles[0]}.\n" if len(set(settles)) == 1 else
+            f"{lead}, per axis:\n\n" + "\n".join(f"* {s}." for s in settles) + "\n"]
 
 
 def training_hours(part: pd.DataFrame) -> str:

@@ -263,3 +263,27 @@ def test_a_sample_restricted_to_some_of_its_seeds():
     assert sub.ids == (0, 2) and np.allclose(sub.seeds, [0.1, 0.3]) and np.allclose(sub.replicates, [[0, 1], [4, 5]])
     with pytest.raises(ValueError, match="seeds \\[3\\] are not all among"):
         s.on_seeds((3,))
+
+
+def test_the_ranking_across_budgets_is_also_read_on_the_seeds_every_fit_shares(table, tmp_path):
+    """9x on seed 0 only: compute.md ranks every budget again on seed 0 alone, each point seed 0's own value (its
+    own knob choice where the seeds chose apart); with every seed at every budget there is nothing to add."""
+    from benchmark.reporting.compute import on_shared_seeds, own_choices
+
+    assert on_shared_seeds(budget_rows(table)) is None
+    recs = records(VALUES)
+    recs = recs[~recs["method"].str.contains(f"budget={9 * BASE:g}", regex=False) | (recs["seed"] == 0)]
+    at = (recs["method"] == "medshift") & (recs["seed"] == 1)  # 1x: seed 1 chose tau 0.6
+    recs.loc[at, "val_choice"] = recs.loc[at, "knob_value"] == 0.6
+    rows = budget_rows(summary(recs), own_choices(recs))
+    same = on_shared_seeds(rows)
+    assert set(same["base"]) == {"cyclegan", "medshift"}  # the U-Net has no 9x: not at every budget
+    assert (same["n_seeds"] == 1).all() and len(same) == 6
+    at1 = same[(same["base"] == "medshift") & (same["multiple"] == 1)].iloc[0]
+    assert at1["knob_value"] == "0.3" and at1["ssim_gt"] == pytest.approx(0.70 + SPREAD[0])
+    assert at1["ssim_gt_hi"] == at1["ssim_gt_lo"] or np.isnan(at1["ssim_gt_hi"])  # one seed, no replicates
+    assert same.loc[same["multiple"] == 9, "ssim_gt"].tolist() == pytest.approx(
+        rows.loc[rows["multiple"] == 9, "ssim_gt"].tolist())  # 9x was seed 0 already
+    assert (same["realism_rank"] == 1).all()  # one seed without test-set replicates: nothing is surely apart
+    text = write_compute(summary(recs), tmp_path, own_choices(recs))[0].read_text()
+    assert "### On seed 0 alone at every budget" in text and "Ranking across budgets on seed 0" in text
