@@ -424,7 +424,7 @@ def compute_figure(table: pd.DataFrame, task: str, chosen: pd.DataFrame | None =
     metrics = metrics_of(rows)
     refs = table[(table["task"] == task) & (table["method"].map(method_group) == "reference")]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics) + 3.0, 3.8), squeeze=False)
-    groups = list(rows.groupby("base", sort=False))
+    groups, fewer = list(rows.groupby("base", sort=False)), False
     drawn = [b for b, g in groups if not (method_group(b) == "paired" and g["budget"].nunique() == 1)]
     for ax, m in zip(axes[0], metrics, strict=True):
         for base, g in groups:
@@ -438,9 +438,18 @@ def compute_figure(table: pd.DataFrame, task: str, chosen: pd.DataFrame | None =
                 continue
             # each method's points shifted by a few hundredths of a decade, so that their intervals do not overlap
             dodge = 10 ** (0.02 * (drawn.index(base) - (len(drawn) - 1) / 2))
-            ax.errorbar(g["budget"] * dodge, g[m], yerr=[g[m] - g[f"{m}_lo"], g[f"{m}_hi"] - g[m]],
-                        color=style.get("color"), marker=style.get("marker", "o"), capsize=3,
-                        linestyle="--" if paired else "-", label=label)
+            x, y = g["budget"].to_numpy() * dodge, g[m].to_numpy(dtype=float)
+            err = np.array([y - g[f"{m}_lo"].to_numpy(dtype=float), g[f"{m}_hi"].to_numpy(dtype=float) - y])
+            full = (g["n_seeds"] == g["n_seeds"].max()).to_numpy()
+            ax.errorbar(x[full], y[full], yerr=err[:, full], color=style.get("color"),
+                        marker=style.get("marker", "o"), capsize=3, linestyle="--" if paired else "-", label=label)
+            if not full.all():  # fewer seeds (9x on seed 0): hollow, joined by a dotted line
+                fewer = True
+                ax.errorbar(x[~full], y[~full], yerr=err[:, ~full], color=style.get("color"), capsize=3,
+                            marker=style.get("marker", "o"), markerfacecolor="white", linestyle="none", zorder=3)
+                for i in range(len(x) - 1):
+                    if not (full[i] and full[i + 1]):
+                        ax.plot(x[i:i + 2], y[i:i + 2], color=style.get("color"), linestyle=":", linewidth=1.2)
         for _, r in refs.drop_duplicates("method").iterrows():
             if np.isfinite(r.get(m, np.nan)):
                 style = method_style(r["method"])
@@ -456,6 +465,11 @@ def compute_figure(table: pd.DataFrame, task: str, chosen: pd.DataFrame | None =
         ax.set_title(f"{rows['dataset'].iloc[0]}/{rows['preset'].iloc[0]} {task}")
         ax.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
+    if fewer:
+        from matplotlib.lines import Line2D
+
+        handles.append(Line2D([], [], color="0.3", marker="o", markerfacecolor="white", linestyle=":"))
+        labels.append("hollow, dotted: fewer seeds than its other points\n(one seed: interval over test subjects only)")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0, 0.80, 1))
     return fig

@@ -287,3 +287,13 @@ def test_the_ranking_across_budgets_is_also_read_on_the_seeds_every_fit_shares(t
     assert (same["realism_rank"] == 1).all()  # one seed without test-set replicates: nothing is surely apart
     text = write_compute(summary(recs), tmp_path, own_choices(recs))[0].read_text()
     assert "### On seed 0 alone at every budget" in text and "Ranking across budgets on seed 0" in text
+    # the figure: the 9x points (one seed) hollow and off the methods' solid lines
+    import matplotlib
+
+    matplotlib.use("Agg")
+    ax = compute_figure(summary(recs), "sim2real", own_choices(recs)).axes[0]
+    hollow = [c for c in ax.containers if c.lines[0].get_markerfacecolor() == "white"]
+    solid = [c for c in ax.containers if c.lines[0].get_markerfacecolor() != "white"]
+    assert len(hollow) == 2 and all(np.allclose(np.asarray(c.lines[0].get_xdata()) / (9 * BASE), 1, atol=0.1)
+                                    for c in hollow)
+    assert all(np.asarray(c.lines[0].get_xdata()).max() < 4 * BASE for c in solid)
