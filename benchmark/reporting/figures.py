@@ -401,7 +401,8 @@ def _compute_figures(df: pd.DataFrame, tables_dir: Path, out_dir: Path, usum: pd
     """compute-<task> for the tasks where some method ran at several budgets (`benchmark.reporting.compute`) and
     medshift-ablation-<task> where MedShift has variants (`benchmark.reporting.ablation`): figures of the summary."""
     from benchmark.reporting.ablation import ablation_figure, has_ablation
-    from benchmark.reporting.compute import compute_figure, own_choices
+    from benchmark.reporting.compute import own_choices
+    from benchmark.reporting.compute_figure import compute_figure
 
     budgets = df["setting"].astype(str).str.contains("budget=").any()
     if not budgets and not has_ablation(df.drop_duplicates("method")):

@@ -8,13 +8,13 @@ import pytest
 
 from benchmark.reporting.compute import (
     budget_rows,
-    compute_figure,
     convergence_labels,
     ranking_settles,
     reversals,
     verdicts,
     write_compute,
 )
+from benchmark.reporting.compute_figure import compute_figure
 from benchmark.reporting.tables import summary
 
 BASE = 2.1e13  # skull-sim/tiny in budgets.yaml
