@@ -174,6 +174,12 @@ def metrics_of(part: pd.DataFrame) -> list[str]:
             if m and m in part and part[m].notna().any()]
 
 
+def seed_names(ids) -> str:
+    """"seed 0" or "seeds 0, 1": the seeds a comparison was made on."""
+    ids = sorted(ids)
+    return f"seed {ids[0]}" if len(ids) == 1 else "seeds " + ", ".join(map(str, ids))
+
+
 def shared_seeds(a: S.Sample, b: S.Sample) -> tuple[int, ...] | None:
     """The seeds two rows have in common where their seed sets differ (a budget fitted on fewer seeds than the other),
     else None (the same seeds, or seed numbers unknown: compare the rows as they are)."""
@@ -212,8 +218,7 @@ def verdicts(rows: pd.DataFrame) -> pd.DataFrame:
             elif state != "flat":
                 unsure.append(m)
         seeds = ("–" if on is None else "none in common" if not on else
-                 f"seed {on[0]} only: training noise not covered" if len(on) == 1 else
-                 "seeds " + ", ".join(map(str, on)))
+                 f"{seed_names(on)} only: training noise not covered" if len(on) == 1 else seed_names(on))
         verdict = ("no seed in common: no change to take" if on == () else
                    "no interval (one seed without bootstrap replicates)" if not changes else
                    "still changing (" + ", ".join(moved) + ")" if moved else
@@ -243,8 +248,7 @@ def convergence_labels(table: pd.DataFrame, chosen: pd.DataFrame | None = None) 
               for (t, b), g in rows.groupby(["task", "base"], sort=False)}
     for _, v in verdicts(rows).iterrows():
         on = v["on"] if isinstance(v["on"], tuple) else ()
-        span = v["span"] + ("" if not on else f" (seed {on[0]})" if len(on) == 1 else
-                            f" (seeds {', '.join(map(str, on))})")
+        span = v["span"] + (f" ({seed_names(on)})" if on else "")
         labels[(v["task"], v["method"])] = (
             v["verdict"] if v["moved"] is None else f"still changing {span}: {v['moved']}" if v["moved"] else
             f"undecided {span}: {v['unsure']} too wide" if v["unsure"] else f"converged {span}")
@@ -344,8 +348,7 @@ def compute_markdown(rows: pd.DataFrame) -> str:
         parts += _settles(part, task, "Ranking across budgets")
         same = on_shared_seeds(part)
         if same is not None:
-            seeds = sorted(set(_ids(same.iloc[0])))
-            name = f"seed {seeds[0]}" if len(seeds) == 1 else "seeds " + ", ".join(map(str, seeds))
+            name = seed_names(_ids(same.iloc[0]))
             parts.append(f"### On {name} alone at every budget\n\nThe methods fitted at every budget, each point, "
                          f"interval and rank made again from {name} only (the seeds every such fit shares), so that "
                          "a change of rank between budgets is not a change of seeds. With one seed the intervals and "
